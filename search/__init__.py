@@ -1,0 +1,1 @@
+"""optuna-search: the service that trains (data, models, trainer, objective, study, CLI)."""

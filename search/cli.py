@@ -1,0 +1,200 @@
+"""The optuna-search command: argparse -> one library call per command; main(argv) -> int.
+
+    optuna-search resnet18 --trials 30                 # TPE + median pruning, the report's space
+    optuna-search mlp --grid activation=relu,sigmoid,tanh
+    optuna-search report resnet18 --top 8              # Markdown table on stdout
+    optuna-search info mlpmixer --set patch_size=8     # parameters per layer
+
+Bad input (unknown model or parameter, an ill-typed value, a malformed storage URL, missing
+data, --trials 0) gets one line on stderr and exit status 2, before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from spaces import MODEL_NAMES, ConfigError, Config, apply_overrides, get_space, parse_value
+from spaces.defaults import parse_assignment
+from storage import DEFAULT_STORAGE, StorageError, check_url
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """Bad input on the command line: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; we want one line
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def add_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"sqlite:///FILE.db, journal:///FILE.log or postgresql://... "
+                        f"(default {DEFAULT_STORAGE})")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="cifar10",
+                   help="cifar10 (torchvision, under --data-dir), synthetic, or a folder / "
+                        ".tar.gz with train/<class>/ and test/<class>/ (default cifar10)")
+    p.add_argument("--data-dir", default="data", help="where cifar10 lives (default ./data)")
+    p.add_argument("--train-subset", type=positive_int, metavar="N",
+                   help="a class-balanced subset of N training images, for quick runs")
+    p.add_argument("--test-subset", type=positive_int, metavar="N",
+                   help="a class-balanced subset of N test images, for quick runs")
+    p.add_argument("--val-size", type=positive_int, default=5000, metavar="N",
+                   help="validation images held out of training (at most a tenth; default 5000)")
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", type=positive_int, help="trials to run (default 30; a grid "
+                   "runs each of its points not yet done)")
+    add_storage(p)
+    p.add_argument("--study", help="study name (default: the model's; a grid gets its own)")
+    p.add_argument("--epochs", type=positive_int, default=30, help="epochs per trial (30)")
+    add_data(p)
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="tpe", choices=("tpe", "random", "gp"))
+    p.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"))
+    p.add_argument("--space", default="report", choices=("report", "wide"),
+                   help="report: the report's exact lists; wide: log-uniform lr/weight decay")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a parameter, e.g. --set optimizer=adam (repeatable)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="run every value (every combination) once, e.g. --grid lr=0.1,0.01")
+    p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                   help="stop starting trials after this many seconds")
+    p.add_argument("--enqueue-report", action="store_true",
+                   help="first run the report's published top configurations that fit")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes on this machine sharing the study (default 1)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="optuna-search", description=__doc__.split("\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+    for model in MODEL_NAMES:
+        p = commands.add_parser(model, help=f"search {model}'s hyperparameters",
+                                description=f"Run (or resume) an Optuna study of {model}. "
+                                f"Example: optuna-search {model} --trials 30")
+        add_search_options(p)
+
+    p = commands.add_parser("info", help="parameters per layer of a model",
+                            description="Example: optuna-search info mlpmixer --set patch_size=8")
+    p.add_argument("model", choices=MODEL_NAMES)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    p = commands.add_parser("studies", help="list the studies in a storage",
+                            description="Example: optuna-search studies --storage sqlite:///x.db")
+    add_storage(p)
+    return parser
+
+
+def parse_fixed(model: str, assignments: Sequence[str]) -> dict[str, Any]:
+    space = get_space(model)
+    fixed = {}
+    for text in assignments:
+        key, value = parse_assignment(text)
+        space.check_names([key])
+        fixed[key] = parse_value(key, value)
+    apply_overrides(space.defaults, fixed)  # checks each value is sane
+    return fixed
+
+
+def parse_grid(model: str, assignments: Sequence[str], fixed: dict) -> dict[str, list] | None:
+    if not assignments:
+        return None
+    space, grid = get_space(model), {}
+    for text in assignments:
+        key, values = parse_assignment(text)
+        space.check_names([key])
+        if key in fixed:
+            raise ConfigError(f"{key} is both --set and --grid; choose one")
+        options = [parse_value(key, v) for v in values.split(",") if v.strip()]
+        if not options:
+            raise ConfigError(f"--grid {text!r} has no values; e.g. --grid {key}=V1,V2")
+        for option in options:
+            apply_overrides(space.defaults, {**fixed, key: option})
+        grid[key] = list(dict.fromkeys(options))
+    return grid
+
+
+def command_search(args) -> int:
+    from search.study import SearchSettings, run_search
+    fixed = parse_fixed(args.command, args.set)
+    grid = parse_grid(args.command, args.grid, fixed)
+    check_url(args.storage)
+    trials = args.trials if (args.trials or grid) else 30
+    settings = SearchSettings(
+        model=args.command, trials=trials, storage=args.storage, study=args.study,
+        epochs=args.epochs, data=args.data, data_dir=args.data_dir,
+        train_subset=args.train_subset, test_subset=args.test_subset, val_size=args.val_size,
+        device=args.device, seed=args.seed, sampler=args.sampler, pruner=args.pruner,
+        space=args.space, fixed=fixed, grid=grid, timeout=args.timeout,
+        enqueue_report=args.enqueue_report, workers=args.workers)
+    return run_search(settings)
+
+
+def command_info(args) -> int:
+    from search.models import build, parameter_count, parameters_per_layer
+    fixed = parse_fixed(args.model, args.set)
+    model = build(args.model, apply_overrides(Config(), fixed))
+    rows = parameters_per_layer(model)
+    width = max(len(name) for name, _ in rows)
+    for name, count in rows:
+        print(f"{name:<{width}}  {count:>12,}")
+    print(f"{'total':<{width}}  {parameter_count(model):>12,}")
+    return 0
+
+
+def command_studies(args) -> int:
+    from search.study import list_studies
+    check_url(args.storage)
+    table = list_studies(args.storage)
+    print(table.to_markdown(index=False) if len(table) else "no studies in " + args.storage)
+    return 0
+
+
+COMMANDS = {"info": command_info, "studies": command_studies}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from search.data import DataError
+    from search.study import StudyMismatch
+    try:
+        args = build_parser().parse_args(argv)
+        handler = COMMANDS.get(args.command, command_search)
+        return handler(args)
+    except (UsageError, ConfigError, StorageError, DataError, StudyMismatch) as error:
+        print(f"optuna-search: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Image data as uint8 tensors, a disjoint train/validation split, and a loader that lives on
+the training device (GPU when present) and does crop and flip there.
+
+Sources (`--data`): "cifar10" (torchvision's CIFAR10 under a data dir), a folder or .tar.gz in
+image-folder layout (train/<class>/*, test/<class>/*), or "synthetic" (generated, learnable).
+Decoded image folders are cached in ~/.cache/optuna-search (never beside the source).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CACHE_VERSION = 1
+
+
+class DataError(RuntimeError):
+    """The data the user pointed at cannot be loaded; the message says why and what to do."""
+
+
+@dataclass
+class Images:
+    """One set of images: x uint8 (N, 3, 32, 32), y int64 (N,)."""
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: torch.Tensor) -> "Images":
+        return Images(self.x[index], self.y[index])
+
+    def to(self, device) -> "Images":
+        return Images(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Dataset:
+    train: Images
+    val: Images
+    test: Images
+    classes: list[str]
+    source: str
+
+    def to(self, device) -> "Dataset":
+        return Dataset(self.train.to(device), self.val.to(device), self.test.to(device),
+                       self.classes, self.source)
+
+    def describe(self) -> str:
+        return (f"{self.source}: {len(self.train)} train / {len(self.val)} val / "
+                f"{len(self.test)} test images, {len(self.classes)} classes")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("OPTUNA_SEARCH_CACHE") or Path.home() / ".cache" / "optuna-search"
+    return Path(root)
+
+
+# ---------------------------------------------------------------- sources -> (train, test, classes)
+
+def load_source(source: str, data_dir: str | Path = "data") -> tuple[Images, Images, list[str]]:
+    if source == "synthetic":
+        return synthetic()
+    if source == "cifar10":
+        return _torchvision_cifar10(Path(data_dir))
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"data source {source!r} does not exist; use cifar10, synthetic, "
+                        "a folder with train/<class>/ and test/<class>/, or such a .tar.gz")
+    return _cached_image_folder(path)
+
+
+def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0
+              ) -> tuple[Images, Images, list[str]]:
+    """Deterministic, learnable images: each class has its own colour template, plus noise.
+
+    A linear model beats chance on it after one epoch, yet it is not trivial: the noise
+    (std 50 of 255) is larger than the gap between templates in most pixels.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    templates = torch.rand(10, 3, 32, 32, generator=gen) * 160 + 48  # 48..208, per class
+
+    def make(n: int) -> Images:
+        y = torch.arange(n) % 10
+        noise = torch.randn(n, 3, 32, 32, generator=gen) * 50
+        x = (templates[y] + noise).clamp(0, 255).to(torch.uint8)
+        return Images(x, y)
+
+    return make(n_train), make(n_test), [f"class{i}" for i in range(10)]
+
+
+def _torchvision_cifar10(root: Path) -> tuple[Images, Images, list[str]]:
+    from torchvision.datasets import CIFAR10
+    try:
+        train = CIFAR10(str(root), train=True, download=True)
+        test = CIFAR10(str(root), train=False, download=True)
+    except Exception as error:  # no network, a broken archive, a read-only folder
+        raise DataError(
+            f"could not load or download CIFAR-10 into {root}/ ({type(error).__name__}: "
+            f"{str(error)[:80]}); put cifar-10-python.tar.gz in {root}/ (or use --data-dir), "
+            "or pass an image folder / .tar.gz with --data") from None
+
+    def convert(ds) -> Images:
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return Images(x, torch.tensor(ds.targets, dtype=torch.int64))
+
+    return convert(train), convert(test), list(train.classes)
+
+
+def _cached_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
+    stat = path.stat()
+    key = hashlib.sha256(f"{CACHE_VERSION}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+                         .encode()).hexdigest()[:16]
+    cached = cache_dir() / f"images-{key}.pt"
+    if cached.exists():
+        try:
+            blob = torch.load(cached, weights_only=True)
+            return (Images(blob["train_x"], blob["train_y"]),
+                    Images(blob["test_x"], blob["test_y"]), list(blob["classes"]))
+        except Exception:
+            cached.unlink(missing_ok=True)  # a torn write: decode again
+    train, test, classes = _decode_image_folder(path)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(".tmp")
+    torch.save(dict(train_x=train.x, train_y=train.y, test_x=test.x, test_y=test.y,
+                    classes=classes), partial)
+    partial.replace(cached)  # atomic: a killed process never leaves half a cache
+    return train, test, classes
+
+
+def _decode_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
+    """Read train/<class>/* and test/<class>/* from a folder or a .tar(.gz) archive."""
+    files: dict[str, dict[str, list[bytes]]] = {"train": {}, "test": {}}
+    if path.is_dir():
+        for split in files:
+            for image in sorted((path / split).glob("*/*")):
+                if image.suffix.lower() in IMAGE_SUFFIXES:
+                    files[split].setdefault(image.parent.name, []).append(image.read_bytes())
+    else:
+        try:
+            with tarfile.open(path) as archive:
+                for member in archive:
+                    parts = Path(member.name).parts
+                    parts = parts[parts.index("train") if "train" in parts else
+                                  parts.index("test") if "test" in parts else len(parts):]
+                    if (member.isfile() and len(parts) == 3
+                            and Path(parts[2]).suffix.lower() in IMAGE_SUFFIXES):
+                        data = archive.extractfile(member).read()
+                        files[parts[0]].setdefault(parts[1], []).append(data)
+        except tarfile.TarError as error:
+            raise DataError(f"{path} is not a readable .tar.gz archive ({error})") from None
+    classes = sorted(files["train"])
+    if not classes or not files["test"]:
+        raise DataError(f"{path} holds no images in train/<class>/ and test/<class>/ folders")
+    unknown = set(files["test"]) - set(classes)
+    if unknown:
+        raise DataError(f"{path}: test classes {sorted(unknown)} have no training images")
+    return _decode(files["train"], classes), _decode(files["test"], classes), classes
+
+
+def _decode(by_class: dict[str, list[bytes]], classes: list[str]) -> Images:
+    from PIL import Image
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        for blob in by_class.get(name, []):
+            image = Image.open(io.BytesIO(blob)).convert("RGB")
+            if image.size != (32, 32):
+                image = image.resize((32, 32))
+            xs.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+                      .view(32, 32, 3))
+            ys.append(label)
+    return Images(torch.stack(xs).permute(0, 3, 1, 2).contiguous(),
+                  torch.tensor(ys, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------- split
+
+def balanced_subset(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of n items, as equal a share per class as the classes allow, in shuffled order."""
+    classes = labels.unique()
+    per_class = [torch.nonzero(labels == c).flatten() for c in classes]
+    per_class = [idx[torch.randperm(len(idx), generator=generator)] for idx in per_class]
+    chosen, quota = [], n // len(classes)
+    extra = n - quota * len(classes)
+    for i, idx in enumerate(per_class):
+        chosen.append(idx[: quota + (1 if i < extra else 0)])
+    index = torch.cat(chosen)
+    return index[torch.randperm(len(index), generator=generator)]
+
+
+def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed: int = 0,
+                 val_size: int = 5000, train_subset: int | None = None,
+                 test_subset: int | None = None) -> Dataset:
+    """Load a source and hold out a seeded, class-balanced validation set disjoint from train.
+
+    val_size is capped at a tenth of the training images (45,000 / 5,000 on CIFAR-10).
+    train_subset keeps a class-balanced part of the remaining training images.
+    """
+    train, test, classes = load_source(source, data_dir)
+    generator = torch.Generator().manual_seed(seed)
+    n_val = min(val_size, len(train) // 10)
+    val_index = balanced_subset(train.y, n_val, generator)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[val_index] = False
+    train_index = torch.nonzero(rest).flatten()
+    if train_subset is not None:
+        if train_subset < len(classes):
+            raise DataError(f"--train-subset {train_subset} is smaller than the "
+                            f"{len(classes)} classes")
+        pick = balanced_subset(train.y[train_index], min(train_subset, len(train_index)),
+                               generator)
+        train_index = train_index[pick]
+    if test_subset is not None:
+        test = test.take(balanced_subset(test.y, min(test_subset, len(test)), generator))
+    return Dataset(train.take(train_index), train.take(val_index), test, classes, source)
+
+
+# ---------------------------------------------------------------- the device-resident loader
+
+class DeviceLoader:
+    """Batches of normalised float images from uint8 tensors on one device.
+
+    Training batches are reshuffled each epoch and get a random crop (zero padding 4 px) and a
+    horizontal flip, done on the device for the whole batch at once; evaluation batches are
+    only normalised. Mean and std per channel come from the training images.
+    """
+
+    def __init__(self, images: Images, mean: torch.Tensor, std: torch.Tensor,
+                 batch_size: int, train: bool, generator: torch.Generator | None = None,
+                 channels_last: bool = False):
+        self.images, self.batch_size, self.train = images, batch_size, train
+        device = images.x.device
+        self.mean = mean.to(device).view(1, 3, 1, 1)
+        self.std = std.to(device).view(1, 3, 1, 1)
+        self.generator = generator
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Training drops the last partial batch, so every step has one shape (CUDA graphs,
+        # cudnn autotuning); reshuffling each epoch still shows every image over time.
+        n = len(images)
+        self.drop_last = train and n > batch_size
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        x, y = self.images.x, self.images.y
+        n = len(y)
+        order = (torch.randperm(n, device=x.device, generator=self.generator)
+                 if self.train else None)
+        for step in range(len(self)):
+            sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            index = order[sl] if order is not None else sl
+            batch = x[index].float()
+            if self.train:
+                batch = self.augment(batch)
+            batch = ((batch - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+            yield batch, y[index]
+
+    def augment(self, batch: torch.Tensor) -> torch.Tensor:
+        """Random 32x32 crop of the 4-px zero-padded image and a random horizontal flip."""
+        b, _, h, w = batch.shape
+        padded = F.pad(batch, (4, 4, 4, 4))
+        dy = torch.randint(0, 9, (b,), device=batch.device, generator=self.generator)
+        dx = torch.randint(0, 9, (b,), device=batch.device, generator=self.generator)
+        rows = (dy[:, None] + torch.arange(h, device=batch.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=batch.device))[:, None, None, :]
+        channels = torch.arange(3, device=batch.device)[None, :, None, None]
+        cropped = padded[torch.arange(b, device=batch.device)[:, None, None, None],
+                         channels, rows, cols]
+        flip = torch.rand(b, device=batch.device, generator=self.generator) < 0.5
+        return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def channel_stats(images: Images) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images, in 0..255 units."""
+    x = images.x.float()
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-3)

@@ -1,0 +1,267 @@
+"""Open or create a study (sampler + pruner recorded), run trials, and report progress.
+
+A study remembers the model, space, --set values and grid it was made with (user_attrs), and
+refuses to resume with others: mixing spaces in one study would mislead its sampler.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from tqdm import tqdm
+from optuna.trial import TrialState
+
+from search.data import make_dataset
+from search.objective import Objective, ObjectiveSettings, _jsonable
+from search.trainer import pick_device
+from spaces import get_space
+from storage import DEFAULT_STORAGE, artifact_dir, artifact_store, open_storage
+
+
+class StudyMismatch(ValueError):
+    """The named study exists but was made for another model or space."""
+
+
+@dataclass
+class SearchSettings:
+    model: str
+    trials: int | None = None          # None with --grid: every grid point not yet done
+    storage: str = DEFAULT_STORAGE
+    study: str | None = None
+    epochs: int = 30
+    data: str = "cifar10"
+    data_dir: str = "data"
+    train_subset: int | None = None
+    test_subset: int | None = None
+    val_size: int = 5000
+    device: str = "auto"
+    seed: int = 0
+    sampler: str = "tpe"
+    pruner: str = "median"
+    space: str = "report"
+    fixed: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list] | None = None
+    timeout: float | None = None
+    enqueue_report: bool = False
+    workers: int = 1
+
+    @property
+    def study_name(self) -> str:
+        return self.study or default_study_name(self.model, self.fixed, self.grid)
+
+
+def default_study_name(model: str, fixed: dict, grid: dict | None) -> str:
+    """resnet18; a grid gets its own: resnet18-optimizer=adam-grid-lr."""
+    if not grid:
+        return model
+    parts = [model, *(f"{k}={v}" for k, v in sorted(fixed.items()) if k != "epochs"),
+             "grid-" + "-".join(sorted(grid))]
+    return "-".join(parts)
+
+
+def make_sampler(settings: SearchSettings):
+    """The sampler and the settings recorded with the study, so studies stay comparable."""
+    seed = settings.seed
+    if settings.grid:
+        return optuna.samplers.GridSampler(settings.grid, seed=seed), {"name": "grid", "seed": seed}
+    if settings.sampler == "tpe":
+        pinned = dict(n_startup_trials=10, n_ei_candidates=24, multivariate=True,
+                      constant_liar=True, group=False)
+        return (optuna.samplers.TPESampler(seed=seed, **pinned),
+                {"name": "tpe", "seed": seed, **pinned})
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed), {"name": "random", "seed": seed}
+    if settings.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed), {"name": "gp", "seed": seed}
+    raise ValueError(f"unknown sampler {settings.sampler!r}")
+
+
+def make_pruner(settings: SearchSettings):
+    epochs = settings.fixed.get("epochs", settings.epochs)
+    if settings.pruner == "median":
+        # Warm-up: the first epochs of any run are noisy; judge a trial from epoch ~epochs/5.
+        pinned = dict(n_startup_trials=5, n_warmup_steps=max(1, min(5, epochs // 5)),
+                      interval_steps=1)
+        return optuna.pruners.MedianPruner(**pinned), {"name": "median", **pinned}
+    if settings.pruner == "hyperband":
+        pinned = dict(min_resource=1, max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(**pinned), {"name": "hyperband", **pinned}
+    if settings.pruner == "none":
+        return optuna.pruners.NopPruner(), {"name": "none"}
+    raise ValueError(f"unknown pruner {settings.pruner!r}")
+
+
+def identity(settings: SearchSettings) -> dict[str, Any]:
+    """What a study is made of; resuming must ask for the same."""
+    return {"model": settings.model, "space": settings.space,
+            "fixed": _jsonable({k: v for k, v in settings.fixed.items() if k != "epochs"}),
+            "grid": settings.grid or None}
+
+
+def open_study(settings: SearchSettings, storage=None) -> optuna.Study:
+    storage = storage or open_storage(settings.storage)
+    sampler, sampler_attrs = make_sampler(settings)
+    pruner, pruner_attrs = make_pruner(settings)
+    study = optuna.create_study(storage=storage, study_name=settings.study_name,
+                                sampler=sampler, pruner=pruner, direction="maximize",
+                                load_if_exists=True)
+    wanted = identity(settings)
+    if "model" not in study.user_attrs:
+        for key, value in {**wanted, "sampler": sampler_attrs, "pruner": pruner_attrs,
+                           "seed": settings.seed, "data": settings.data}.items():
+            study.set_user_attr(key, value)
+    else:
+        have = {k: study.user_attrs.get(k) for k in wanted}
+        if have != wanted:
+            raise StudyMismatch(
+                f"study {settings.study_name!r} was made with {_describe(have)}, not "
+                f"{_describe(wanted)}; pick another name with --study")
+    return study
+
+
+def _describe(ident: dict) -> str:
+    text = f"model={ident['model']} space={ident['space']}"
+    if ident["fixed"]:
+        text += " set " + ",".join(f"{k}={v}" for k, v in ident["fixed"].items())
+    if ident["grid"]:
+        text += " grid " + ";".join(f"{k}={v}" for k, v in ident["grid"].items())
+    return text
+
+
+def remaining_grid_points(study: optuna.Study, grid: dict[str, list]) -> int:
+    """Grid points with no COMPLETE or PRUNED trial yet (failed ones run again)."""
+    done = {tuple(t.params.get(k) for k in sorted(grid))
+            for t in study.get_trials(deepcopy=False,
+                                      states=(TrialState.COMPLETE, TrialState.PRUNED))}
+    return math.prod(len(v) for v in grid.values()) - len(done)
+
+
+def enqueue_published(study: optuna.Study, settings: SearchSettings) -> int:
+    """Enqueue the report's top configurations that fit this space, once per study."""
+    rows = get_space(settings.model).enqueue_params(settings.space)
+    rows = [{k: v for k, v in r.items() if k not in settings.fixed} for r in rows]
+    for row in rows:
+        study.enqueue_trial(row, skip_if_exists=True)
+    return len(rows)
+
+
+def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out=sys.stdout) -> None:
+    """One line per finished trial: number, state, val acc, seconds, parameters."""
+    value = f"{trial.value:.4f}" if trial.value is not None else "  -   "
+    seconds = (trial.duration.total_seconds() if trial.duration else 0.0)
+    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    reason = trial.user_attrs.get("diverged") or trial.user_attrs.get("fail_reason") or ""
+    epochs = trial.user_attrs.get("epochs_run", "?")
+    line = (f"trial {trial.number:>3} {trial.state.name:<8} val_acc={value} epochs={epochs} "
+            f"{seconds:7.1f}s  {params}{'  (' + reason[:100] + ')' if reason else ''}")
+    tqdm.write(line, file=out)  # keeps Optuna's progress bar (on stderr) intact
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_search(settings: SearchSettings, out=sys.stdout) -> int:
+    """Load the data once, open the study, run the trials; 0 on success, 130 on Ctrl-C."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    space = get_space(settings.model)
+    data = make_dataset(settings.data, settings.data_dir, seed=settings.seed,
+                        val_size=settings.val_size, train_subset=settings.train_subset,
+                        test_subset=settings.test_subset)
+    device = pick_device(settings.device)
+    data = data.to(device)
+    study = open_study(settings)
+    print(f"study {settings.study_name!r} in {settings.storage}: "
+          f"{len(study.trials)} trials so far; data {data.describe()}; device {device}",
+          file=out, flush=True)
+    n_trials = settings.trials
+    if settings.grid:
+        left = remaining_grid_points(study, settings.grid)
+        n_trials = left if n_trials is None else min(n_trials, left)
+        if n_trials == 0:
+            print("every grid point is already done; nothing to run", file=out)
+            return _finish(study, settings, out)
+    if settings.enqueue_report:
+        print(f"enqueued {enqueue_published(study, settings)} of the report's published "
+              "configurations", file=out)
+
+    objective = Objective(ObjectiveSettings(
+        model=settings.model, space=space, data=data, device=device, seed=settings.seed,
+        epochs=settings.fixed.get("epochs", settings.epochs), fixed=settings.fixed,
+        grid=settings.grid, space_kind=settings.space,
+        artifact_store=artifact_store(settings.storage),
+        checkpoint_dir=artifact_dir(settings.storage) / "checkpoints"))
+    current: list[int] = []
+
+    def tracked(trial: optuna.Trial) -> float:
+        current[:] = [trial._trial_id]
+        return objective(trial)
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        study.optimize(tracked, n_trials=n_trials, timeout=settings.timeout,
+                       catch=(Exception,), show_progress_bar=out is sys.stdout,
+                       callbacks=[lambda st, t: print_trial(st, t, out)])
+    except KeyboardInterrupt:
+        _fail_if_running(study, current)
+        print(f"interrupted; the unfinished trial is marked FAIL and nothing is left "
+              f"RUNNING. Resume with the same command (study {settings.study_name!r} in "
+              f"{settings.storage}).", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return _finish(study, settings, out)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _fail_if_running(study: optuna.Study, trial_ids: list[int]) -> None:
+    storage = study._storage
+    for trial_id in trial_ids:
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def _finish(study: optuna.Study, settings: SearchSettings, out) -> int:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    counts = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] += 1
+    print("trials: " + ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n), file=out)
+    if not complete:
+        print("no trial completed yet", file=out)
+        return 0
+    best = study.best_trial
+    test = best.user_attrs.get("test_acc")
+    print(f"best: trial {best.number} val_acc={best.value:.4f}"
+          f"{f' test_acc={test:.4f}' if test is not None else ''} {best.params}", file=out)
+    storage = "" if settings.storage == DEFAULT_STORAGE else f" --storage {settings.storage}"
+    print(f"table: optuna-search report {settings.study_name} --top 8{storage}", file=out)
+    return 0
+
+
+def list_studies(storage_url: str):
+    """One row per study: name, model, trials per state, best validation accuracy."""
+    import pandas as pd
+    storage = open_storage(storage_url, heartbeat=False)
+    rows = []
+    for name in optuna.get_all_study_names(storage=storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        complete = [t.value for t in trials if t.state == TrialState.COMPLETE]
+        row = {"study": name, "model": study.user_attrs.get("model", "?")}
+        for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"):
+            row[state.lower()] = sum(t.state.name == state for t in trials)
+        row["best_val_acc"] = round(max(complete), 4) if complete else None
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,103 @@
+"""One search space: the report's value lists for a model, and how a trial samples them.
+
+Two flavours per model:
+- "report": exactly the lists the report gives (categorical), the default;
+- "wide": log-uniform lr and weight decay over the lists' span, uniform momentum,
+  the same choices for the categorical parameters.
+`suggest` is the only function here that touches an Optuna trial.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from spaces.defaults import Config, ConfigError, apply_overrides
+
+SPACE_KINDS = ("report", "wide")
+# Continuous in the wide space; everything else stays a categorical list there too.
+_LOG_UNIFORM = ("lr", "weight_decay")
+_UNIFORM = ("momentum",)
+_OPTIMIZERS_WITH_MOMENTUM = ("momentum", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class Space:
+    model: str
+    lists: Mapping[str, tuple]           # the report's value lists, in suggestion order
+    int_ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # inclusive
+    fixed_params: tuple[str, ...] = ()   # used by the model, but searched only by --set/--grid
+    defaults: Config = Config()
+    published_top: tuple[dict, ...] = ()  # the report's table rows, for --enqueue-report
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Every parameter this model uses (searched or not)."""
+        return (*self.lists, *self.int_ranges, *self.fixed_params, "epochs")
+
+    def check_names(self, names) -> None:
+        for name in names:
+            if name not in self.parameters:
+                raise ConfigError(
+                    f"parameter {name!r} does not apply to {self.model}; "
+                    f"its parameters are: {', '.join(self.parameters)}")
+
+    def suggest(self, trial, fixed: Mapping[str, Any] | None = None, kind: str = "report",
+                grid: Mapping[str, list] | None = None) -> Config:
+        """Sample one configuration. `fixed` values are used as given and never sampled.
+
+        With `grid`, only the grid's parameters are sampled (from the grid's values, which
+        Optuna's GridSampler requires); all others keep `fixed` or the defaults.
+        """
+        fixed = dict(fixed or {})
+        values: dict[str, Any] = {}
+        if grid:
+            for name, options in grid.items():
+                values[name] = trial.suggest_categorical(name, list(options))
+            return apply_overrides(self.defaults, {**fixed, **values})
+
+        for name, options in self.lists.items():
+            if name in fixed:
+                continue
+            optimizer = fixed.get("optimizer", values.get("optimizer"))
+            if name == "momentum" and optimizer not in _OPTIMIZERS_WITH_MOMENTUM:
+                continue  # plain SGD has no momentum: don't waste a dimension on it
+            values[name] = _suggest_one(trial, name, options, kind)
+        for name, (low, high) in self.int_ranges.items():
+            if name not in fixed:
+                values[name] = trial.suggest_int(name, low, high)
+        return apply_overrides(self.defaults, {**fixed, **values})
+
+    def fits(self, params: Mapping[str, Any], kind: str = "report") -> bool:
+        """True when every searched value of a published row lies inside this space."""
+        for name, value in params.items():
+            if name in self.lists:
+                options = self.lists[name]
+                if kind == "wide" and name in (*_LOG_UNIFORM, *_UNIFORM):
+                    if not min(options) <= value <= max(options):
+                        return False
+                elif value not in options:
+                    return False
+            elif name in self.int_ranges:
+                low, high = self.int_ranges[name]
+                if not low <= value <= high:
+                    return False
+        return True
+
+    def enqueue_params(self, kind: str = "report") -> list[dict]:
+        """The published top configurations that fit, as the params a trial would suggest."""
+        rows = []
+        for row in self.published_top:
+            params = {k: v for k, v in row.items() if k in self.lists or k in self.int_ranges}
+            if params.get("optimizer") not in _OPTIMIZERS_WITH_MOMENTUM:
+                params.pop("momentum", None)
+            if self.fits(params, kind) and params not in rows:
+                rows.append(params)
+        return rows
+
+
+def _suggest_one(trial, name: str, options: tuple, kind: str):
+    if kind == "wide" and name in _LOG_UNIFORM:
+        return trial.suggest_float(name, min(options), max(options), log=True)
+    if kind == "wide" and name in _UNIFORM:
+        return trial.suggest_float(name, min(options), max(options))
+    return trial.suggest_categorical(name, list(options))
