@@ -48,10 +48,20 @@ class Dataset:
     test: Images
     classes: list[str]
     source: str
+    _stats: tuple | None = None   # per-channel (mean, std) of train, computed once
 
     def to(self, device) -> "Dataset":
+        if self.train.x.device == torch.device(device):
+            return self
+        stats = tuple(t.to(device) for t in self._stats) if self._stats else None
         return Dataset(self.train.to(device), self.val.to(device), self.test.to(device),
-                       self.classes, self.source)
+                       self.classes, self.source, stats)
+
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std of the training images (0..255), computed once."""
+        if self._stats is None:
+            self._stats = channel_stats(self.train)
+        return self._stats
 
     def describe(self) -> str:
         return (f"{self.source}: {len(self.train)} train / {len(self.val)} val / "

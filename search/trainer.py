@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.data import Dataset, DeviceLoader, Images, channel_stats
+from search.data import Dataset, DeviceLoader
 from spaces import Config
 
 
@@ -98,7 +98,7 @@ def train(model: nn.Module, config: Config, data: Dataset, *, device: torch.devi
     model.to(device=device, memory_format=memory)
     optimizer = make_optimizer(model, config, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    mean, std = channel_stats(data.train)
+    mean, std = data.normalisation()
     loader = DeviceLoader(data.train, mean, std, config.batch_size, train=True,
                           generator=generator, channels_last=cuda)
     eval_loader = lambda images: DeviceLoader(images, mean, std, 1024, train=False,
