@@ -50,6 +50,12 @@ def positive_float(text: str) -> float:
     return value
 
 
+def port_number(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return int(text)
+
+
 def add_storage(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"sqlite:///FILE.db, journal:///FILE.log or postgresql://... "
@@ -92,6 +98,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="first run the report's published top configurations that fit")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="worker processes on this machine sharing the study (default 1)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve optuna-dashboard on 127.0.0.1 while the search runs")
+    p.add_argument("--dashboard-port", type=port_number, default=8080, metavar="PORT",
+                   help="the dashboard's port (default 8080; 0 picks a free one)")
 
 
 def build_parser() -> Parser:
@@ -113,6 +123,15 @@ def build_parser() -> Parser:
     p = commands.add_parser("studies", help="list the studies in a storage",
                             description="Example: optuna-search studies --storage sqlite:///x.db")
     add_storage(p)
+
+    p = commands.add_parser("dashboard", help="watch the studies in a browser (optuna-dashboard)",
+                            description="Serve optuna-dashboard on a storage and its artifacts. "
+                            "Example: optuna-search dashboard --port 8080; then open "
+                            "http://127.0.0.1:8080/dashboard")
+    add_storage(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; the dashboard has no login)")
+    p.add_argument("--port", type=port_number, default=8080, help="default 8080; 0: any free")
     return parser
 
 
@@ -158,6 +177,10 @@ def command_search(args) -> int:
         device=args.device, seed=args.seed, sampler=args.sampler, pruner=args.pruner,
         space=args.space, fixed=fixed, grid=grid, timeout=args.timeout,
         enqueue_report=args.enqueue_report, workers=args.workers)
+    if args.dashboard:
+        from search.dashboard import dashboard_beside
+        with dashboard_beside(args.storage, port=args.dashboard_port):
+            return run_search(settings)
     return run_search(settings)
 
 
@@ -181,17 +204,24 @@ def command_studies(args) -> int:
     return 0
 
 
-COMMANDS = {"info": command_info, "studies": command_studies}
+def command_dashboard(args) -> int:
+    from search.dashboard import serve
+    return serve(args.storage, host=args.host, port=args.port)
+
+
+COMMANDS = {"info": command_info, "studies": command_studies, "dashboard": command_dashboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from search.dashboard import DashboardError
     from search.data import DataError
     from search.study import StudyMismatch
     try:
         args = build_parser().parse_args(argv)
         handler = COMMANDS.get(args.command, command_search)
         return handler(args)
-    except (UsageError, ConfigError, StorageError, DataError, StudyMismatch) as error:
+    except (UsageError, ConfigError, StorageError, DataError, StudyMismatch,
+            DashboardError) as error:
         print(f"optuna-search: error: {error}", file=sys.stderr)
         return USAGE_ERROR
 

@@ -1,0 +1,170 @@
+"""optuna-dashboard on a study storage and its artifact store, alone or beside a search.
+
+    optuna-search dashboard                        # http://127.0.0.1:8080/dashboard, Ctrl-C stops
+    optuna-search mlp --trials 20 --dashboard      # the same, for as long as the search runs
+
+The dashboard reads the same storage as the search (SQLite in WAL mode with a busy timeout, see
+storage/open.py, so its reads never make a running trial fail "database is locked") and the
+same artifact store, so each trial's first_layer.png shows on its trial page.
+optuna-dashboard has no login: anyone who reaches its port can read, edit and delete studies.
+So it listens on loopback unless --host says otherwise, and then it warns.
+"""
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+from contextlib import contextmanager
+from socketserver import ThreadingMixIn
+from typing import Callable, Iterator, TextIO
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from storage import artifact_store, check_url, open_storage
+from storage.open import _local_path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class DashboardError(ValueError):
+    """The port is taken, the host unknown, or the storage file missing: one line, exit 2."""
+
+
+def dashboard_app(storage_url: str) -> Callable:
+    """optuna-dashboard's WSGI app on `storage_url` and the artifact store beside it."""
+    import optuna_dashboard
+    storage = open_storage(storage_url, heartbeat=False)  # a reader never fails stale trials
+    return optuna_dashboard.wsgi(storage, artifact_store=artifact_store(storage_url))
+
+
+class _AppOnFirstRequest:
+    """Opens the storage at the first request, not before: beside a search, the storage is
+    created by the search itself, after its input has been checked."""
+
+    def __init__(self, storage_url: str):
+        self.storage_url = storage_url
+        self._app: Callable | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        with self._lock:
+            if self._app is None:
+                self._app = dashboard_app(self.storage_url)
+        return self._app(environ, start_response)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # the browser polls every few seconds: no log line
+        pass
+
+
+class _ThreadedServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a half-open browser connection must not keep the process alive
+
+    def __init__(self, address: tuple, family: int):
+        self.address_family = family
+        super().__init__(address, _QuietHandler)
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the browser closed a tab mid-response: nothing to report
+        super().handle_error(request, client_address)
+
+
+class DashboardServer:
+    """A threaded WSGI server bound at construction, so a taken port fails before anything runs.
+
+    Port 0 picks a free port; `url` tells which."""
+
+    def __init__(self, app: Callable, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        except socket.gaierror as error:
+            raise DashboardError(f"host {host!r} is not known ({error.strerror})") from None
+        try:
+            self._server = _ThreadedServer((host, port), family)
+        except OSError as error:
+            raise DashboardError(f"cannot listen on {host}:{port} ({error.strerror}); "
+                                 "pick another with --port") from None
+        self._server.set_app(app)
+        self.host = host
+        self.port = self._server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/dashboard"
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.2)  # seconds between shutdown checks
+
+    def start(self) -> "DashboardServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="optuna-dashboard",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()  # waits for serve_forever to return
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+
+def exposure_warning(host: str) -> str | None:
+    if host in LOOPBACK_HOSTS:
+        return None
+    return (f"warning: optuna-dashboard has no login; listening on {host} lets anyone who can "
+            "reach this machine read, change and delete your studies")
+
+
+def _check_storage_exists(storage_url: str) -> None:
+    """A dashboard on a mistyped path would create an empty database there; refuse instead."""
+    kind = check_url(storage_url)
+    if kind in ("sqlite", "journal") and not _local_path(storage_url).exists():
+        raise DashboardError(f"no storage at {_local_path(storage_url)}; run a search first "
+                             f"or check --storage")
+
+
+def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          out: TextIO | None = None) -> int:
+    """The `dashboard` command: serve until Ctrl-C (or SIGTERM), then return 0."""
+    out = out or sys.stdout
+    _check_storage_exists(storage_url)
+    app = dashboard_app(storage_url)
+    server = DashboardServer(app, host, port)
+    warning = exposure_warning(host)
+    if warning:
+        print(warning, file=sys.stderr)
+    print(f"optuna-dashboard on {server.url} for {storage_url}; Ctrl-C stops it",
+          file=out, flush=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped", file=out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop()
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def dashboard_beside(storage_url: str, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST,
+                     out: TextIO | None = None) -> Iterator[DashboardServer]:
+    """The dashboard in a thread of this process while the block (the search) runs."""
+    out = out or sys.stdout
+    server = DashboardServer(_AppOnFirstRequest(storage_url), host, port).start()
+    print(f"optuna-dashboard on {server.url} while the search runs", file=out, flush=True)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,211 @@
+"""The dashboard: the `dashboard` command, --dashboard beside a search, and a search that goes on
+unharmed while the dashboard's API is polled on the same SQLite file."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.dashboard import DashboardServer
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def get(url: str, timeout: float = 10.0) -> tuple[int, bytes, str]:
+    """(status, body, content type); an HTTP error status is returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read(), response.headers.get_content_type()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), error.headers.get_content_type()
+
+
+def get_json(url: str):
+    status, body, _ = get(url)
+    assert status == 200, (url, status, body[:300])
+    return json.loads(body)
+
+
+def is_listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory) -> str:
+    """A finished two-trial mlp study on synthetic data, with its first-layer pictures."""
+    folder = tmp_path_factory.mktemp("dashboard-study")
+    url = f"sqlite:///{folder / 'watched.db'}"
+    argv = ["mlp", "--data", "synthetic", "--epochs", "1", "--trials", "2", "--pruner", "none",
+            "--study", "watched", "--storage", url]
+    assert main(argv) == 0
+    return url
+
+
+def test_dashboard_command_serves_study_and_pictures_until_ctrl_c(small_study):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "dashboard", "--storage", small_study,
+         "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first_line = process.stdout.readline()
+        assert "http://127.0.0.1:" in first_line, first_line + process.stderr.read()
+        page = first_line.split()[2]                 # http://127.0.0.1:PORT/dashboard
+        root = page.rsplit("/dashboard", 1)[0]
+        port = int(root.rsplit(":", 1)[1])
+
+        studies = get_json(root + "/api/studies")["study_summaries"]
+        study_id = {s["study_name"]: s["study_id"] for s in studies}["watched"]
+        detail = get_json(f"{root}/api/studies/{study_id}?after=0")
+        assert len(detail["trials"]) == 2
+        trial = detail["trials"][0]
+        pictures = [a for a in trial["artifacts"] if a["filename"] == "first_layer.png"]
+        assert len(pictures) == 1
+        assert pictures[0]["artifact_id"] == trial_attr(trial, "artifact:first_layer.png")
+        status, body, kind = get(f"{root}/artifacts/{study_id}/{trial['trial_id']}/"
+                                 f"{pictures[0]['artifact_id']}")
+        assert (status, kind, body[:8]) == (200, "image/png", PNG_MAGIC)
+        status, body, kind = get(page)
+        assert (status, kind) == (200, "text/html")
+    finally:
+        process.send_signal(signal.SIGINT)          # what Ctrl-C sends
+        out, err = process.communicate(timeout=30)
+    assert process.returncode in (0, 130), err
+    assert "Traceback" not in err and "no login" not in err, err
+    assert "dashboard stopped" in out
+    assert not is_listening(port)
+
+
+def trial_attr(serialized_trial: dict, key: str):
+    """optuna-dashboard serializes user_attrs as a list of {key, value}."""
+    return {a["key"]: a["value"] for a in serialized_trial["user_attrs"]}[key]
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_listening_beyond_loopback_warns_of_no_login(small_study, host, warned, monkeypatch,
+                                                      capsys):
+    def ctrl_c(self):  # stands in for a user pressing Ctrl-C as soon as it serves
+        raise KeyboardInterrupt
+    monkeypatch.setattr(DashboardServer, "serve_forever", ctrl_c)
+    assert main(["dashboard", "--storage", small_study, "--host", host, "--port", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert ("optuna-dashboard has no login" in err) == warned
+    assert f"http://{host}:" in out and "dashboard stopped" in out
+
+
+def test_bad_input_gets_one_line_and_exit_2_and_writes_nothing(tmp_path, small_study, capsys):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
+    missing = tmp_path / "missing.db"
+    cases = {
+        "mysql://somewhere/db": "is not understood",
+        f"sqlite:///{missing}": "no storage at",
+        f"sqlite:///{tmp_path / 'no-folder' / 'x.db'}": "does not exist",
+    }
+    try:
+        for storage, message in cases.items():
+            assert main(["dashboard", "--storage", storage, "--port", "0"]) == 2
+            assert_one_error_line(capsys, message)
+        assert main(["dashboard", "--storage", small_study, "--port", port]) == 2
+        assert_one_error_line(capsys, f"cannot listen on 127.0.0.1:{port}")
+        assert main(["dashboard", "--storage", small_study, "--port", "70000"]) == 2
+        assert_one_error_line(capsys, "is not a port")
+        # The search refuses a taken dashboard port before it creates its storage.
+        fresh = tmp_path / "fresh.db"
+        assert main(["mlp", "--data", "synthetic", "--epochs", "1", "--trials", "1",
+                     "--storage", f"sqlite:///{fresh}", "--dashboard",
+                     "--dashboard-port", port]) == 2
+        assert_one_error_line(capsys, "cannot listen")
+    finally:
+        taken.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no database, no artifact folder
+
+
+def assert_one_error_line(capsys, message: str) -> None:
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("optuna-search: error: "), err
+    assert message in lines[0], lines[0]
+
+
+class Poller(threading.Thread):
+    """GET the dashboard's API every 0.2 s (what an open browser tab does, only faster)."""
+
+    def __init__(self, root: str, study_name: str, stopping: threading.Event):
+        super().__init__(daemon=True)
+        self.root, self.study_name, self.stopping = root, study_name, stopping
+        self.statuses: dict[str, list[int]] = {"studies": [], "detail": []}
+        self.errors: list[str] = []
+        self.states_seen: set[str] = set()
+
+    def run(self) -> None:
+        study_id, answered = None, False
+        while not self.stopping.is_set():
+            try:
+                status, body, _ = get(self.root + "/api/studies")
+                answered = True
+                self.statuses["studies"].append(status)
+                ids = {s["study_name"]: s["study_id"]
+                       for s in json.loads(body).get("study_summaries", [])}
+                study_id = ids.get(self.study_name, study_id)
+                if study_id is not None:
+                    status, body, _ = get(f"{self.root}/api/studies/{study_id}?after=0")
+                    self.statuses["detail"].append(status)
+                    if status == 200:
+                        self.states_seen |= {t["state"] for t in json.loads(body)["trials"]}
+            except (urllib.error.URLError, ConnectionError) as error:
+                # Refused before the server binds and while it stops: neither is a failure.
+                if answered and not self.stopping.is_set():
+                    self.errors.append(repr(error))
+            time.sleep(0.2)
+
+
+def test_search_with_dashboard_goes_on_while_its_api_is_polled(tmp_path, monkeypatch, capsys):
+    port = free_port()
+    storage = f"sqlite:///{tmp_path / 'polled.db'}"
+    stopping = threading.Event()
+    real_stop = DashboardServer.stop
+
+    def stop(self):
+        stopping.set()
+        real_stop(self)
+    monkeypatch.setattr(DashboardServer, "stop", stop)
+
+    poller = Poller(f"http://127.0.0.1:{port}", "polled", stopping)
+    poller.start()
+    code = main(["mlp", "--data", "synthetic", "--epochs", "2", "--trials", "5",
+                 "--pruner", "none", "--study", "polled", "--storage", storage,
+                 "--dashboard", "--dashboard-port", str(port)])
+    poller.join(timeout=15)
+    out, err = capsys.readouterr()
+
+    assert code == 0, err
+    assert f"optuna-dashboard on http://127.0.0.1:{port}/dashboard" in out
+    assert not is_listening(port)  # stopped with the search
+    assert "database is locked" not in out + err
+    trials = optuna.load_study(study_name="polled", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    assert not any("fail_reason" in t.user_attrs for t in trials)
+    assert poller.errors == []
+    assert len(poller.statuses["detail"]) >= 10, poller.statuses
+    assert set(poller.statuses["studies"]) == {200}
+    assert set(poller.statuses["detail"]) == {200}
+    assert "Running" in poller.states_seen  # the polls really read while trials were written
