@@ -71,6 +71,8 @@ class Objective:
                            on_epoch=on_epoch, checkpoint=checkpoint)
         except Diverged as error:
             trial.set_user_attr("diverged", str(error))
+            # The curves of the finished epochs are already stored by on_epoch; say how many.
+            trial.set_user_attr("epochs_run", reported)
             self._cleanup(checkpoint)
             raise optuna.TrialPruned(f"diverged: {error}") from None
         except Exception as error:

@@ -1,0 +1,98 @@
+"""The objective on its own: a pruned trial really stops early, a diverging one ends PRUNED
+with its reason, and a failing one keeps its reason (in-memory studies, synthetic data, mlp)."""
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import search.objective
+from search.data import make_dataset
+from search.objective import Objective, ObjectiveSettings
+from spaces import get_space
+
+EPOCHS = 3
+# adamw at 1e-3 learns the synthetic classes within an epoch; plain SGD at 1e-4 with batches
+# of 1024 stays at chance (0.1) for many epochs: a clear loser for the median pruner.
+GOOD = dict(batch_size=128, optimizer="adamw", lr=0.001, momentum=0.9, weight_decay=0.0001,
+            activation="relu")
+BAD = dict(batch_size=1024, optimizer="sgd", lr=0.0001, weight_decay=0.0001,
+           activation="sigmoid")
+CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_dataset("synthetic")  # 1,800 train / 200 val / 500 test images
+
+
+def make_objective(data, **overrides) -> Objective:
+    settings = dict(model="mlp", space=get_space("mlp"), data=data, device=torch.device("cpu"),
+                    epochs=EPOCHS)
+    return Objective(ObjectiveSettings(**{**settings, **overrides}))
+
+
+def make_study(pruner=None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(direction="maximize", pruner=pruner or optuna.pruners.NopPruner())
+
+
+def test_a_pruned_trial_stops_after_the_epoch_the_pruner_judged(data):
+    # With one finished trial as reference and no warm-up, the median pruner judges epoch 1.
+    study = make_study(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    study.enqueue_trial(GOOD)
+    study.enqueue_trial(BAD)
+    study.optimize(make_objective(data), n_trials=2)
+    good, bad = study.trials
+
+    assert good.state == TrialState.COMPLETE
+    assert sorted(good.intermediate_values) == [1, 2, 3]  # reported once per epoch, 1-based
+    assert good.user_attrs["epochs_run"] == EPOCHS
+    assert bad.intermediate_values[1] < good.intermediate_values[1]  # why it was pruned
+
+    assert bad.state == TrialState.PRUNED
+    assert bad.params == BAD  # the enqueued values, momentum not suggested for plain SGD
+    assert bad.user_attrs["epochs_run"] == 1 < EPOCHS
+    assert list(bad.intermediate_values) == [1]
+    assert all(len(bad.user_attrs["curves"][name]) == 1 for name in CURVES)
+    assert bad.user_attrs["max_val_acc"] == bad.intermediate_values[1]
+    assert "test_acc" not in bad.user_attrs  # the test set is only for finished trials
+
+
+def test_a_diverging_trial_ends_pruned_with_its_reason(data):
+    study = make_study()
+    study.enqueue_trial(dict(batch_size=128, weight_decay=0.0001, activation="relu"))
+    objective = make_objective(data, fixed={"lr": 10.0, "optimizer": "sgd"})
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+
+    assert trial.state == TrialState.PRUNED
+    assert trial.params == dict(batch_size=128, weight_decay=0.0001, activation="relu")
+    assert trial.user_attrs["config"]["lr"] == 10.0
+    assert "became nan" in trial.user_attrs["diverged"] or "became inf" in \
+        trial.user_attrs["diverged"]
+    assert trial.user_attrs["epochs_run"] < EPOCHS
+    assert "fail_reason" not in trial.user_attrs
+
+
+def test_an_error_inside_training_fails_that_trial_with_its_reason(data, monkeypatch):
+    real_train = search.objective.train
+
+    def train_out_of_memory_at_1024(model, config, *args, **kwargs):
+        if config.batch_size == 1024:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+        return real_train(model, config, *args, **kwargs)
+
+    monkeypatch.setattr(search.objective, "train", train_out_of_memory_at_1024)
+    study = make_study()
+    study.enqueue_trial(dict(GOOD, batch_size=1024))
+    study.enqueue_trial(GOOD)
+    study.optimize(make_objective(data, epochs=1), n_trials=2, catch=(Exception,))
+    failed, finished = study.trials
+
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert failed.user_attrs["config"]["batch_size"] == 1024
+    assert finished.state == TrialState.COMPLETE
+    assert "fail_reason" not in finished.user_attrs
