@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from spaces import MODEL_NAMES, ConfigError, Config, apply_overrides, get_space, parse_value
@@ -132,6 +133,26 @@ def build_parser() -> Parser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; the dashboard has no login)")
     p.add_argument("--port", type=port_number, default=8080, help="default 8080; 0: any free")
+
+    p = commands.add_parser("report", help="the top trials of a study as a table (or a page)",
+                            description="Example: optuna-search report resnet18 --top 8 "
+                            "(Markdown on stdout); --format html -o report.html writes the "
+                            "table and every figure on one offline page")
+    p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
+    p.add_argument("--top", type=positive_int, default=8, help="rows to show (default 8)")
+    p.add_argument("--format", default="markdown", choices=("markdown", "csv", "html"))
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--include-pruned", action="store_true",
+                   help="rank pruned and failed trials too, with a state column")
+    add_storage(p)
+
+    p = commands.add_parser("plots", help="a study's figures as offline HTML (+ PNG)",
+                            description="Example: optuna-search plots resnet18 -o figures/ "
+                            "(learning curves, patch-size figures, first-layer pictures, "
+                            "Optuna's history / importances / parallel coordinates)")
+    p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
+    p.add_argument("-o", "--output", metavar="DIR", required=True, help="folder to write")
+    add_storage(p)
     return parser
 
 
@@ -209,10 +230,38 @@ def command_dashboard(args) -> int:
     return serve(args.storage, host=args.host, port=args.port)
 
 
-COMMANDS = {"info": command_info, "studies": command_studies, "dashboard": command_dashboard}
+def command_report(args) -> int:
+    from reports.page import render_report
+    if args.format == "html" and not args.output:
+        raise UsageError("--format html needs -o FILE (the page embeds plotly.js, ~5 MB)")
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise UsageError(f"folder {Path(args.output).parent} does not exist")
+    text = render_report(args.storage, args.study, args.top, args.format, args.include_pruned)
+    text = text if text.endswith("\n") else text + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def command_plots(args) -> int:
+    from reports.page import write_plots
+    written = write_plots(args.storage, args.study, args.output)
+    for path in written.paths:
+        print(path)
+    for note in written.notes:
+        print(f"note: {note}")
+    return 0
+
+
+COMMANDS = {"info": command_info, "studies": command_studies, "dashboard": command_dashboard,
+            "report": command_report, "plots": command_plots}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from reports.table import ReportError
     from search.dashboard import DashboardError
     from search.data import DataError
     from search.study import StudyMismatch
@@ -221,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = COMMANDS.get(args.command, command_search)
         return handler(args)
     except (UsageError, ConfigError, StorageError, DataError, StudyMismatch,
-            DashboardError) as error:
+            DashboardError, ReportError) as error:
         print(f"optuna-search: error: {error}", file=sys.stderr)
         return USAGE_ERROR
 

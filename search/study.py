@@ -168,8 +168,9 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run_search(settings: SearchSettings, out=sys.stdout) -> int:
+def run_search(settings: SearchSettings, out=None) -> int:
     """Load the data once, open the study, run the trials; 0 on success, 130 on Ctrl-C."""
+    out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     space = get_space(settings.model)
@@ -247,6 +248,12 @@ def _finish(study: optuna.Study, settings: SearchSettings, out) -> int:
           f"{f' test_acc={test:.4f}' if test is not None else ''} {best.params}", file=out)
     storage = "" if settings.storage == DEFAULT_STORAGE else f" --storage {settings.storage}"
     print(f"table: optuna-search report {settings.study_name} --top 8{storage}", file=out)
+    try:  # the figures are a convenience: a failure here must not fail a finished search
+        from reports.dashboard_figures import register_dashboard_figures
+        register_dashboard_figures(study)
+    except Exception as error:
+        print(f"figures for optuna-dashboard not saved ({type(error).__name__}: {error})",
+              file=out)
     return 0
 
 

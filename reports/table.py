@@ -1,0 +1,164 @@
+"""Study -> the report's top-k table (a DataFrame), and Markdown / CSV text of it.
+
+Columns are chosen explicitly from each trial's user_attrs["config"] and its metric attrs
+(never the whole of trials_dataframe, which carries system_attrs_* columns):
+
+    rank, trial, batch size, learning rate, optimizer, momentum, weight decay,
+    [mlpmixer: embed dim, blocks, drop rate, patch size] [mlp: activation],
+    max train acc, max val acc, test acc, epochs run [, state with --include-pruned]
+
+Rows are ranked by max val acc (choose on validation, never on test). Plain SGD has no
+momentum, so its momentum is blank ("-" in Markdown).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from storage import check_url, open_storage
+
+
+class ReportError(ValueError):
+    """A study that cannot be reported on (unknown name, no trials): exit status 2."""
+
+
+# (column, config key) for the searched parameters, per model, in the report's order.
+COMMON_PARAMS = [("batch size", "batch_size"), ("learning rate", "lr"),
+                 ("optimizer", "optimizer"), ("momentum", "momentum"),
+                 ("weight decay", "weight_decay")]
+MODEL_PARAMS = {
+    "resnet18": [],
+    "mlpmixer": [("embed dim", "embed_dim"), ("blocks", "num_blocks"),
+                 ("drop rate", "drop_rate"), ("patch size", "patch_size")],
+    "mlp": [("activation", "activation")],
+}
+# (column, user attr) for the measured numbers, all written by search/objective.py.
+METRICS = [("max train acc", "max_train_acc"), ("max val acc", "max_val_acc"),
+           ("test acc", "test_acc"), ("epochs run", "epochs_run")]
+ACCURACY_COLUMNS = ("max train acc", "max val acc", "test acc")
+
+
+def load_study(storage_url: str, study_name: str) -> optuna.Study:
+    """Open an existing study for reading; creates no file and no study.
+
+    Raises ReportError for a missing storage file or an unknown study name.
+    """
+    kind = check_url(storage_url)
+    if kind in ("sqlite", "journal"):
+        path = Path(storage_url.split(":///", 1)[-1])
+        if not path.is_file():
+            raise ReportError(f"no storage at {path}; run a search first, or pass --storage")
+    storage = open_storage(storage_url, heartbeat=False)
+    names = optuna.get_all_study_names(storage=storage)
+    if study_name not in names:
+        known = ", ".join(names) if names else "none"
+        raise ReportError(f"no study {study_name!r} in {storage_url} (studies: {known})")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def study_model(study: optuna.Study) -> str:
+    """The model a study searched: its user attr, else guessed from a trial's config."""
+    model = study.user_attrs.get("model")
+    if model in MODEL_PARAMS:
+        return model
+    for trial in study.get_trials(deepcopy=False):
+        config = trial.user_attrs.get("config", {})
+        if "activation" in trial.params:
+            return "mlp"
+        if "embed_dim" in trial.params or "num_blocks" in trial.params:
+            return "mlpmixer"
+        if config:
+            return "resnet18"
+    return "resnet18"
+
+
+def columns(model: str, include_state: bool = False) -> list[str]:
+    """The table's columns for a model, in order."""
+    names = ["rank", "trial", *(c for c, _ in COMMON_PARAMS + MODEL_PARAMS[model]),
+             *(c for c, _ in METRICS)]
+    return names + ["state"] if include_state else names
+
+
+def ranked_trials(study: optuna.Study, include_pruned: bool = False) -> list[FrozenTrial]:
+    """Complete trials (and, if asked, the others that have a config), best max val acc first.
+
+    Ties keep the earlier trial first; a trial with no validation epoch yet goes last.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.state == TrialState.COMPLETE
+              or (include_pruned and "config" in t.user_attrs)]
+    return sorted(trials, key=lambda t: (-_val_acc(t), t.number))
+
+
+def _val_acc(trial: FrozenTrial) -> float:
+    value = trial.user_attrs.get("max_val_acc", trial.value)
+    return float(value) if value is not None and not math.isnan(value) else -math.inf
+
+
+def top_table(study: optuna.Study, top: int = 8, include_pruned: bool = False) -> pd.DataFrame:
+    """The report's table: one row per trial, best max val acc first, at most `top` rows.
+
+    Raises ReportError when the study has no trial to show.
+    """
+    trials = ranked_trials(study, include_pruned)
+    if not trials:
+        counts = pd.Series([t.state.name.lower() for t in study.trials]).value_counts()
+        have = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials"
+        hint = "" if include_pruned or not len(counts) else "; --include-pruned shows the others"
+        raise ReportError(f"study {study.study_name!r} has no complete trial yet ({have}){hint}")
+    model = study_model(study)
+    params = COMMON_PARAMS + MODEL_PARAMS[model]
+    rows = []
+    for rank, trial in enumerate(trials[:top], start=1):
+        config = trial.user_attrs.get("config", {})
+        row: dict[str, Any] = {"rank": rank, "trial": trial.number}
+        for column, key in params:
+            row[column] = config.get(key, trial.params.get(key))
+        if config.get("optimizer", trial.params.get("optimizer")) == "sgd":
+            row["momentum"] = None  # plain SGD uses no momentum
+        for column, key in METRICS:
+            row[column] = trial.user_attrs.get(key)
+        if include_pruned:
+            row["state"] = trial.state.name.lower()
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=columns(model, include_pruned))
+    for column in ACCURACY_COLUMNS:
+        table[column] = table[column].astype(float)
+    return table
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as text cells: accuracies to 4 decimals, rates as typed, blanks as "-"."""
+    shown = table.astype(object).copy()
+    for column in table.columns:
+        shown[column] = [_cell(column, value) for value in table[column]]
+    return shown
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if column in ACCURACY_COLUMNS:
+        return f"{value:.4f}"
+    if isinstance(value, float):
+        return f"{value:g}"  # 0.0001 -> 0.0001, 2.5e-05 stays as the space lists it
+    return str(value)
+
+
+TEXT_COLUMNS = ("optimizer", "activation", "state")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    # disable_numparse keeps "0.0001" and "2.5e-05" exactly as display_table wrote them
+    align = ["left" if c in TEXT_COLUMNS else "right" for c in table.columns]
+    return display_table(table).to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def to_csv(table: pd.DataFrame) -> str:
+    """Full precision, blank where there is no value (momentum for sgd, test acc if pruned)."""
+    return table.to_csv(index=False)

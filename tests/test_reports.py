@@ -1,0 +1,313 @@
+"""reports: the top-k table, the figures, the first-layer pictures, the offline page, and the
+`report` / `plots` commands. Studies are built with optuna.trial.create_trial and fake
+user_attrs (no training), except one end-to-end run of a 2-trial MLP search."""
+from __future__ import annotations
+
+import io
+import random
+import re
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+from PIL import Image
+
+from reports import pictures
+from reports.dashboard_figures import register_dashboard_figures
+from reports.figures import best_pictures, learning_curves, patch_size_figures, study_figures
+from reports.page import render_report, write_plots
+from reports.table import ReportError, columns, to_csv, to_markdown, top_table
+from search.cli import main
+from spaces import get_space
+from storage import artifact_dir, artifact_store
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+COMMON = ["rank", "trial", "batch size", "learning rate", "optimizer", "momentum",
+          "weight decay"]
+METRICS = ["max train acc", "max val acc", "test acc", "epochs run"]
+
+
+def fake_trial(model: str, rng: random.Random, state=TrialState.COMPLETE, epochs=3,
+               **chosen) -> optuna.trial.FrozenTrial:
+    """A trial as search/objective.py leaves it: params, config, curves, metric attrs."""
+    space = get_space(model)
+    params = {k: chosen.get(k, rng.choice(v)) for k, v in space.lists.items()}
+    if "embed_dim" in space.int_ranges:
+        params["embed_dim"] = chosen.get("embed_dim", 128)
+    if params["optimizer"] == "sgd":
+        params.pop("momentum")
+    distributions = {k: CategoricalDistribution(list(space.lists.get(k, (params[k],))))
+                     for k in params}
+    config = {**space.defaults.as_dict(), **params, "patch_size": chosen.get("patch_size", 4)}
+    config["hidden_sizes"] = list(config["hidden_sizes"])
+    val = chosen.get("val_acc") or [round(rng.uniform(0.1, 0.9), 4) for _ in range(epochs)]
+    curves = {"train_loss": [2.0 - e / 10 for e in range(epochs)], "val_loss": [1.5] * epochs,
+              "train_acc": [round(rng.uniform(0.1, 0.9), 4) for _ in range(epochs)],
+              "val_acc": val, "train_seconds": [1.0] * epochs, "val_seconds": [0.1] * epochs}
+    attrs = {"config": config, "curves": curves, "epochs_run": epochs,
+             "max_train_acc": max(curves["train_acc"]), "max_val_acc": max(val),
+             "parameters": chosen.get("parameters", 1000),
+             "avg_train_seconds": chosen.get("train_s", 1.0), "avg_val_seconds": 0.1}
+    attrs.update(chosen.get("attrs", {}))
+    if state == TrialState.COMPLETE:
+        attrs["test_acc"] = chosen.get("test_acc", round(rng.uniform(0.1, 0.9), 4))
+    return optuna.trial.create_trial(
+        state=state, value=max(val) if state == TrialState.COMPLETE else None,
+        params=params, distributions=distributions, user_attrs=attrs,
+        intermediate_values={e + 1: v for e, v in enumerate(val)})
+
+
+def make_study(model: str, complete: int, pruned: int = 0, storage=None, name="s",
+               grid=None, **chosen) -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    study.set_user_attr("model", model)
+    study.set_user_attr("grid", grid)
+    rng = random.Random(complete * 100 + pruned)
+    for _ in range(complete):
+        study.add_trial(fake_trial(model, rng, **chosen))
+    for _ in range(pruned):
+        study.add_trial(fake_trial(model, rng, TrialState.PRUNED, epochs=1, **chosen))
+    return study
+
+
+# ---- the table -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("complete", [3, 12])
+def test_table_has_the_best_min_8_complete_trials_sorted_by_max_val_acc(complete):
+    study = make_study("resnet18", complete, pruned=2)
+    table = top_table(study, top=8)
+    assert len(table) == min(8, complete)
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    assert table["max val acc"].is_monotonic_decreasing
+    by_number = {t.number: t for t in study.trials}
+    assert all(by_number[n].state == TrialState.COMPLETE for n in table["trial"])
+    ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
+                    key=lambda t: -t.user_attrs["max_val_acc"])[:8]
+    assert list(table["trial"]) == [t.number for t in ranked]
+    for _, row in table.iterrows():  # every number is the stored one
+        trial = by_number[row["trial"]]
+        for column, attr in [("max train acc", "max_train_acc"), ("max val acc", "max_val_acc"),
+                             ("test acc", "test_acc"), ("epochs run", "epochs_run")]:
+            assert row[column] == trial.user_attrs[attr]
+        assert row["learning rate"] == trial.params["lr"]
+        assert row["batch size"] == trial.params["batch_size"]
+
+
+def test_rows_are_ranked_on_validation_never_on_test():
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("model", "resnet18")
+    rng = random.Random(0)
+    study.add_trial(fake_trial("resnet18", rng, test_acc=0.99))  # best on test only
+    study.add_trial(fake_trial("resnet18", rng, test_acc=0.01))
+    low, high = sorted(study.trials, key=lambda t: t.user_attrs["max_val_acc"])
+    table = top_table(study)
+    assert list(table["trial"]) == [high.number, low.number]
+
+
+@pytest.mark.parametrize("model, extra", [
+    ("resnet18", []),
+    ("mlpmixer", ["embed dim", "blocks", "drop rate", "patch size"]),
+    ("mlp", ["activation"]),
+])
+def test_columns_per_model(model, extra):
+    table = top_table(make_study(model, 2))
+    assert list(table.columns) == COMMON + extra + METRICS
+    assert columns(model) == COMMON + extra + METRICS
+
+
+def test_sgd_momentum_is_blank_and_pruned_trials_join_only_when_asked():
+    study = make_study("resnet18", 2, pruned=3, optimizer="sgd")
+    table = top_table(study, include_pruned=True)
+    assert len(table) == 5 and list(table.columns)[-1] == "state"
+    assert sorted(table["state"]) == ["complete"] * 2 + ["pruned"] * 3
+    assert table["momentum"].isna().all()
+    assert table["test acc"].isna().sum() == 3   # pruned trials are never tested
+    markdown = to_markdown(table)
+    assert len(markdown.splitlines()) == 2 + 5
+    assert all(line.split("|")[6].strip() == "-" for line in markdown.splitlines()[2:])
+    assert ",sgd,," in to_csv(table)             # CSV leaves it empty
+    assert len(top_table(study)) == 2
+
+
+def test_a_study_without_complete_trials_is_a_report_error():
+    with pytest.raises(ReportError, match="no complete trial"):
+        top_table(make_study("mlp", 0, pruned=2))
+
+
+# ---- figures ---------------------------------------------------------------------------
+
+def test_curve_figures_have_one_trace_per_trial_named_by_what_varies():
+    study = make_study("mlp", 3, pruned=1)
+    figures = learning_curves(study)
+    assert list(figures) == ["curves_train_loss", "curves_val_loss", "curves_train_acc",
+                             "curves_val_acc"]
+    for figure in figures.values():
+        assert len(figure.data) == len(study.trials) == 4
+    trial = study.trials[0]
+    trace = figures["curves_val_acc"].data[0]
+    assert list(trace.y) == trial.user_attrs["curves"]["val_acc"]
+    assert list(trace.x) == [1, 2, 3]
+    assert trace.name.startswith("#0 ")
+
+
+def test_grid_legend_names_the_grid_value():
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("model", "mlp")
+    study.set_user_attr("grid", {"activation": ["relu", "sigmoid", "tanh"]})
+    rng = random.Random(1)
+    for activation in ("relu", "sigmoid", "tanh"):
+        study.add_trial(fake_trial("mlp", rng, activation=activation, batch_size=128,
+                                   optimizer="adamw", lr=0.001, momentum=0.9,
+                                   weight_decay=0.001))
+    names = [t.name for t in learning_curves(study)["curves_train_loss"].data]
+    assert names == ["activation=relu", "activation=sigmoid", "activation=tanh"]
+
+
+def test_patch_size_figures_only_when_patch_size_varies():
+    assert patch_size_figures(make_study("mlpmixer", 3)) == {}
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("model", "mlpmixer")
+    rng = random.Random(2)
+    for patch, params, seconds in [(4, 2188298, 28.5), (8, 2175818, 26.8), (16, 2310938, 26.2)]:
+        study.add_trial(fake_trial("mlpmixer", rng, patch_size=patch, parameters=params,
+                                   train_s=seconds))
+    figures = patch_size_figures(study)
+    assert list(figures) == ["patch_parameters", "patch_train_seconds", "patch_val_seconds"]
+    assert list(figures["patch_parameters"].data[0].x) == ["4", "8", "16"]
+    assert list(figures["patch_parameters"].data[0].y) == [2188298, 2175818, 2310938]
+    assert list(figures["patch_train_seconds"].data[0].y) == [28.5, 26.8, 26.2]
+
+
+def test_param_importances_is_skipped_with_a_note_for_one_trial():
+    notes = []
+    figures = study_figures(make_study("resnet18", 1), notes)
+    assert "optimization_history" in figures and "param_importances" not in figures
+    assert any("param_importances skipped" in n for n in notes)
+    assert "param_importances" in study_figures(make_study("resnet18", 4))
+
+
+# ---- first-layer pictures --------------------------------------------------------------
+
+def test_resnet18_kernels_are_64_rgb_tiles_of_3x3_on_an_8x8_grid():
+    weight = np.random.default_rng(0).normal(size=(64, 3, 3, 3))
+    rgb = pictures.tiles("resnet18", weight)
+    assert rgb.shape == (64, 3, 3, 3)
+    flat = rgb.flatten(1)  # each kernel is min-max scaled on its own
+    assert np.allclose(flat.min(1).values, 0) and np.allclose(flat.max(1).values, 1)
+    assert pictures.tiles("resnet18", weight, grayscale=True).shape == (64, 1, 3, 3)
+    side = 8 * (3 + pictures.PADDING) + pictures.PADDING       # 8 tiles a row and column
+    assert pictures.grid_image("resnet18", weight).shape == (3, side, side)
+    png = Image.open(io.BytesIO(pictures.picture_png("resnet18", weight)))
+    scale = pictures.TILE_PIXELS // 3
+    assert png.size == (side * scale, side * scale)
+
+
+@pytest.mark.parametrize("embed_dim, patch, grid", [(256, 4, 8), (128, 8, 4)])
+def test_mixer_token_mixing_picture_has_embed_dim_half_tiles_on_the_token_grid(
+        embed_dim, patch, grid):
+    weight = np.random.default_rng(0).normal(size=(embed_dim // 2, (32 // patch) ** 2))
+    assert pictures.tiles("mlpmixer", weight).shape == (embed_dim // 2, 1, grid, grid)
+    # row 0 drawn on the grid is the weight row reshaped row-major
+    row = weight[0].reshape(grid, grid)
+    drawn = pictures.tiles("mlpmixer", weight)[0, 0].numpy()
+    assert np.allclose(drawn, (row - row.min()) / (row.max() - row.min()), atol=1e-6)
+
+
+def test_mlp_rows_are_32x32_rgb_tiles():
+    weight = np.random.default_rng(0).normal(size=(512, 3 * 32 * 32))
+    assert pictures.tiles("mlp", weight).shape == (pictures.MLP_TILES, 3, 32, 32)
+
+
+def study_with_weights(tmp_path, url: str, model: str, shape: tuple, name="s"):
+    """Three fake trials, then a best trial 3 whose first-layer weight is in the store."""
+    study = make_study(model, 3, storage=url, name=name)
+    weight = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    np.save(tmp_path / "first_layer.npy", weight)
+    artifact_id = optuna.artifacts.upload_artifact(
+        artifact_store=artifact_store(url), file_path=str(tmp_path / "first_layer.npy"),
+        study_or_trial=study)
+    study.add_trial(fake_trial(model, random.Random(0), val_acc=[0.5, 0.95],
+                               attrs={"artifact:first_layer.npy": artifact_id}))
+    assert study.best_trial.number == 3
+    return study, weight
+
+
+def test_best_pictures_come_from_the_artifact_store(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study, weight = study_with_weights(tmp_path, url, "resnet18", (64, 3, 3, 3))
+    best = study.best_trial
+    shown = best_pictures(study, artifact_dir(url))
+    assert sorted(shown) == [f"first_layer_gray_trial{best.number}",
+                             f"first_layer_rgb_trial{best.number}"]
+    assert shown[f"first_layer_rgb_trial{best.number}"] == pictures.picture_png("resnet18",
+                                                                                  weight)
+    notes = []
+    assert best_pictures(study, tmp_path / "elsewhere", notes) == {} and notes
+
+
+# ---- the page and the commands ---------------------------------------------------------
+
+def test_html_page_is_offline_with_one_plotly_copy(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study_with_weights(tmp_path, url, "mlp", (512, 3 * 32 * 32), name="mlp")
+    page = render_report(url, "mlp", fmt="html")
+    assert page.count("plotly.js v") == 1           # the library's own banner, embedded once
+    # plotly.js itself mentions cdn.plot.ly (map data); no <script> may load from a network
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert page.count("<img alt='first_layer_rows_trial3' src='data:image/png;base64,") == 1
+    assert page.count("<div id=\"figure-") == 7     # 4 curves + 3 Optuna figures
+    assert "<table" in page and "max val acc" in page
+
+
+def test_cli_report_and_clear_errors(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study("mlpmixer", 10, storage=url, name="mixer")
+    make_study("mlpmixer", 0, pruned=1, storage=url, name="empty")
+    assert main(["report", "mixer", "--top", "8", "--storage", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 8 and "embed dim" in lines[0]
+    for argv, message in [(["report", "nope"], "no study 'nope'"),
+                          (["report", "empty"], "no complete trial"),
+                          (["plots", "nope", "-o", str(tmp_path / "f")], "no study 'nope'")]:
+        assert main([*argv, "--storage", url]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and err.startswith("optuna-search: error:")
+    missing = tmp_path / "missing.db"
+    assert main(["report", "mixer", "--storage", f"sqlite:///{missing}"]) == 2
+    assert not missing.exists() and not (tmp_path / "f").exists()   # nothing written
+
+
+def test_cli_report_to_file_and_plots_folder(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study("resnet18", 4, storage=url, name="resnet18")
+    assert main(["report", "resnet18", "--format", "csv", "-o", str(tmp_path / "t.csv"),
+                 "--storage", url]) == 0
+    assert (tmp_path / "t.csv").read_text().startswith("rank,trial,batch size")
+    assert main(["plots", "resnet18", "-o", str(tmp_path / "figs"), "--storage", url]) == 0
+    out = capsys.readouterr().out
+    written = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert "curves_val_acc.html" in written and "parallel_coordinate.html" in written
+    assert ("curves_val_acc.png" in written) or "kaleido is not installed" in out
+    assert "first-layer pictures skipped" in out   # fake trials have no weights stored
+
+
+def test_end_to_end_mlp_search_then_report_plots_and_dashboard(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["mlp", "--trials", "2", "--epochs", "1", "--data", "synthetic",
+                 "--storage", url]) == 0
+    assert main(["report", "mlp", "--storage", url]) == 0
+    table = capsys.readouterr().out.splitlines()[-3:]   # header rule + 2 trial rows
+    assert table[0].startswith("|--") and len(table) == 3
+    assert main(["plots", "mlp", "-o", str(tmp_path / "figs"), "--storage", url]) == 0
+    best = optuna.load_study(study_name="mlp", storage=url).best_trial
+    png = tmp_path / "figs" / f"first_layer_rows_trial{best.number}.png"
+    assert Image.open(png).size[0] > 100               # read back from the artifact store
+    study = optuna.load_study(study_name="mlp", storage=url)
+    system = study._storage.get_study_system_attrs(study._study_id)
+    saved = {k.split(":")[2] for k in system if k.startswith("dashboard:plot_data:")}
+    assert {"curves_val_acc", "optimization_history"} <= saved   # registered by _finish
+    assert sorted(register_dashboard_figures(study)) == sorted(saved)  # fixed ids overwrite
+    again = study._storage.get_study_system_attrs(study._study_id)
+    assert {k.split(":")[2] for k in again if k.startswith("dashboard:plot_data:")} == saved
