@@ -1,0 +1,202 @@
+"""Seconds per epoch and images per second: our trainer against the common recipe.
+
+Ours: search.trainer.train with the whole split on the device, crop and flip done there on
+the batch, no DataLoader (bf16 autocast + channels_last on CUDA, fp32 on the CPU).
+The common recipe: a CIFAR10-style torch Dataset returning PIL images, torchvision transforms
+(RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) in a DataLoader with
+workers, fp32, a plain loop that reads the loss back every step (loss.item()), as the PyTorch
+CIFAR-10 tutorial does.
+
+Both train the same model (same initial weights), at the same batch size, on the same images,
+in the same process; each epoch is timed from its first batch to its last optimizer step
+(validation excluded). The first epoch is warm-up (cudnn autotuning, worker start-up, caches):
+the table reports the mean of the later ones.
+
+    python bench/train_speed.py                                   # CPU: mlpmixer (c=128)
+    python bench/train_speed.py --model resnet18 --images 1024 --batch-size 128
+    python bench/train_speed.py --model resnet18 --data ../shared/data/cifar10-jpeg.tar.gz \\
+        --images 50000 --epochs 3 --device cuda --workers 8
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from search.data import Dataset, DataError, Images, balanced_subset, channel_stats, load_source
+from search.models import build, parameter_count
+from search.trainer import pick_device, train
+from spaces import Config, ConfigError, apply_overrides, parse_value
+from spaces.defaults import parse_assignment
+
+EVAL_IMAGES = 256   # ours evaluates a validation set each epoch (untimed); keep it small
+
+
+# ---------------------------------------------------------------- the data, shared by both
+
+def load_images(source: str, n: int, seed: int) -> tuple[Images, Images]:
+    """n class-balanced training images (uint8, N x 3 x 32 x 32) and a few held-out ones."""
+    if source == "synthetic":
+        from search.data import synthetic
+        train, test, _ = synthetic(n_train=max(n, 10), n_test=EVAL_IMAGES, seed=seed)
+    else:
+        train, test, _ = load_source(source)
+    generator = torch.Generator().manual_seed(seed)
+    if n > len(train):
+        raise DataError(f"--images {n}: {source} has only {len(train)} training images")
+    train = train.take(balanced_subset(train.y, n, generator))
+    test = test.take(balanced_subset(test.y, min(EVAL_IMAGES, len(test)), generator))
+    return train, test
+
+
+# ---------------------------------------------------------------- the common recipe
+
+class CIFAR10Style(torch.utils.data.Dataset):
+    """Like torchvision.datasets.CIFAR10: HWC uint8 array in memory, a PIL image per item."""
+
+    def __init__(self, images: Images, transform):
+        self.data = images.x.permute(0, 2, 3, 1).contiguous().numpy()   # N x 32 x 32 x 3
+        self.targets = images.y.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+def common_recipe(model, config: Config, images: Images, device: torch.device, workers: int,
+                  epochs: int, seed: int) -> list[float]:
+    """Seconds per epoch of the textbook loop (fp32, DataLoader with PIL transforms)."""
+    from torchvision import transforms
+    mean, std = channel_stats(images)
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize((mean / 255).tolist(), (std / 255).tolist())])
+    loader = torch.utils.data.DataLoader(
+        CIFAR10Style(images, transform), batch_size=config.batch_size, shuffle=True,
+        num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
+        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  betas=(config.momentum, 0.999),
+                                  weight_decay=config.weight_decay)
+    seconds = []
+    for _ in range(epochs):
+        started, running_loss = time.perf_counter(), 0.0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+# ---------------------------------------------------------------- ours
+
+def our_trainer(model, config: Config, train_images: Images, eval_images: Images,
+                device: torch.device, epochs: int, seed: int) -> list[float]:
+    """Seconds per epoch of search.trainer.train (its own train_seconds, validation excluded)."""
+    data = Dataset(train_images, eval_images, eval_images, [str(c) for c in range(10)],
+                   "bench").to(device)   # loaded onto the device once, as a study does
+    result = train(model, config.replace(epochs=epochs), data, device=device, seed=seed)
+    return [e.train_seconds for e in result.epochs]
+
+
+# ---------------------------------------------------------------- the run
+
+def steady(seconds: list[float]) -> float:
+    """Mean seconds per epoch after the warm-up epoch (the only epoch if there is one)."""
+    return statistics.mean(seconds[1:] if len(seconds) > 1 else seconds)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n\n", 3)[3],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mlpmixer", choices=("resnet18", "mlpmixer", "mlp"))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--images", type=int, default=512, help="training images per epoch (512)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per recipe; the first is "
+                   "warm-up (default 2)")
+    p.add_argument("--data", default="synthetic",
+                   help="synthetic (default), a folder / .tar.gz in image-folder layout, cifar10")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader workers of the common recipe (default min(4, cores))")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model settings, e.g. --set embed_dim=128 (mlpmixer default here: 128)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def make_config(args) -> Config:
+    fixed = {"batch_size": args.batch_size}
+    if args.model == "mlpmixer":
+        fixed["embed_dim"] = 128   # a quarter of the c=256 FLOPs: CPU-sized by default
+    for text in args.set:
+        key, value = parse_assignment(text)
+        fixed[key] = parse_value(key, value)
+    return apply_overrides(Config(), fixed)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        config = make_config(args)
+        if args.images < config.batch_size or args.epochs < 1:
+            raise ConfigError("--images must be at least --batch-size, --epochs at least 1")
+        device = pick_device(args.device)
+        train_images, eval_images = load_images(args.data, args.images, args.seed)
+    except (ConfigError, DataError, RuntimeError) as error:
+        print(f"train_speed: error: {error}", file=sys.stderr)
+        return 2
+
+    per_epoch = (args.images // config.batch_size) * config.batch_size  # both drop the rest
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+                 f"load average {os.getloadavg()[0]:.1f} before the run)")
+    torch.manual_seed(args.seed)
+    params = parameter_count(build(args.model, config))
+    print(f"{args.model} ({params:,} parameters), batch {config.batch_size}, {per_epoch} images "
+          f"per epoch from {args.data}, {args.epochs} epochs (first = warm-up); {name}; "
+          f"torch {torch.__version__}, Python {platform.python_version()}")
+
+    torch.manual_seed(args.seed)   # same initial weights for both recipes
+    common = common_recipe(build(args.model, config), config, train_images, device,
+                           args.workers, args.epochs, args.seed)
+    torch.manual_seed(args.seed)
+    ours = our_trainer(build(args.model, config), config, train_images, eval_images, device,
+                       args.epochs, args.seed)
+
+    rows = [(f"common recipe (DataLoader, {args.workers} workers, PIL, fp32)", steady(common)),
+            ("ours (data on device" + (", bf16, channels_last)" if device.type == "cuda"
+                                       else ", fp32)"), steady(ours))]
+    width = max(len(r) for r, _ in rows)
+    print(f"\n| {'recipe':<{width}} | s/epoch | img/s | ratio ours/common |")
+    print(f"|{'-' * (width + 2)}|--------:|------:|------------------:|")
+    for recipe, seconds in rows:
+        ratio = steady(common) / seconds   # >1: ours is faster (img/s ours / img/s common)
+        print(f"| {recipe:<{width}} | {seconds:7.3f} | {per_epoch / seconds:5.0f} | "
+              f"{ratio:17.2f} |")
+    print(f"\nper-epoch seconds: common {[round(s, 3) for s in common]}, "
+          f"ours {[round(s, 3) for s in ours]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
