@@ -209,3 +209,27 @@ def test_search_with_dashboard_goes_on_while_its_api_is_polled(tmp_path, monkeyp
     assert set(poller.statuses["studies"]) == {200}
     assert set(poller.statuses["detail"]) == {200}
     assert "Running" in poller.states_seen  # the polls really read while trials were written
+
+
+@pytest.mark.parametrize("ending", ["returns 130", "raises KeyboardInterrupt"])
+def test_dashboard_beside_a_search_stops_when_the_search_is_interrupted(tmp_path, monkeypatch,
+                                                                        ending):
+    """run_search answers Ctrl-C in optimize with 130; Ctrl-C while loading data propagates."""
+    port = free_port()
+    served_during_search = []
+
+    def interrupted_search(settings):
+        served_during_search.append(get(f"http://127.0.0.1:{port}/api/meta")[0])
+        if ending == "raises KeyboardInterrupt":
+            raise KeyboardInterrupt
+        return 130
+    monkeypatch.setattr("search.study.run_search", interrupted_search)
+    argv = ["mlp", "--data", "synthetic", "--storage", f"sqlite:///{tmp_path / 'x.db'}",
+            "--dashboard", "--dashboard-port", str(port)]
+    if ending == "returns 130":
+        assert main(argv) == 130
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            main(argv)
+    assert served_during_search == [200]
+    assert not is_listening(port)
