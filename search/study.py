@@ -168,15 +168,19 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run_search(settings: SearchSettings, out=None) -> int:
-    """Load the data once, open the study, run the trials; 0 on success, 130 on Ctrl-C."""
+def run_search(settings: SearchSettings, out=None, data=None) -> int:
+    """Load the data once, open the study, run the trials; 0 on success, 130 on Ctrl-C.
+
+    `data` (a search.data.Dataset) skips the load: `reproduce` loads once for five studies.
+    """
     out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     space = get_space(settings.model)
-    data = make_dataset(settings.data, settings.data_dir, seed=settings.seed,
-                        val_size=settings.val_size, train_subset=settings.train_subset,
-                        test_subset=settings.test_subset)
+    if data is None:
+        data = make_dataset(settings.data, settings.data_dir, seed=settings.seed,
+                            val_size=settings.val_size, train_subset=settings.train_subset,
+                            test_subset=settings.test_subset)
     device = pick_device(settings.device)
     data = data.to(device)
     study = open_study(settings)
