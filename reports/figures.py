@@ -9,6 +9,7 @@ The first-layer pictures of the best trial come from the artifact store (best_pi
 """
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -67,6 +68,8 @@ def learning_curves(study: optuna.Study) -> dict[str, go.Figure]:
     """Four figures (train/val loss and accuracy against epoch), one trace per trial."""
     trials = curve_trials(study)
     labels = trial_labels(study, trials)
+    epochs = max((len(t.user_attrs["curves"]["val_acc"]) for t in trials), default=1)
+    epoch_step = max(1, math.ceil(epochs / 15))
     figures = {}
     for name, (key, title) in CURVES.items():
         figure = go.Figure()
@@ -78,6 +81,7 @@ def learning_curves(study: optuna.Study) -> dict[str, go.Figure]:
                 name=labels[t.number], line=dict(dash="solid" if complete else "dot")))
         figure.update_layout(title=f"{study.study_name}: {title}", xaxis_title="epoch",
                              yaxis_title=title, legend_title_text="trial")
+        figure.update_xaxes(tick0=1, dtick=epoch_step)  # whole epochs, at most ~15 ticks
         figures[f"curves_{name}"] = figure
     return figures
 

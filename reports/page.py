@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from reports.figures import best_pictures, study_figures
+from reports.pictures import CAPTIONS
 from reports.table import (ReportError, display_table, load_study, to_csv, to_markdown,
                            top_table)
 from storage import artifact_dir
@@ -67,7 +68,10 @@ def page_html(study: optuna.Study, table: pd.DataFrame, figures: dict[str, go.Fi
         parts.append(figure.to_html(full_html=False, include_plotlyjs=index == 0,
                                     div_id=f"figure-{name}"))
     for name, png in pictures.items():
-        parts.append(f"<h3>{html.escape(name)}</h3>{_img(png, name)}")
+        variant, _, trial = name.rpartition("_trial")
+        caption = f"{CAPTIONS.get(variant, variant)} (best trial, number {trial})"
+        parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(caption)}</p>"
+                     f"{_img(png, name)}")
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
                      + "</ul>")

@@ -56,8 +56,16 @@ def tiles(model_name: str, weight: np.ndarray, grayscale: bool = False) -> torch
 
 
 def grid_columns(count: int) -> int:
-    """Tiles per row: a square-ish grid (8 for ResNet18's 64 kernels)."""
-    return math.ceil(math.sqrt(count))
+    """Tiles per row: 8 for ResNet18's 64 kernels, 16 (x 8 rows) for the Mixer's 128.
+
+    The smallest divisor of `count` from sqrt(count) up fills every row, if the grid is at
+    most twice as wide as tall; otherwise a square-ish grid with a shorter last row.
+    """
+    square = math.ceil(math.sqrt(count))
+    for columns in range(square, 2 * square + 1):
+        if count % columns == 0 and columns <= 2 * (count // columns):
+            return columns
+    return square
 
 
 def grid_image(model_name: str, weight: np.ndarray, grayscale: bool = False) -> torch.Tensor:
@@ -92,6 +100,16 @@ def picture_variants(model_name: str) -> dict[str, bool]:
     if model_name == "mlpmixer":
         return {"token_mixing_block1": False}
     return {"first_layer_rows": False}
+
+
+CAPTIONS = {
+    "first_layer_rgb": "ResNet18 conv1: its 64 RGB kernels of 3x3, each min-max scaled to [0, 1]",
+    "first_layer_gray": "ResNet18 conv1: each kernel's mean over the 3 input channels, scaled",
+    "token_mixing_block1": "MLP-Mixer block 1, first token-mixing layer: each of its embed_dim/2 "
+                           "rows drawn on the token grid (8x8 for patch 4), scaled",
+    "first_layer_rows": f"MLP first layer: the weights of its first {MLP_TILES} hidden units "
+                        "as 32x32 RGB images, scaled",
+}
 
 
 def save_first_layer_picture(model_name: str, weight: np.ndarray, path: str | Path,

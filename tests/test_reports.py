@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import random
 import re
+import subprocess
+import sys
 
 import numpy as np
 import optuna
@@ -204,11 +206,15 @@ def test_resnet18_kernels_are_64_rgb_tiles_of_3x3_on_an_8x8_grid():
     assert png.size == (side * scale, side * scale)
 
 
-@pytest.mark.parametrize("embed_dim, patch, grid", [(256, 4, 8), (128, 8, 4)])
+@pytest.mark.parametrize("embed_dim, patch, grid, rows, columns",
+                         [(256, 4, 8, 8, 16), (128, 8, 4, 8, 8)])
 def test_mixer_token_mixing_picture_has_embed_dim_half_tiles_on_the_token_grid(
-        embed_dim, patch, grid):
+        embed_dim, patch, grid, rows, columns):
     weight = np.random.default_rng(0).normal(size=(embed_dim // 2, (32 // patch) ** 2))
     assert pictures.tiles("mlpmixer", weight).shape == (embed_dim // 2, 1, grid, grid)
+    step = grid + pictures.PADDING    # every row of the picture is full: 16 x 8 for 128
+    assert pictures.grid_image("mlpmixer", weight).shape == (
+        3, rows * step + pictures.PADDING, columns * step + pictures.PADDING)
     # row 0 drawn on the grid is the weight row reshaped row-major
     row = weight[0].reshape(grid, grid)
     drawn = pictures.tiles("mlpmixer", weight)[0, 0].numpy()
@@ -247,6 +253,12 @@ def test_best_pictures_come_from_the_artifact_store(tmp_path):
     assert best_pictures(study, tmp_path / "elsewhere", notes) == {} and notes
 
 
+def test_reports_never_import_the_trainer():
+    code = ("import sys, reports.page, reports.dashboard_figures; "
+            "sys.exit('search.trainer' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 # ---- the page and the commands ---------------------------------------------------------
 
 def test_html_page_is_offline_with_one_plotly_copy(tmp_path):
@@ -270,7 +282,8 @@ def test_cli_report_and_clear_errors(tmp_path, capsys):
     assert len(lines) == 2 + 8 and "embed dim" in lines[0]
     for argv, message in [(["report", "nope"], "no study 'nope'"),
                           (["report", "empty"], "no complete trial"),
-                          (["plots", "nope", "-o", str(tmp_path / "f")], "no study 'nope'")]:
+                          (["plots", "nope", "-o", str(tmp_path / "f")], "no study 'nope'"),
+                          (["report", "mixer", "--format", "html"], "needs -o FILE")]:
         assert main([*argv, "--storage", url]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and err.startswith("optuna-search: error:")
