@@ -153,6 +153,22 @@ def build_parser() -> Parser:
     p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="folder to write")
     add_storage(p)
+
+    p = commands.add_parser("reproduce", help="the report's five experiments, then REPORT.md",
+                            description="Run (or resume) the report's five experiments as five "
+                            "studies and write DIR/REPORT.md, DIR/figures/, DIR/report.html. "
+                            "Example: optuna-search reproduce -o reproduction --budget small")
+    p.add_argument("-o", "--output", metavar="DIR", default="reproduction")
+    p.add_argument("--budget", choices=("small", "full"), default="small",
+                   help="small: subset data, 2 epochs, 4 trials per search (minutes on a CPU); "
+                        "full: the report's 30 epochs and 30 trials")
+    p.add_argument("--epochs", type=positive_int, help="override the budget's epochs")
+    p.add_argument("--trials", type=positive_int, help="override the budget's trials per search")
+    add_data(p)
+    p.set_defaults(val_size=None)  # None: the budget's validation size
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--seed", type=int, default=0)
+    add_storage(p)
     return parser
 
 
@@ -185,11 +201,21 @@ def parse_grid(model: str, assignments: Sequence[str], fixed: dict) -> dict[str,
     return grid
 
 
+def check_device(name: str) -> None:
+    """--device cuda on a machine without a visible GPU is bad input, not a crash."""
+    from search.trainer import pick_device
+    try:
+        pick_device(name)
+    except RuntimeError as error:
+        raise UsageError(f"{error}; use --device cpu (or auto)") from None
+
+
 def command_search(args) -> int:
     from search.study import SearchSettings, run_search
     fixed = parse_fixed(args.command, args.set)
     grid = parse_grid(args.command, args.grid, fixed)
     check_url(args.storage)
+    check_device(args.device)
     trials = args.trials if (args.trials or grid) else 30
     settings = SearchSettings(
         model=args.command, trials=trials, storage=args.storage, study=args.study,
@@ -256,7 +282,22 @@ def command_plots(args) -> int:
     return 0
 
 
-COMMANDS = {"info": command_info, "studies": command_studies, "dashboard": command_dashboard,
+def command_reproduce(args) -> int:
+    from search.reproduce import ReproduceSettings, run_reproduction
+    check_url(args.storage)
+    check_device(args.device)
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UsageError(f"{args.output} exists and is not a folder")
+    return run_reproduction(ReproduceSettings(
+        out_dir=Path(args.output), budget=args.budget, epochs=args.epochs, trials=args.trials,
+        data=args.data, data_dir=args.data_dir, storage=args.storage,
+        train_subset=args.train_subset, test_subset=args.test_subset,
+        val_size=args.val_size,
+        device=args.device, seed=args.seed))
+
+
+COMMANDS = {"reproduce": command_reproduce,
+            "info": command_info, "studies": command_studies, "dashboard": command_dashboard,
             "report": command_report, "plots": command_plots}
 
 

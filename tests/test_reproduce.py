@@ -1,0 +1,64 @@
+"""optuna-search reproduce: five studies in one storage, REPORT.md beside the published
+numbers, the 18 figures, and a rerun that runs nothing again."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from search.cli import main
+from search.reproduce import EXPERIMENTS, BUDGETS, ReproduceSettings, search_settings
+
+TINY = ["--data", "synthetic", "--train-subset", "40", "--test-subset", "40", "--val-size", "30",
+        "--epochs", "1", "--trials", "2"]
+
+
+def trial_counts(db: str) -> dict[str, int]:
+    storage = f"sqlite:///{db}"
+    return {name: len(optuna.load_study(study_name=name, storage=storage).trials)
+            for name in optuna.get_all_study_names(storage=storage)}
+
+
+def test_study_names_match_the_single_commands():
+    settings = ReproduceSettings()
+    names = [search_settings(e, settings).study_name for e in EXPERIMENTS]
+    assert names == ["mlp-grid-activation", "resnet18-optimizer=adam-grid-lr",
+                     "mlpmixer-grid-patch_size", "resnet18", "mlpmixer"]
+
+
+def test_small_budget_is_small_and_full_is_the_reports():
+    assert BUDGETS["full"]["epochs"] == 30 and BUDGETS["full"]["trials"] == 30
+    assert BUDGETS["full"]["train_subset"] is None
+    assert BUDGETS["small"]["train_subset"] <= 1000 and BUDGETS["small"]["epochs"] <= 3
+
+
+@pytest.mark.slow
+def test_reproduce_writes_the_report_and_resumes(tmp_path, capsys):
+    db, out = tmp_path / "r.db", tmp_path / "out"
+    argv = ["reproduce", "-o", str(out), "--storage", f"sqlite:///{db}", *TINY]
+    assert main(argv) == 0
+    counts = trial_counts(str(db))
+    assert counts == {"mlp-grid-activation": 3, "resnet18-optimizer=adam-grid-lr": 5,
+                      "mlpmixer-grid-patch_size": 3, "resnet18": 2, "mlpmixer": 2}
+
+    report = (out / "REPORT.md").read_text()
+    for e in EXPERIMENTS:
+        assert f"## {e.number}. {e.title}" in report
+    assert "0.8911" in report and "0.7637" in report        # published best test accuracies
+    assert "2,310,938" in report                             # published patch-16 parameters
+    assert report.count("Validation minus test accuracy") == 5
+    figures = {p.name.split("_")[0] for p in (out / "figures").iterdir()}
+    assert {f"fig{n:02d}" for n in range(1, 19)} <= figures
+    html = (out / "report.html").read_text()
+    assert "<script src=" not in html and html.count("Plotly.newPlot") >= 18
+
+    capsys.readouterr()
+    assert main(argv) == 0                                   # a rerun resumes: nothing new
+    assert trial_counts(str(db)) == counts
+    assert "every grid point is already done" in capsys.readouterr().out
+
+
+def test_reproduce_bad_input_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["reproduce", "-o", str(out), "--storage", "nope://x", *TINY])
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err.count("\n") == 1
