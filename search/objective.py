@@ -24,6 +24,7 @@ from spaces.space import Space
 
 WEIGHT_ARTIFACT = "first_layer.npy"
 PICTURE_ARTIFACT = "first_layer.png"
+GRAY_PICTURE_ARTIFACT = "first_layer_gray.png"  # ResNet18 only
 
 
 @dataclass
@@ -104,15 +105,19 @@ class Objective:
             trial.set_user_attr("test_seconds", result.test_seconds)
 
     def _save_first_layer(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
-        """The best epoch's first-layer weight (.npy) and its picture (.png) as artifacts."""
+        """The best epoch's first-layer weight (.npy) and its pictures (.png) as artifacts."""
         if self.s.artifact_store is None:
             return
         weight = first_layer_weight(self.s.model, model).detach().float().cpu().numpy()
         with tempfile.TemporaryDirectory() as folder:
             npy = Path(folder) / WEIGHT_ARTIFACT
             np.save(npy, weight)
-            png = save_first_layer_picture(self.s.model, weight, Path(folder) / PICTURE_ARTIFACT)
-            for path in (npy, png):
+            paths = [npy, save_first_layer_picture(self.s.model, weight,
+                                                   Path(folder) / PICTURE_ARTIFACT)]
+            if self.s.model == "resnet18":  # the report's Figure 17: mean over input channels
+                paths.append(save_first_layer_picture(
+                    self.s.model, weight, Path(folder) / GRAY_PICTURE_ARTIFACT, grayscale=True))
+            for path in paths:
                 artifact_id = optuna.artifacts.upload_artifact(
                     artifact_store=self.s.artifact_store, file_path=str(path),
                     study_or_trial=trial)
