@@ -5,6 +5,7 @@ refuses to resume with others: mixing spaces in one study would mislead its samp
 """
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import sys
@@ -143,6 +144,31 @@ def remaining_grid_points(study: optuna.Study, grid: dict[str, list]) -> int:
     return math.prod(len(v) for v in grid.values()) - len(done)
 
 
+def requeue_failed_grid_points(study: optuna.Study, grid: dict[str, list]) -> int:
+    """Queue again each grid point whose trials all failed (out of memory, Ctrl-C).
+
+    GridSampler counts a failed trial as visited: left alone, it would re-run a random point,
+    maybe a finished one, and never the failed one. A WAITING copy with the failed trial's
+    params and grid id runs exactly that point.
+    """
+    def point(trial):
+        return tuple(trial.params.get(k) for k in sorted(grid))
+
+    trials = study.get_trials(deepcopy=False)
+    settled = {point(t) for t in trials if t.state != TrialState.FAIL}
+    requeued = 0
+    for trial in trials:
+        if trial.state != TrialState.FAIL or point(trial) in settled \
+                or "grid_id" not in trial.system_attrs:
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            system_attrs={k: trial.system_attrs[k] for k in ("grid_id", "search_space")}))
+        settled.add(point(trial))
+        requeued += 1
+    return requeued
+
+
 def enqueue_published(study: optuna.Study, settings: SearchSettings) -> int:
     """Enqueue the report's top configurations that fit this space, once per study."""
     rows = get_space(settings.model).enqueue_params(settings.space)
@@ -175,6 +201,7 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
     """
     out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
+    logging.getLogger("optuna.study._optimize").addFilter(_hide_interrupt_traceback)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     space = get_space(settings.model)
     if data is None:
@@ -194,6 +221,8 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
         if n_trials == 0:
             print("every grid point is already done; nothing to run", file=out)
             return _finish(study, settings, out)
+        if requeue_failed_grid_points(study, settings.grid):
+            print("failed grid points are queued to run again", file=out)
     if settings.enqueue_report:
         print(f"enqueued {enqueue_published(study, settings)} of the report's published "
               "configurations", file=out)
@@ -224,6 +253,11 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return _finish(study, settings, out)
+
+
+def _hide_interrupt_traceback(record: logging.LogRecord) -> bool:
+    """Ctrl-C is no error: keep Optuna from logging the interrupted trial's traceback."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
 def _raise_interrupt(signum, frame):

@@ -1,0 +1,322 @@
+"""`optuna-search MODEL ...` end to end, in-process on synthetic data with the mlp (seconds a
+trial): persisted studies and their curves, resuming, grids, samplers and pruners, failures
+inside a trial, Ctrl-C, progress lines, `studies`, and bad input (exit 2, nothing written)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import search.objective
+import search.study
+from search.cli import main
+from storage import artifact_dir
+
+CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds")
+TRIAL_ATTRS = ("config", "parameters", "curves", "epochs_run", "best_epoch", "max_train_acc",
+               "max_val_acc", "avg_train_seconds", "avg_val_seconds")
+TEST_ATTRS = ("test_acc", "test_loss", "test_seconds")
+STUDY_ATTRS = ("model", "space", "fixed", "grid", "sampler", "pruner", "seed", "data")
+# number, state, val acc, epochs, seconds, then the parameters
+TRIAL_LINE = re.compile(r"^trial +(\d+) (COMPLETE|PRUNED|FAIL) +val_acc=(\S+) epochs=\d+ +"
+                        r"[\d.]+s +batch_size=\d+ ")
+
+
+@pytest.fixture(autouse=True)
+def _artifacts_beside_the_storage(monkeypatch):
+    monkeypatch.delenv("OPTUNA_SEARCH_ARTIFACTS", raising=False)
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    """main(argv) in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def optuna_search(model: str, url: str, *options: str, epochs: int = 1
+                  ) -> tuple[int, str, str]:
+    return run(model, "--data", "synthetic", "--epochs", str(epochs), "--storage", url,
+               *options)
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+@pytest.fixture(scope="module")
+def three_trials(tmp_path_factory):
+    """A 3-trial mlp study of 2 epochs a trial: (storage url, its folder, exit code, stdout)."""
+    folder = tmp_path_factory.mktemp("three")
+    url = f"sqlite:///{folder}/s.db"
+    code, out, _ = optuna_search("mlp", url, "--trials", "3", epochs=2)
+    return url, folder, code, out
+
+
+def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
+    url, folder, code, _ = three_trials
+    assert code == 0
+    study = load(url, "mlp")
+    assert set(STUDY_ATTRS) <= set(study.user_attrs)
+    assert study.user_attrs["model"] == "mlp" and study.user_attrs["space"] == "report"
+    sampler = study.user_attrs["sampler"]
+    assert sampler["name"] == "tpe" and sampler["seed"] == 0 and "n_startup_trials" in sampler
+    assert study.user_attrs["pruner"]["name"] == "median"
+
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for trial in trials:
+        attrs = trial.user_attrs
+        assert set(TRIAL_ATTRS) <= set(attrs), trial.number
+        assert attrs["config"]["epochs"] == 2
+        assert all(len(attrs["curves"][name]) == attrs["epochs_run"] for name in CURVES)
+        assert attrs["max_val_acc"] == max(attrs["curves"]["val_acc"])
+        if trial.state == TrialState.COMPLETE:
+            assert attrs["epochs_run"] == 2
+            assert trial.value == attrs["max_val_acc"]
+            assert set(TEST_ATTRS) <= set(attrs) and 0 <= attrs["test_acc"] <= 1
+            for name in ("first_layer.npy", "first_layer.png"):
+                stored = artifact_dir(url) / attrs[f"artifact:{name}"]
+                assert stored.is_file() and stored.stat().st_size > 0
+    assert artifact_dir(url) == folder / "s.db-artifacts"
+
+
+def test_progress_shows_each_trial_then_the_best_and_the_report_command(three_trials):
+    url, _, _, out = three_trials
+    lines = [line for line in out.splitlines() if TRIAL_LINE.match(line)]
+    assert [TRIAL_LINE.match(line).group(1) for line in lines] == ["0", "1", "2"]
+    best = load(url, "mlp").best_trial
+    assert f"best: trial {best.number} val_acc={best.value:.4f}" in out
+    assert out.rstrip().endswith(f"optuna-search report mlp --top 8 --storage {url}")
+
+
+def test_studies_lists_name_model_trials_per_state_and_best_val_acc(three_trials):
+    url, _, _, _ = three_trials
+    code, out, err = run("studies", "--storage", url)
+    assert code == 0 and not err
+    study = load(url, "mlp")
+    counts = {s: sum(t.state == s for t in study.trials) for s in TrialState}
+    row = next(line for line in out.splitlines() if line.startswith("| mlp "))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    header = [cell.strip() for cell in out.splitlines()[0].strip("|").split("|")]
+    values = dict(zip(header, cells))
+    assert values["model"] == "mlp"
+    assert int(values["complete"]) == counts[TrialState.COMPLETE]
+    assert int(values["pruned"]) == counts[TrialState.PRUNED]
+    assert int(values["running"]) == 0
+    assert float(values["best_val_acc"]) == pytest.approx(study.best_value, abs=1e-4)
+
+
+def test_running_again_adds_trials_to_the_same_study(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert optuna_search("mlp", url, "--trials", "1")[0] == 0
+    code, out, _ = optuna_search("mlp", url, "--trials", "1")
+    assert code == 0 and "1 trials so far" in out
+    assert optuna.get_all_study_names(storage=url) == ["mlp"]
+    assert [t.number for t in load(url, "mlp").trials] == [0, 1]
+
+
+def test_a_grid_runs_each_point_exactly_once_over_two_invocations(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    grid = ("--grid", "activation=relu,sigmoid,tanh")
+    assert optuna_search("mlp", url, *grid, "--trials", "2")[0] == 0
+    assert optuna_search("mlp", url, *grid)[0] == 0
+    code, out, _ = optuna_search("mlp", url, *grid)
+    assert code == 0 and "every grid point is already done; nothing to run" in out
+
+    study = load(url, "mlp-grid-activation")
+    assert sorted(t.params["activation"] for t in study.trials) == ["relu", "sigmoid", "tanh"]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert set(study.trials[0].params) == {"activation"}  # nothing else is searched
+
+
+@pytest.mark.parametrize("argv, name, fixed, grid", [
+    ("mlp --grid activation=relu,sigmoid,tanh", "mlp-grid-activation", {},
+     {"activation": ["relu", "sigmoid", "tanh"]}),
+    ("resnet18 --set optimizer=adam --grid lr=0.1,0.01,0.001,0.0001,0.00001",
+     "resnet18-optimizer=adam-grid-lr", {"optimizer": "adam"},
+     {"lr": [0.1, 0.01, 0.001, 0.0001, 0.00001]}),
+    ("mlpmixer --grid patch_size=4,8,16", "mlpmixer-grid-patch_size", {},
+     {"patch_size": [4, 8, 16]}),
+])
+def test_the_reports_three_sweeps_parse(argv, name, fixed, grid, monkeypatch):
+    seen = []
+    monkeypatch.setattr(search.study, "run_search", lambda settings: seen.append(settings) or 0)
+    assert run(*argv.split()) == (0, "", "")
+    (settings,) = seen
+    assert (settings.study_name, settings.fixed, settings.grid) == (name, fixed, grid)
+    assert settings.trials is None  # every grid point not yet done
+    assert settings.storage == "sqlite:///optuna-search.db" and settings.epochs == 30
+
+
+@pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"),
+                                             ("gp", "none")])
+def test_each_sampler_and_pruner_runs_and_is_recorded(sampler, pruner, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, _, _ = optuna_search("mlp", url, "--trials", "1", "--sampler", sampler,
+                               "--pruner", pruner, "--seed", "3")
+    assert code == 0
+    study = load(url, "mlp")
+    assert study.user_attrs["sampler"]["name"] == sampler
+    assert study.user_attrs["sampler"]["seed"] == 3
+    assert study.user_attrs["pruner"]["name"] == pruner
+    assert study.trials[0].state == TrialState.COMPLETE
+
+
+def test_the_wide_space_samples_lr_and_weight_decay_log_uniformly(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert optuna_search("mlp", url, "--trials", "1", "--space", "wide")[0] == 0
+    study = load(url, "mlp")
+    assert study.user_attrs["space"] == "wide"
+    lr = study.trials[0].distributions["lr"]
+    assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
+    assert (lr.low, lr.high) == (0.0001, 0.075)
+
+
+def test_a_diverging_trial_ends_pruned_and_says_why(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, out, _ = optuna_search("mlp", url, "--trials", "1", "--set", "lr=10", "--set",
+                                 "optimizer=sgd", epochs=2)
+    assert code == 0
+    trial = load(url, "mlp").trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert "loss became" in trial.user_attrs["diverged"]
+    assert "PRUNED" in out and "loss became" in out
+    assert "no trial completed yet" in out
+
+
+def test_an_error_in_one_trial_fails_it_and_the_next_run_retries_that_point(
+        tmp_path, monkeypatch):
+    real_train = search.objective.train
+
+    def out_of_memory_at_1024(model, config, *args, **kwargs):
+        if config.batch_size == 1024:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+        return real_train(model, config, *args, **kwargs)
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    # Three points: with only two, GridSampler's random pick after the grid "ran out" could
+    # hit the failed point by chance; with seed 0 it picks a finished one.
+    grid = ("--grid", "batch_size=1024,128,256", "--seed", "0")
+    monkeypatch.setattr(search.objective, "train", out_of_memory_at_1024)
+    code, out, _ = optuna_search("mlp", url, *grid)
+    assert code == 0  # the study went on after the failure
+    study = load(url, "mlp-grid-batch_size")
+    states = {t.params["batch_size"]: t.state for t in study.trials}
+    assert states == {1024: TrialState.FAIL, 128: TrialState.COMPLETE, 256: TrialState.COMPLETE}
+    failed = next(t for t in study.trials if t.state == TrialState.FAIL)
+    assert failed.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert "FAIL" in out and "OutOfMemoryError" in out
+
+    monkeypatch.setattr(search.objective, "train", real_train)  # the memory is there now:
+    # the failed point runs again, and only it
+    assert optuna_search("mlp", url, *grid)[0] == 0
+    study = load(url, "mlp-grid-batch_size")
+    assert [(t.params["batch_size"], t.state) for t in study.trials[3:]] == [
+        (1024, TrialState.COMPLETE)]
+    assert "nothing to run" in optuna_search("mlp", url, *grid)[1]
+
+
+@pytest.mark.parametrize("other", ["mlpmixer", "mlp --space wide", "mlp --set optimizer=adam"])
+def test_a_study_made_for_one_model_refuses_another(other, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    search.study.open_study(search.study.SearchSettings(model="mlp", storage=url, study="s"))
+    model, *options = other.split()
+    code, out, err = optuna_search(model, url, "--study", "s", *options)
+    assert code == 2
+    assert err.startswith("optuna-search: error: study 's' was made with model=mlp")
+    assert err.count("\n") == 1
+    assert load(url, "s").trials == []
+
+
+def test_ctrl_c_leaves_no_running_trial_and_says_how_to_resume(tmp_path):
+    db = tmp_path / "s.db"
+    command = [sys.executable, "-m", "search.cli", "mlp", "--data", "synthetic", "--epochs",
+               "50", "--trials", "5", "--storage", f"sqlite:///{db}"]
+    # Output goes to files: a full pipe nobody reads would block the worker.
+    with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
+        worker = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err)
+        try:
+            deadline = time.monotonic() + 120
+            while running_trials(db) == 0:  # wait until a trial is mid-training
+                assert worker.poll() is None, (tmp_path / "err").read_text()[-2000:]
+                assert time.monotonic() < deadline, "no trial started within 120 s"
+                time.sleep(0.2)
+            worker.send_signal(signal.SIGINT)
+            code = worker.wait(timeout=60)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+    stderr = (tmp_path / "err").read_text()
+    assert code == 130, stderr[-2000:]
+    assert "Resume with the same command" in stderr and "Traceback" not in stderr
+    trials = load(f"sqlite:///{db}", "mlp").trials
+    assert trials and all(t.state != TrialState.RUNNING for t in trials)
+    assert trials[-1].state == TrialState.FAIL
+
+
+def running_trials(db: Path) -> int:
+    """RUNNING trials in the SQLite file, read without Optuna (the worker may be creating it)."""
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as connection:
+            return connection.execute(
+                "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+    except sqlite3.OperationalError:  # tables not made yet
+        return 0
+
+
+BAD_INPUT = [
+    "nomodel --trials 3",                          # unknown model
+    "mlp --set foo=1",                             # unknown parameter
+    "mlp --set patch_size=8",                      # a parameter of another model
+    "mlp --set lr=abc",                            # ill-typed value
+    "mlp --set lr=-1",                             # insane value
+    "mlp --set activation=swish",
+    "mlp --grid lr=",                              # a grid without values
+    "mlp --grid lr",
+    "mlp --grid lr=,",
+    "mlp --grid activation=relu,swish",
+    "mlp --set lr=0.1 --grid lr=0.1,0.01",
+    "mlp --trials 0",
+    "mlp --timeout 0",
+    "mlp --storage foo://bar",                     # malformed storage URLs
+    "mlp --storage sqlite:///no/such/folder/s.db",
+    "mlp --storage postgresql://",
+    "mlp --data no-such-folder",                   # missing data
+    "mlp --data synthetic --train-subset 5",
+]
+
+
+@pytest.mark.parametrize("argv", BAD_INPUT)
+def test_bad_input_gets_one_line_exit_2_and_writes_nothing(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default storage ./optuna-search.db would land here
+    code, out, err = run(*argv.split())
+    assert code == 2
+    assert err.startswith("optuna-search: error: ") and err.count("\n") == 1, err
+    assert out == ""
+    assert os.listdir(tmp_path) == []
+
+
+def test_cuda_without_a_gpu_is_bad_input(tmp_path, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("mlp", "--data", "synthetic", "--device", "cuda")
+    assert code == 2 and err.count("\n") == 1 and "cuda" in err.lower()
+    assert os.listdir(tmp_path) == []
