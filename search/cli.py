@@ -214,6 +214,8 @@ def command_search(args) -> int:
     from search.study import SearchSettings, run_search
     fixed = parse_fixed(args.command, args.set)
     grid = parse_grid(args.command, args.grid, fixed)
+    if grid and args.enqueue_report:  # a grid runs its own points, nothing else
+        raise UsageError("--enqueue-report does not combine with --grid")
     check_url(args.storage)
     check_device(args.device)
     trials = args.trials if (args.trials or grid) else 30

@@ -172,7 +172,9 @@ def requeue_failed_grid_points(study: optuna.Study, grid: dict[str, list]) -> in
 def enqueue_published(study: optuna.Study, settings: SearchSettings) -> int:
     """Enqueue the report's top configurations that fit this space, once per study."""
     rows = get_space(settings.model).enqueue_params(settings.space)
-    rows = [{k: v for k, v in r.items() if k not in settings.fixed} for r in rows]
+    # A row that contradicts a --set value is another configuration, not a warm start.
+    rows = [{k: v for k, v in r.items() if k not in settings.fixed} for r in rows
+            if all(r.get(k, v) == v for k, v in settings.fixed.items())]
     for row in rows:
         study.enqueue_trial(row, skip_if_exists=True)
     return len(rows)

@@ -293,6 +293,7 @@ BAD_INPUT = [
     "mlp --grid lr=,",
     "mlp --grid activation=relu,swish",
     "mlp --set lr=0.1 --grid lr=0.1,0.01",
+    "mlp --grid activation=relu,tanh --enqueue-report",
     "mlp --trials 0",
     "mlp --timeout 0",
     "mlp --storage foo://bar",                     # malformed storage URLs
