@@ -20,7 +20,7 @@ from socketserver import ThreadingMixIn
 from typing import Callable, Iterator, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from storage import artifact_store, check_url, open_storage
+from storage import StorageError, artifact_store, check_url, open_storage
 from storage.open import _local_path
 
 DEFAULT_HOST = "127.0.0.1"
@@ -39,9 +39,39 @@ def dashboard_app(storage_url: str) -> Callable:
     return optuna_dashboard.wsgi(storage, artifact_store=artifact_store(storage_url))
 
 
-class _AppOnFirstRequest:
-    """Opens the storage at the first request, not before: beside a search, the storage is
-    created by the search itself, after its input has been checked."""
+def storage_is_made(storage_url: str) -> bool:
+    """Whether Optuna has finished making its tables there (it stamps alembic_version last).
+
+    Opening an RDB storage makes any missing table; two processes doing that at once race
+    ("table studies already exists"), so the dashboard beside a search waits for the search.
+    """
+    try:
+        kind = check_url(storage_url)
+    except StorageError:  # e.g. an SQLite file with only some of Optuna's tables, so far
+        return False
+    if kind in ("sqlite", "journal") and not _local_path(storage_url).exists():
+        return False
+    if kind == "journal":
+        return True
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            stamped = connection.execute(sqlalchemy.text("SELECT COUNT(*) FROM alembic_version"))
+            return stamped.scalar() > 0
+    except sqlalchemy.exc.SQLAlchemyError:  # no such table yet, or locked for a moment
+        return False
+    finally:
+        engine.dispose()
+
+
+WAITING_PAGE = (b"<!doctype html><meta http-equiv='refresh' content='2'><title>optuna-dashboard"
+                b"</title><p>Waiting for the search to create its storage; this page reloads.")
+
+
+class _AppWhenStorageIsMade:
+    """Answers "wait" (503, reloading every 2 s) until the search has made its storage, then
+    opens it: the search creates it only after its input has been checked."""
 
     def __init__(self, storage_url: str):
         self.storage_url = storage_url
@@ -50,8 +80,12 @@ class _AppOnFirstRequest:
 
     def __call__(self, environ, start_response):
         with self._lock:
-            if self._app is None:
+            if self._app is None and storage_is_made(self.storage_url):
                 self._app = dashboard_app(self.storage_url)
+        if self._app is None:
+            start_response("503 Service Unavailable", [("Content-Type", "text/html"),
+                                                       ("Retry-After", "2")])
+            return [WAITING_PAGE]
         return self._app(environ, start_response)
 
 
@@ -162,7 +196,7 @@ def dashboard_beside(storage_url: str, port: int = DEFAULT_PORT, host: str = DEF
                      out: TextIO | None = None) -> Iterator[DashboardServer]:
     """The dashboard in a thread of this process while the block (the search) runs."""
     out = out or sys.stdout
-    server = DashboardServer(_AppOnFirstRequest(storage_url), host, port).start()
+    server = DashboardServer(_AppWhenStorageIsMade(storage_url), host, port).start()
     print(f"optuna-dashboard on {server.url} while the search runs", file=out, flush=True)
     try:
         yield server
