@@ -112,7 +112,8 @@ class DashboardServer:
 
     Port 0 picks a free port; `url` tells which."""
 
-    def __init__(self, app: Callable, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    def __init__(self, app: Callable | None, host: str = DEFAULT_HOST,
+                 port: int = DEFAULT_PORT):
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         except socket.gaierror as error:
@@ -126,6 +127,9 @@ class DashboardServer:
         self.host = host
         self.port = self._server.server_address[1]
         self._thread: threading.Thread | None = None
+
+    def set_app(self, app: Callable) -> None:
+        self._server.set_app(app)
 
     @property
     def url(self) -> str:
@@ -169,15 +173,15 @@ def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     """The `dashboard` command: serve until Ctrl-C (or SIGTERM), then return 0."""
     out = out or sys.stdout
     _check_storage_exists(storage_url)
-    app = dashboard_app(storage_url)
-    server = DashboardServer(app, host, port)
-    warning = exposure_warning(host)
-    if warning:
-        print(warning, file=sys.stderr)
-    print(f"optuna-dashboard on {server.url} for {storage_url}; Ctrl-C stops it",
-          file=out, flush=True)
+    server = DashboardServer(None, host, port)  # bind first: a taken port opens nothing
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        server.set_app(dashboard_app(storage_url))
+        warning = exposure_warning(host)
+        if warning:
+            print(warning, file=sys.stderr)
+        print(f"optuna-dashboard on {server.url} for {storage_url}; Ctrl-C stops it",
+              file=out, flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("dashboard stopped", file=out)
