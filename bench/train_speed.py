@@ -10,7 +10,7 @@ CIFAR-10 tutorial does.
 Both train the same model (same initial weights), at the same batch size, on the same images,
 in the same process; each epoch is timed from its first batch to its last optimizer step
 (validation excluded). The first epoch is warm-up (cudnn autotuning, worker start-up, caches):
-the table reports the mean of the later ones.
+the table reports the mean of the later ones (the median over --rounds).
 
     python bench/train_speed.py                                   # CPU: mlpmixer (c=128)
     python bench/train_speed.py --model resnet18 --images 1024 --batch-size 128
@@ -140,6 +140,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="DataLoader workers of the common recipe (default min(4, cores))")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model settings, e.g. --set embed_dim=128 (mlpmixer default here: 128)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for both recipes (default: "
+                   "torch's choice; 1 is steadier on a busy machine with few cores)")
+    p.add_argument("--rounds", type=int, default=1, help="alternate the recipes this many "
+                   "times and report the median (default 1)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -158,9 +162,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         config = make_config(args)
-        if args.images < config.batch_size or args.epochs < 1:
-            raise ConfigError("--images must be at least --batch-size, --epochs at least 1")
+        if args.images < config.batch_size or args.epochs < 1 or args.rounds < 1:
+            raise ConfigError("--images must be at least --batch-size; --epochs and --rounds "
+                              "at least 1")
         device = pick_device(args.device)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         train_images, eval_images = load_images(args.data, args.images, args.seed)
     except (ConfigError, DataError, RuntimeError) as error:
         print(f"train_speed: error: {error}", file=sys.stderr)
@@ -176,25 +183,33 @@ def main(argv=None) -> int:
           f"per epoch from {args.data}, {args.epochs} epochs (first = warm-up); {name}; "
           f"torch {torch.__version__}, Python {platform.python_version()}")
 
-    torch.manual_seed(args.seed)   # same initial weights for both recipes
-    common = common_recipe(build(args.model, config), config, train_images, device,
-                           args.workers, args.epochs, args.seed)
-    torch.manual_seed(args.seed)
-    ours = our_trainer(build(args.model, config), config, train_images, eval_images, device,
-                       args.epochs, args.seed)
+    # Rounds alternate the recipes (common, ours, common, ours, ...) so that a busy machine's
+    # drifting load falls on both alike; each run starts from the same initial weights.
+    common_runs, our_runs = [], []
+    for _ in range(args.rounds):
+        torch.manual_seed(args.seed)
+        common_runs.append(common_recipe(build(args.model, config), config, train_images,
+                                         device, args.workers, args.epochs, args.seed))
+        torch.manual_seed(args.seed)
+        our_runs.append(our_trainer(build(args.model, config), config, train_images,
+                                    eval_images, device, args.epochs, args.seed))
+    common = statistics.median(steady(run) for run in common_runs)
+    ours = statistics.median(steady(run) for run in our_runs)
 
-    rows = [(f"common recipe (DataLoader, {args.workers} workers, PIL, fp32)", steady(common)),
+    rows = [(f"common recipe (DataLoader, {args.workers} workers, PIL, fp32)", common),
             ("ours (data on device" + (", bf16, channels_last)" if device.type == "cuda"
-                                       else ", fp32)"), steady(ours))]
+                                       else ", fp32)"), ours)]
     width = max(len(r) for r, _ in rows)
     print(f"\n| {'recipe':<{width}} | s/epoch | img/s | ratio ours/common |")
     print(f"|{'-' * (width + 2)}|--------:|------:|------------------:|")
     for recipe, seconds in rows:
-        ratio = steady(common) / seconds   # >1: ours is faster (img/s ours / img/s common)
+        ratio = common / seconds   # >1: ours is faster (img/s ours / img/s common)
         print(f"| {recipe:<{width}} | {seconds:7.3f} | {per_epoch / seconds:5.0f} | "
               f"{ratio:17.2f} |")
-    print(f"\nper-epoch seconds: common {[round(s, 3) for s in common]}, "
-          f"ours {[round(s, 3) for s in ours]}")
+    print()
+    for i, (c, o) in enumerate(zip(common_runs, our_runs), start=1):
+        print(f"round {i} seconds per epoch: common {[round(s, 3) for s in c]}, "
+              f"ours {[round(s, 3) for s in o]}")
     return 0
 
 
