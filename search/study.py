@@ -5,6 +5,7 @@ refuses to resume with others: mixing spaces in one study would mislead its samp
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -235,35 +236,74 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
         grid=settings.grid, space_kind=settings.space,
         artifact_store=artifact_store(settings.storage),
         checkpoint_dir=artifact_dir(settings.storage) / "checkpoints"))
-    current: list[int] = []
-
-    def tracked(trial: optuna.Trial) -> float:
-        current[:] = [trial._trial_id]
-        return objective(trial)
-
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupts = Interrupts(study)
     try:
-        study.optimize(tracked, n_trials=n_trials, timeout=settings.timeout,
-                       catch=(Exception,), show_progress_bar=out is sys.stdout,
-                       callbacks=[lambda st, t: print_trial(st, t, out)])
+        with interrupts.installed():
+            study.optimize(interrupts.guard(objective), n_trials=n_trials,
+                           timeout=settings.timeout, catch=(Exception,),
+                           show_progress_bar=out is sys.stdout,
+                           callbacks=[lambda st, t: print_trial(st, t, out)])
     except KeyboardInterrupt:
-        _fail_if_running(study, current)
+        interrupts.requested = True
+    if interrupts.requested:
+        _fail_if_running(study, interrupts.trial_ids)
         print(f"interrupted; the unfinished trial is marked FAIL and nothing is left "
               f"RUNNING. Resume with the same command (study {settings.study_name!r} in "
               f"{settings.storage}).", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return _finish(study, settings, out)
+
+
+class Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM end a search cleanly: no trial left RUNNING, no hang.
+
+    Inside the objective an interrupt raises KeyboardInterrupt at once: Optuna marks the
+    trial FAIL and stops its heartbeat thread. Elsewhere in Optuna's loop (asking for a trial,
+    starting its heartbeat thread, storing a result) raising could leave the new trial
+    RUNNING, or the heartbeat thread alive so the process never exits; there the interrupt
+    is only noted: the study stops, and a trial asked for meanwhile fails before it trains.
+    """
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+        self.requested = False
+        self.trial_ids: list[int] = []  # this process's trial, failed if still RUNNING
+        self._in_objective = False
+
+    def guard(self, objective):
+        def guarded(trial: optuna.Trial) -> float:
+            self.trial_ids[:] = [trial._trial_id]
+            self._in_objective = True  # set before the check: no interrupt slips between
+            try:
+                if self.requested:
+                    raise KeyboardInterrupt("interrupted before training")
+                return objective(trial)
+            finally:
+                self._in_objective = False
+        return guarded
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        if self._in_objective:
+            raise KeyboardInterrupt(f"signal {signum}")
+        try:
+            self.study.stop()
+        except RuntimeError:  # not inside optimize: nothing runs, stop right here
+            raise KeyboardInterrupt(f"signal {signum}") from None
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _hide_interrupt_traceback(record: logging.LogRecord) -> bool:
     """Ctrl-C is no error: keep Optuna from logging the interrupted trial's traceback."""
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _fail_if_running(study: optuna.Study, trial_ids: list[int]) -> None:

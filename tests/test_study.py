@@ -1,14 +1,20 @@
 """search.study without training: samplers and pruners as recorded, default study names, the
-report's published rows as warm starts, failed grid points queued again, listing studies."""
+report's published rows as warm starts, failed grid points queued again, listing studies, and
+Ctrl-C arriving outside the objective."""
 from __future__ import annotations
+
+import io
+import os
+import signal
 
 import optuna
 import pytest
+from optuna.storages._heartbeat import HeartbeatThread
 from optuna.trial import TrialState
 
 from search.study import (SearchSettings, default_study_name, enqueue_published, list_studies,
                           make_pruner, make_sampler, open_study, remaining_grid_points,
-                          requeue_failed_grid_points)
+                          requeue_failed_grid_points, run_search)
 
 # The rows of the report's Table 1 whose values all lie in ResNet18's lists (the others use
 # weight decay 2.5e-5); plain SGD has no momentum to suggest.
@@ -136,3 +142,41 @@ def test_open_study_records_its_identity_and_list_studies_counts_states(tmp_path
     table = list_studies(url)
     assert table.to_dict("records") == [dict(study="mlp", model="mlp", complete=1, pruned=0,
                                              fail=1, running=0, waiting=0, best_val_acc=0.5)]
+
+
+@pytest.mark.parametrize("where", ["ask", "heartbeat"])
+def test_ctrl_c_outside_training_leaves_nothing_running(where, tmp_path, monkeypatch, capsys):
+    """Ctrl-C just after Optuna made the trial RUNNING (a busy machine widens this window):
+    raised there, it left the trial RUNNING, or the heartbeat thread alive and the process
+    unable to exit. Now the trial fails before training and the search stops with 130."""
+    started = []
+    if where == "ask":
+        ask = optuna.study.Study.ask
+
+        def ask_then_interrupt(self, *args, **kwargs):
+            trial = ask(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGINT)
+            return trial
+        monkeypatch.setattr(optuna.study.Study, "ask", ask_then_interrupt)
+    else:
+        start = HeartbeatThread.start
+
+        def start_then_interrupt(self):
+            start(self)
+            started.append(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        monkeypatch.setattr(HeartbeatThread, "start", start_then_interrupt)
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    try:
+        code = run_search(SearchSettings(model="mlp", trials=3, storage=url, epochs=1,
+                                         data="synthetic"), out=io.StringIO())
+    finally:
+        leaked = [beat for beat in started if beat._thread.is_alive()]
+        for beat in leaked:
+            beat.join()  # stop it, or it would keep pytest from exiting
+    assert code == 130 and not leaked
+    assert "Resume with the same command" in capsys.readouterr().err
+    trials = optuna.load_study(study_name="mlp", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert "curves" not in trials[0].user_attrs  # it never trained
