@@ -177,6 +177,12 @@ def test_each_sampler_and_pruner_runs_and_is_recorded(sampler, pruner, tmp_path)
     assert study.trials[0].state == TrialState.COMPLETE
 
 
+def test_timeout_stops_starting_trials(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert optuna_search("mlp", url, "--trials", "5", "--timeout", "0.01")[0] == 0
+    assert len(load(url, "mlp").trials) == 1  # checked after each trial
+
+
 def test_the_wide_space_samples_lr_and_weight_decay_log_uniformly(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     assert optuna_search("mlp", url, "--trials", "1", "--space", "wide")[0] == 0
