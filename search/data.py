@@ -124,9 +124,19 @@ def _torchvision_cifar10(root: Path) -> tuple[Images, Images, list[str]]:
     return convert(train), convert(test), list(train.classes)
 
 
+def _fingerprint(path: Path) -> str:
+    """Size and mtime of an archive; for a folder, of every file in it (a folder's own
+    mtime does not change when an image inside train/<class>/ is added or replaced)."""
+    if path.is_file():
+        stat = path.stat()
+        return f"{stat.st_size}|{stat.st_mtime_ns}"
+    stats = [p.stat() for p in path.glob("*/*/*") if p.is_file()]
+    return (f"{len(stats)}|{sum(s.st_size for s in stats)}|"
+            f"{max((s.st_mtime_ns for s in stats), default=0)}")
+
+
 def _cached_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
-    stat = path.stat()
-    key = hashlib.sha256(f"{CACHE_VERSION}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(f"{CACHE_VERSION}|{path.resolve()}|{_fingerprint(path)}"
                          .encode()).hexdigest()[:16]
     cached = cache_dir() / f"images-{key}.pt"
     if cached.exists():

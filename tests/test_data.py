@@ -325,3 +325,17 @@ def test_one_epoch_on_a_few_hundred_real_images(cifar_tarball, tmp_path, cache):
     assert len(result.epochs) == 1 and result.best_epoch == 1
     assert np.isfinite(result.epochs[0].train_loss) and result.test_acc is not None
     assert 0.0 <= result.test_acc <= 1.0 and result.test_seconds > 0
+
+
+def test_cache_notices_an_image_added_inside_a_class_folder(tmp_path, monkeypatch):
+    """The folder's own mtime does not change when train/<class>/ gains a file."""
+    from PIL import Image
+    from search.data import load_source
+    monkeypatch.setenv("OPTUNA_SEARCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        (root / split / "a").mkdir(parents=True)
+        Image.new("RGB", (32, 32), (10, 20, 30)).save(root / split / "a" / "0.png")
+    assert len(load_source(str(root))[0]) == 1
+    Image.new("RGB", (32, 32), (40, 50, 60)).save(root / "train" / "a" / "1.png")
+    assert len(load_source(str(root))[0]) == 2
