@@ -125,6 +125,24 @@ def build_parser() -> Parser:
                             description="Example: optuna-search studies --storage sqlite:///x.db")
     add_storage(p)
 
+    p = commands.add_parser("worker", help="join an existing study (from another machine)",
+                            description="Run trials of a study that `optuna-search MODEL` made, "
+                            "with its model, space, --set values, grid, epochs and data options "
+                            "(read from the study). Example: optuna-search worker resnet18 "
+                            "--storage postgresql://USER:PASSWORD@HOST/DB --workers 4")
+    p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
+    p.add_argument("--trials", type=positive_int,
+                   help="trials to run here (default 30; a grid: its points not yet done)")
+    add_storage(p)
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes on this machine (default 1)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per trial (default: the study's)")
+    add_data(p)
+    p.set_defaults(data=None, val_size=None)  # None: what the study was made with
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                   help="stop starting trials after this many seconds")
+
     p = commands.add_parser("dashboard", help="watch the studies in a browser (optuna-dashboard)",
                             description="Serve optuna-dashboard on a storage and its artifacts. "
                             "Example: optuna-search dashboard --port 8080; then open "
@@ -253,6 +271,18 @@ def command_studies(args) -> int:
     return 0
 
 
+def command_worker(args) -> int:
+    from search.workers import run_workers, settings_from_study
+    check_url(args.storage)
+    check_device(args.device)
+    settings = settings_from_study(
+        args.storage, args.study, trials=args.trials, workers=args.workers, epochs=args.epochs,
+        data=args.data, data_dir=args.data_dir, train_subset=args.train_subset,
+        test_subset=args.test_subset, val_size=args.val_size, device=args.device,
+        timeout=args.timeout)
+    return run_workers(settings, join=True)
+
+
 def command_dashboard(args) -> int:
     from search.dashboard import serve
     return serve(args.storage, host=args.host, port=args.port)
@@ -300,7 +330,7 @@ def command_reproduce(args) -> int:
 
 COMMANDS = {"reproduce": command_reproduce,
             "info": command_info, "studies": command_studies, "dashboard": command_dashboard,
-            "report": command_report, "plots": command_plots}
+            "report": command_report, "plots": command_plots, "worker": command_worker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

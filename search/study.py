@@ -116,8 +116,13 @@ def open_study(settings: SearchSettings, storage=None) -> optuna.Study:
                                 load_if_exists=True)
     wanted = identity(settings)
     if "model" not in study.user_attrs:
+        # epochs and data_options let `optuna-search worker` join with the same run settings
+        data_options = {"train_subset": settings.train_subset,
+                        "test_subset": settings.test_subset, "val_size": settings.val_size}
         for key, value in {**wanted, "sampler": sampler_attrs, "pruner": pruner_attrs,
-                           "seed": settings.seed, "data": settings.data}.items():
+                           "seed": settings.seed, "data": settings.data,
+                           "epochs": settings.fixed.get("epochs", settings.epochs),
+                           "data_options": data_options}.items():
             study.set_user_attr(key, value)
     else:
         have = {k: study.user_attrs.get(k) for k in wanted}
@@ -197,11 +202,25 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def make_objective(settings: SearchSettings, data, device) -> Objective:
+    """The objective of one process: data already on `device`, artifacts beside the storage."""
+    return Objective(ObjectiveSettings(
+        model=settings.model, space=get_space(settings.model), data=data, device=device,
+        seed=settings.seed, epochs=settings.fixed.get("epochs", settings.epochs),
+        fixed=settings.fixed, grid=settings.grid, space_kind=settings.space,
+        artifact_store=artifact_store(settings.storage),
+        checkpoint_dir=artifact_dir(settings.storage) / "checkpoints"))
+
+
 def run_search(settings: SearchSettings, out=None, data=None) -> int:
     """Load the data once, open the study, run the trials; 0 on success, 130 on Ctrl-C.
 
     `data` (a search.data.Dataset) skips the load: `reproduce` loads once for five studies.
+    With settings.workers > 1, worker processes run the trials (search.workers).
     """
+    if settings.workers > 1:
+        from search.workers import run_workers
+        return run_workers(settings, out=out)
     out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     logging.getLogger("optuna.study._optimize").addFilter(_hide_interrupt_traceback)
@@ -230,12 +249,7 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
         print(f"enqueued {enqueue_published(study, settings)} of the report's published "
               "configurations", file=out)
 
-    objective = Objective(ObjectiveSettings(
-        model=settings.model, space=space, data=data, device=device, seed=settings.seed,
-        epochs=settings.fixed.get("epochs", settings.epochs), fixed=settings.fixed,
-        grid=settings.grid, space_kind=settings.space,
-        artifact_store=artifact_store(settings.storage),
-        checkpoint_dir=artifact_dir(settings.storage) / "checkpoints"))
+    objective = make_objective(settings, data, device)
     interrupts = Interrupts(study)
     try:
         with interrupts.installed():
