@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,13 @@ def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0
 
 def _torchvision_cifar10(root: Path) -> tuple[Images, Images, list[str]]:
     from torchvision.datasets import CIFAR10
+    created = not root.exists()
     try:
         train = CIFAR10(str(root), train=True, download=True)
         test = CIFAR10(str(root), train=False, download=True)
     except Exception as error:  # no network, a broken archive, a read-only folder
+        if created:  # leave no empty ./data behind a failed download
+            shutil.rmtree(root, ignore_errors=True)
         raise DataError(
             f"could not load or download CIFAR-10 into {root}/ ({type(error).__name__}: "
             f"{str(error)[:80]}); put cifar-10-python.tar.gz in {root}/ (or use --data-dir), "

@@ -121,6 +121,12 @@ def test_studies_lists_name_model_trials_per_state_and_best_val_acc(three_trials
     assert float(values["best_val_acc"]) == pytest.approx(study.best_value, abs=1e-4)
 
 
+def test_studies_on_a_missing_file_creates_nothing(tmp_path):
+    code, out, err = run("studies", "--storage", f"sqlite:///{tmp_path}/typo.db")
+    assert code == 2 and err.count("\n") == 1 and "no storage" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_running_again_adds_trials_to_the_same_study(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     assert optuna_search("mlp", url, "--trials", "1")[0] == 0

@@ -289,6 +289,7 @@ def test_cifar10_without_network_names_the_archive_to_fetch(tmp_path, monkeypatc
     message = str(caught.value)
     assert "cifar-10-python.tar.gz" in message and str(tmp_path / "data") in message
     assert "\n" not in message
+    assert not (tmp_path / "data").exists()  # the failed download leaves no empty folder
 
 
 # ---------------------------------------------------------------- real CIFAR-10, a few hundred
