@@ -67,6 +67,7 @@ class Objective:
             trial.set_user_attr("curves", result.curves())  # live in the dashboard
             return trial.should_prune()
 
+        failure = None
         try:
             result = train(model, config, s.data, device=s.device, seed=s.seed,
                            on_epoch=on_epoch, checkpoint=checkpoint)
@@ -80,9 +81,13 @@ class Objective:
             # Out of memory (batch 1024 on a small GPU) or any other error: fail this trial
             # with its reason, give the memory back, and let the study go on.
             trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:500])
+            # Its traceback holds train()'s frame, so the model, gradients and optimizer
+            # state: drop it, and clean up outside this block, or the memory stays taken.
+            failure = error.with_traceback(None)
+        if failure is not None:
             del model
             self._cleanup(checkpoint)
-            raise
+            raise failure
         self._save_summary(trial, result)
         self._save_first_layer(trial, model)
         self._cleanup(checkpoint)
