@@ -11,8 +11,10 @@ RDB storages run Optuna's heartbeat: a trial whose worker died is marked FAIL an
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import socket
 import sqlite3
 import warnings
@@ -47,8 +49,9 @@ def _kind(url: str) -> str:
         return "postgresql"
     if scheme == "journal" or (not scheme and url.endswith((".log", ".jsonl"))):
         return "journal"
-    raise StorageError(f"storage URL {url!r} is not understood; use sqlite:///FILE.db, "
-                       "journal:///FILE.log or postgresql://USER:PASSWORD@HOST/DB")
+    raise StorageError(f"storage URL {redact(url)!r} is not understood; use "
+                       "sqlite:///FILE.db, journal:///FILE.log or "
+                       "postgresql://USER:PASSWORD@HOST/DB")
 
 
 def _local_path(url: str) -> Path:
@@ -73,7 +76,7 @@ def check_url(url: str) -> str:
     if kind == "postgresql":
         parts = urlsplit(url)
         if not parts.hostname:
-            raise StorageError(f"storage URL {url!r} names no host")
+            raise StorageError(f"storage URL {redact(url)!r} names no host")
         try:  # a quick TCP check gives a clear message in seconds instead of a long hang
             with socket.create_connection((parts.hostname, parts.port or 5432),
                                           timeout=PG_CONNECT_SECONDS):
@@ -132,14 +135,31 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True):
         engine_kwargs = {"connect_args": {"connect_timeout": PG_CONNECT_SECONDS},
                          "pool_pre_ping": True}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+        storage = optuna.storages.RDBStorage(sqlalchemy_url(url), engine_kwargs=engine_kwargs,
                                              **heartbeat_kwargs)
     except Exception as error:
-        raise StorageError(f"could not open storage {url!r}: "
-                           f"{str(error).splitlines()[0][:200]}") from None
+        raise StorageError(f"could not open storage {redact(url)!r}: "
+                           f"{redact(str(error).splitlines()[0][:200])}") from None
     if kind == "sqlite":
         _serialize_sqlite_writers(storage.engine)
     return storage
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL SQLAlchemy needs: postgresql://... names its driver, since SQLAlchemy 2.1
+    picks psycopg 3 by default while the `postgres` extra installs psycopg2."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    for module in ("psycopg2", "psycopg"):
+        if importlib.util.find_spec(module):
+            return f"postgresql+{module}://{rest}"
+    raise StorageError("PostgreSQL needs a driver: pip install 'optuna-search[postgres]'")
+
+
+def redact(text: str) -> str:
+    """Hide the password of any URL in `text`: messages end up in logs and terminals."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
 
 
 def _env_seconds(name: str, default: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_a_killed_worker_loses_nothing_the_retry_resumes_after_the_last_epoch(
 
 # ------------------------------------------------------------------ 4. interrupts, bad trials
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_ends_the_running_trial_cleanly(tmp_path, signum):
     db = tmp_path / "signal.db"
     worker = run_cli(["mlp", "--trials", "3", "--epochs", "2000", "--storage",
@@ -194,3 +195,102 @@ def test_out_of_memory_fails_one_trial_frees_its_model_and_the_next_runs(
     # The failed trial's model (weights, gradients, optimizer state) is gone before the
     # cache is emptied, so its GPU memory really goes back before the next trial.
     assert freed_at_cleanup[0] is True
+
+
+# ------------------------------------------------------------------ 5. bad input
+
+def refused(argv: list[str], capsys) -> str:
+    """Run the command; it must exit 2 with exactly one line on stderr. Returns that line."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("optuna-search: error: ")
+    return lines[0]
+
+
+BAD_INPUT = {
+    "unknown model": ["nosuchmodel", "--workers", "2"],
+    "unknown parameter": ["mlp", "--workers", "2", "--set", "nonsense=1"],
+    "another model's parameter": ["mlp", "--workers", "2", "--set", "patch_size=8"],
+    "malformed --set": ["mlp", "--workers", "2", "--set", "lr"],
+    "malformed --grid": ["mlp", "--workers", "2", "--grid", "lr=,"],
+    "wrong type": ["mlp", "--workers", "2", "--set", "batch_size=big"],
+    "wrong type in a grid": ["mlp", "--workers", "2", "--grid", "lr=0.1,fast"],
+    "--trials 0": ["mlp", "--workers", "2", "--trials", "0"],
+    "--workers 0": ["mlp", "--workers", "0"],
+    "worker --workers 0": ["worker", "mlp", "--workers", "0"],
+    "worker --trials 0": ["worker", "mlp", "--trials", "0"],
+    "worker without a storage": ["worker", "mlp"],
+}
+
+
+@pytest.mark.parametrize("argv", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_gets_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv):
+    refused([*argv, "--storage", f"sqlite:///{tmp_path / 'new.db'}"], capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["mlp", "--workers", "2", "--data", "synthetic"],
+                                     ["worker", "mlp", "--data", "synthetic"], ["studies"]],
+                         ids=["--workers", "worker", "studies"])
+def test_a_file_that_is_not_an_optuna_storage_is_refused_untouched(tmp_path, capsys, command):
+    notes = tmp_path / "notes.db"
+    notes.write_text("my notes\n")
+    people = tmp_path / "people.db"
+    with sqlite3.connect(people) as connection:
+        connection.execute("CREATE TABLE people (name TEXT)")
+        connection.execute("INSERT INTO people VALUES ('Ada')")
+    connection.close()
+    lines = tmp_path / "notes.log"
+    lines.write_text("not a journal\n")
+    files = {path: path.read_bytes() for path in (notes, people, lines)}
+    expected = {notes: "not an SQLite file", people: "other tables (people)",
+                lines: "not an Optuna journal file"}
+    for path, why in expected.items():
+        scheme = "journal" if path.suffix == ".log" else "sqlite"
+        line = refused([*command, "--storage", f"{scheme}:///{path}"], capsys)
+        assert why in line
+    assert {path: path.read_bytes() for path in files} == files
+    assert sorted(tmp_path.iterdir()) == sorted(files)  # no journal, WAL or artifacts
+
+
+def test_a_study_of_another_model_is_refused_and_left_as_it_was(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert main(["mlp", "--trials", "1", "--epochs", "1", "--study", "shared",
+                 "--storage", url, *TINY]) == 0
+    before = load(tmp_path / "shared.db", "shared")
+    data = ["--data", "synthetic", "--train-subset", "100", "--test-subset", "100"]
+    for argv in (["resnet18", "--workers", "2"], ["mlpmixer"],
+                 ["mlp", "--workers", "2", "--set", "activation=tanh"]):
+        capsys.readouterr()
+        line = refused([*argv, "--study", "shared", "--storage", url, *data], capsys)
+        assert "study 'shared' was made with model=mlp" in line
+    after = load(tmp_path / "shared.db", "shared")
+    assert after.user_attrs == before.user_attrs
+    assert [(t.number, t.state) for t in after.trials] == [(0, TrialState.COMPLETE)]
+
+
+def test_an_unreachable_postgresql_is_named_in_one_line_within_seconds(capsys):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://optuna:secret@127.0.0.1:{port}/optuna"
+    for command in (["mlp", "--workers", "2"], ["worker", "mlp"], ["studies"]):
+        started = time.monotonic()
+        line = refused([*command, "--storage", url], capsys)
+        assert time.monotonic() - started < 5
+        assert f"PostgreSQL at 127.0.0.1:{port} is not reachable" in line
+
+
+def test_a_postgresql_port_that_never_answers_gives_up_in_seconds(capsys):
+    pytest.importorskip("psycopg2")
+    from storage.open import PG_CONNECT_SECONDS
+    with socket.socket() as silent:  # the kernel completes the handshake; nobody speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"postgresql://optuna:secret@127.0.0.1:{silent.getsockname()[1]}/optuna"
+        started = time.monotonic()
+        line = refused(["worker", "mlp", "--storage", url], capsys)
+        assert time.monotonic() - started < PG_CONNECT_SECONDS + 5
+    assert "could not open storage" in line and "secret" not in line
