@@ -37,7 +37,7 @@ from search.study import (SearchSettings, StudyMismatch, _fail_if_running, _fini
                           requeue_failed_grid_points)
 from search.trainer import pick_device
 from storage import StorageError, check_url, open_storage
-from storage.open import _kind, _local_path
+from storage.open import _kind, _local_path, redact
 
 POLL_SECONDS = 0.2      # how often the parent looks at its workers while no line arrives
 
@@ -67,10 +67,10 @@ def run_workers(settings: SearchSettings, out=None, join: bool = False) -> int:
     if settings.enqueue_report:
         enqueue_published(study, settings)
     gpus = gpu_assignment(settings.workers, settings.device)
-    print(f"study {settings.study_name!r} in {settings.storage}: {len(study.trials)} trials "
-          f"so far; {n_trials} to run with {settings.workers} worker(s); data "
-          f"{data.describe()}" + (f"; GPUs {','.join(gpus)}" if gpus[0] is not None else ""),
-          file=out, flush=True)
+    print(f"study {settings.study_name!r} in {redact(settings.storage)}: "
+          f"{len(study.trials)} trials so far; {n_trials} to run with {settings.workers} "
+          f"worker(s); data {data.describe()}"
+          + (f"; GPUs {','.join(gpus)}" if gpus[0] is not None else ""), file=out, flush=True)
     if n_trials == 0:
         print("every grid point is already done; nothing to run", file=out)
         return _finish(study, settings, out)
@@ -163,7 +163,7 @@ def _report(outcome: dict, study, settings: SearchSettings, out) -> int:
         _finish(study, settings, out)
         print(f"interrupted; the workers' unfinished trials are marked FAIL and nothing is "
               f"left RUNNING. Resume with the same command (study {settings.study_name!r} "
-              f"in {settings.storage}).", file=sys.stderr)
+              f"in {redact(settings.storage)}).", file=sys.stderr)
         return 130
     code = _finish(study, settings, out)
     return 1 if outcome["errors"] or killed else code
@@ -311,7 +311,7 @@ def settings_from_study(storage_url: str, study_name: str, **overrides) -> Searc
     try:
         attrs = optuna.load_study(study_name=study_name, storage=storage).user_attrs
     except KeyError:
-        raise StudyMismatch(f"no study {study_name!r} in {storage_url}; make it with "
+        raise StudyMismatch(f"no study {study_name!r} in {redact(storage_url)}; make it with "
                             f"optuna-search MODEL --study {study_name}") from None
     if "model" not in attrs:
         raise StudyMismatch(f"study {study_name!r} was not made by optuna-search "

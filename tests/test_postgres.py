@@ -1,0 +1,95 @@
+"""A study on a real PostgreSQL server, run from two "machines" at once: the search command with
+2 workers makes the study, and `optuna-search worker` joins it with 2 more.
+
+Needs OPTUNA_SEARCH_PG_URL (postgresql://USER:PASSWORD@HOST/DB; .ci/run starts a server on
+loopback). Without it these tests skip, except under CI=true, where they fail.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cli import main
+from storage import open_storage
+
+pytestmark = pytest.mark.postgres
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--data", "synthetic", "--epochs", "1", "--train-subset", "100", "--test-subset", "100",
+        "--val-size", "50", "--set", "hidden_sizes=16", "--sampler", "random",
+        "--pruner", "none"]
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = os.environ.get("OPTUNA_SEARCH_PG_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but OPTUNA_SEARCH_PG_URL is not set (see .ci/run)")
+        pytest.skip("no PostgreSQL server: set OPTUNA_SEARCH_PG_URL")
+    return url
+
+
+@pytest.fixture
+def study_name(pg_url, monkeypatch, tmp_path):
+    """A fresh study name, deleted afterwards; artifacts in tmp_path, not the repository."""
+    monkeypatch.setenv("OPTUNA_SEARCH_ARTIFACTS", str(tmp_path / "artifacts"))
+    name = f"pytest-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))
+    except KeyError:
+        pass
+
+
+def wait_for_study(url: str, name: str, seconds: float = 90) -> None:
+    storage = open_storage(url, heartbeat=False)
+    deadline = time.monotonic() + seconds
+    while name not in optuna.get_all_study_names(storage=storage):
+        assert time.monotonic() < deadline, f"study {name} never appeared"
+        time.sleep(0.2)
+
+
+def test_four_workers_on_two_machines_share_one_postgresql_study(pg_url, study_name, capsys):
+    # "Machine" A: the search command makes the study and runs 2 workers x 10 trials.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "mlp", "--workers", "2", "--trials", "20",
+         "--storage", pg_url, "--study", study_name, *TINY],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_study(pg_url, study_name)
+    # "Machine" B joins while A runs: model, space, --set values and data from the study.
+    assert main(["worker", study_name, "--storage", pg_url, "--workers", "2",
+                 "--trials", "20"]) == 0
+    out_b = capsys.readouterr().out
+    out_a, err_a = first.communicate(timeout=300)
+    assert first.returncode == 0, err_a
+
+    trials = optuna.load_study(study_name=study_name,
+                               storage=open_storage(pg_url, heartbeat=False)).get_trials()
+    assert len(trials) == 40
+    assert sorted(t.number for t in trials) == list(range(40))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(t.user_attrs["config"]["hidden_sizes"] == [16] for t in trials)
+    for out in (out_a, out_b):
+        assert len(re.findall(r"^\[w[01]\] trial +\d+ COMPLETE", out, re.MULTILINE)) == 20
+
+    # The other commands work on the same storage.
+    assert main(["studies", "--storage", pg_url]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if study_name in line)
+    assert re.search(r"\|\s*mlp\s*\|\s*40\s*\|", row)
+    assert main(["report", study_name, "--storage", pg_url, "--top", "3"]) == 0
+    assert len(re.findall(r"^\|", capsys.readouterr().out, re.MULTILINE)) == 5  # head, rule, 3
+
+
+def test_a_worker_refuses_a_study_that_is_not_there(pg_url, study_name, capsys):
+    assert main(["worker", study_name, "--storage", pg_url]) == 2
+    err = capsys.readouterr().err
+    assert f"no study {study_name!r}" in err and len(err.strip().splitlines()) == 1
