@@ -242,6 +242,7 @@ def worker_main(settings: SearchSettings, index: int, gpu: str | None, join: boo
         traceback.print_exc()
         messages.put(("error", index, f"{type(error).__name__}: {error}"))
     finally:
+        gc.unfreeze()  # matters only when this worker ran inside the parent's process
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
