@@ -108,7 +108,8 @@ def _check_existing_file(kind: str, path: Path) -> None:
         connection.close()
     except sqlite3.DatabaseError as error:
         raise StorageError(f"{path} is not a readable SQLite file ({error})") from None
-    if tables and not _OPTUNA_TABLES <= tables:
+    # Only some of Optuna's tables is fine: another process may be making them right now.
+    if tables and not tables & _OPTUNA_TABLES:
         shown = ", ".join(sorted(tables)[:5])
         raise StorageError(f"{path} is an SQLite file with other tables ({shown}), not an "
                            "Optuna storage; name another file with --storage")
