@@ -20,7 +20,7 @@ from socketserver import ThreadingMixIn
 from typing import Callable, Iterator, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from storage import StorageError, artifact_store, check_url, open_storage
+from storage import StorageError, artifact_store, check_url, open_storage, sqlalchemy_url
 from storage.open import _local_path
 
 DEFAULT_HOST = "127.0.0.1"
@@ -54,7 +54,8 @@ def storage_is_made(storage_url: str) -> bool:
     if kind == "journal":
         return True
     import sqlalchemy
-    engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(sqlalchemy_url(storage_url),
+                                      poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as connection:
             stamped = connection.execute(sqlalchemy.text("SELECT COUNT(*) FROM alembic_version"))

@@ -84,6 +84,11 @@ class Objective:
             # Its traceback holds train()'s frame, so the model, gradients and optimizer
             # state: drop it, and clean up outside this block, or the memory stays taken.
             failure = error.with_traceback(None)
+        except KeyboardInterrupt:
+            # Ctrl-C / SIGTERM: the trial ends FAIL and is never retried, so its checkpoint
+            # would only take disk space. (A SIGKILLed worker keeps it for the retry.)
+            self._cleanup(checkpoint)
+            raise
         if failure is not None:
             del model
             self._cleanup(checkpoint)

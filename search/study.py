@@ -24,7 +24,7 @@ from search.data import make_dataset
 from search.objective import Objective, ObjectiveSettings, _jsonable
 from search.trainer import pick_device
 from spaces import get_space
-from storage import DEFAULT_STORAGE, artifact_dir, artifact_store, open_storage
+from storage import DEFAULT_STORAGE, artifact_dir, artifact_store, open_storage, redact
 
 
 class StudyMismatch(ValueError):
@@ -233,7 +233,7 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
     device = pick_device(settings.device)
     data = data.to(device)
     study = open_study(settings)
-    print(f"study {settings.study_name!r} in {settings.storage}: "
+    print(f"study {settings.study_name!r} in {redact(settings.storage)}: "
           f"{len(study.trials)} trials so far; data {data.describe()}; device {device}",
           file=out, flush=True)
     n_trials = settings.trials
@@ -263,7 +263,7 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
         _fail_if_running(study, interrupts.trial_ids)
         print(f"interrupted; the unfinished trial is marked FAIL and nothing is left "
               f"RUNNING. Resume with the same command (study {settings.study_name!r} in "
-              f"{settings.storage}).", file=sys.stderr)
+              f"{redact(settings.storage)}).", file=sys.stderr)
         return 130
     return _finish(study, settings, out)
 
@@ -340,7 +340,8 @@ def _finish(study: optuna.Study, settings: SearchSettings, out) -> int:
     test = best.user_attrs.get("test_acc")
     print(f"best: trial {best.number} val_acc={best.value:.4f}"
           f"{f' test_acc={test:.4f}' if test is not None else ''} {best.params}", file=out)
-    storage = "" if settings.storage == DEFAULT_STORAGE else f" --storage {settings.storage}"
+    storage = ("" if settings.storage == DEFAULT_STORAGE
+               else f" --storage {redact(settings.storage)}")
     print(f"table: optuna-search report {settings.study_name} --top 8{storage}", file=out)
     try:  # the figures are a convenience: a failure here must not fail a finished search
         from reports.dashboard_figures import register_dashboard_figures

@@ -67,8 +67,10 @@ def check_url(url: str) -> str:
     kind = _kind(url)
     if kind in ("sqlite", "journal"):
         path = _local_path(url)
-        if not str(path) or str(path) in (".", "/"):
-            raise StorageError(f"storage URL {url!r} names no file")
+        in_memory = kind == "sqlite" and not url.startswith("sqlite:///")
+        if in_memory or str(path) in ("", ".", "/", ":memory:"):
+            # sqlite:// and sqlite:///:memory: are in-memory: the study would vanish on exit
+            raise StorageError(f"storage URL {url!r} names no file; e.g. sqlite:///study.db")
         if not path.parent.resolve().is_dir():
             raise StorageError(f"storage folder {path.parent} does not exist")
         if path.exists() and path.stat().st_size > 0:

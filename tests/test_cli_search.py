@@ -311,6 +311,8 @@ BAD_INPUT = [
     "mlp --storage foo://bar",                     # malformed storage URLs
     "mlp --storage sqlite:///no/such/folder/s.db",
     "mlp --storage postgresql://",
+    "mlp --storage sqlite://",                     # in memory: the study would vanish
+    "mlp --storage sqlite:///:memory:",
     "mlp --data no-such-folder",                   # missing data
     "mlp --data synthetic --train-subset 5",
 ]
