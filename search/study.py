@@ -1,27 +1,24 @@
-"""Open or create a study (sampler + pruner recorded), run trials, and report progress.
+"""Open or create a study (sampler + pruner recorded) and run its trials in this process.
 
 A study remembers the model, space, --set values and grid it was made with (user_attrs), and
 refuses to resume with others: mixing spaces in one study would mislead its sampler.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
-from tqdm import tqdm
 from optuna.trial import TrialState
 
 from search.data import make_dataset
+from search.interrupts import Interrupts, fail_if_running, hide_interrupt_traceback
 from search.objective import Objective, ObjectiveSettings, _jsonable
+from search.progress import print_summary, print_trial
 from search.trainer import pick_device
 from spaces import get_space
 from storage import DEFAULT_STORAGE, artifact_dir, artifact_store, open_storage, redact
@@ -186,22 +183,6 @@ def enqueue_published(study: optuna.Study, settings: SearchSettings) -> int:
     return len(rows)
 
 
-def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out=sys.stdout) -> None:
-    """One line per finished trial: number, state, val acc, seconds, parameters."""
-    value = f"{trial.value:.4f}" if trial.value is not None else "  -   "
-    seconds = (trial.duration.total_seconds() if trial.duration else 0.0)
-    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    reason = trial.user_attrs.get("diverged") or trial.user_attrs.get("fail_reason") or ""
-    epochs = trial.user_attrs.get("epochs_run", "?")
-    line = (f"trial {trial.number:>3} {trial.state.name:<8} val_acc={value} epochs={epochs} "
-            f"{seconds:7.1f}s  {params}{'  (' + reason[:100] + ')' if reason else ''}")
-    tqdm.write(line, file=out)  # keeps Optuna's progress bar (on stderr) intact
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def make_objective(settings: SearchSettings, data, device) -> Objective:
     """The objective of one process: data already on `device`, artifacts beside the storage."""
     return Objective(ObjectiveSettings(
@@ -223,9 +204,8 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
         return run_workers(settings, out=out)
     out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
-    logging.getLogger("optuna.study._optimize").addFilter(_hide_interrupt_traceback)
+    logging.getLogger("optuna.study._optimize").addFilter(hide_interrupt_traceback)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    space = get_space(settings.model)
     if data is None:
         data = make_dataset(settings.data, settings.data_dir, seed=settings.seed,
                             val_size=settings.val_size, train_subset=settings.train_subset,
@@ -242,7 +222,7 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
         n_trials = left if n_trials is None else min(n_trials, left)
         if n_trials == 0:
             print("every grid point is already done; nothing to run", file=out)
-            return _finish(study, settings, out)
+            return print_summary(study, settings, out)
         if requeue_failed_grid_points(study, settings.grid):
             print("failed grid points are queued to run again", file=out)
     if settings.enqueue_report:
@@ -260,96 +240,12 @@ def run_search(settings: SearchSettings, out=None, data=None) -> int:
     except KeyboardInterrupt:
         interrupts.requested = True
     if interrupts.requested:
-        _fail_if_running(study, interrupts.trial_ids)
+        fail_if_running(study, interrupts.trial_ids)
         print(f"interrupted; the unfinished trial is marked FAIL and nothing is left "
               f"RUNNING. Resume with the same command (study {settings.study_name!r} in "
               f"{redact(settings.storage)}).", file=sys.stderr)
         return 130
-    return _finish(study, settings, out)
-
-
-class Interrupts:
-    """Ctrl-C (SIGINT) and SIGTERM end a search cleanly: no trial left RUNNING, no hang.
-
-    Inside the objective an interrupt raises KeyboardInterrupt at once: Optuna marks the
-    trial FAIL and stops its heartbeat thread. Elsewhere in Optuna's loop (asking for a trial,
-    starting its heartbeat thread, storing a result) raising could leave the new trial
-    RUNNING, or the heartbeat thread alive so the process never exits; there the interrupt
-    is only noted: the study stops, and a trial asked for meanwhile fails before it trains.
-    """
-
-    def __init__(self, study: optuna.Study):
-        self.study = study
-        self.requested = False
-        self.trial_ids: list[int] = []  # this process's trial, failed if still RUNNING
-        self._in_objective = False
-
-    def guard(self, objective):
-        def guarded(trial: optuna.Trial) -> float:
-            self.trial_ids[:] = [trial._trial_id]
-            self._in_objective = True  # set before the check: no interrupt slips between
-            try:
-                if self.requested:
-                    raise KeyboardInterrupt("interrupted before training")
-                return objective(trial)
-            finally:
-                self._in_objective = False
-        return guarded
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        if self._in_objective:
-            raise KeyboardInterrupt(f"signal {signum}")
-        try:
-            self.study.stop()
-        except RuntimeError:  # not inside optimize: nothing runs, stop right here
-            raise KeyboardInterrupt(f"signal {signum}") from None
-
-    @contextlib.contextmanager
-    def installed(self):
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-
-def _hide_interrupt_traceback(record: logging.LogRecord) -> bool:
-    """Ctrl-C is no error: keep Optuna from logging the interrupted trial's traceback."""
-    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
-
-
-def _fail_if_running(study: optuna.Study, trial_ids: list[int]) -> None:
-    storage = study._storage
-    for trial_id in trial_ids:
-        if storage.get_trial(trial_id).state == TrialState.RUNNING:
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
-
-
-def _finish(study: optuna.Study, settings: SearchSettings, out) -> int:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    counts = {s.name: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] += 1
-    print("trials: " + ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n), file=out)
-    if not complete:
-        print("no trial completed yet", file=out)
-        return 0
-    best = study.best_trial
-    test = best.user_attrs.get("test_acc")
-    print(f"best: trial {best.number} val_acc={best.value:.4f}"
-          f"{f' test_acc={test:.4f}' if test is not None else ''} {best.params}", file=out)
-    storage = ("" if settings.storage == DEFAULT_STORAGE
-               else f" --storage {redact(settings.storage)}")
-    print(f"table: optuna-search report {settings.study_name} --top 8{storage}", file=out)
-    try:  # the figures are a convenience: a failure here must not fail a finished search
-        from reports.dashboard_figures import register_dashboard_figures
-        register_dashboard_figures(study)
-    except Exception as error:
-        print(f"figures for optuna-dashboard not saved ({type(error).__name__}: {error})",
-              file=out)
-    return 0
+    return print_summary(study, settings, out)
 
 
 def list_studies(storage_url: str):

@@ -8,7 +8,6 @@ The loop reads GPU values back once per epoch (plus one finiteness check every 1
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field

@@ -31,12 +31,13 @@ import optuna
 import torch
 
 from search.data import DataError, make_dataset
-from search.study import (SearchSettings, StudyMismatch, _fail_if_running, _finish,
-                          _hide_interrupt_traceback, enqueue_published, make_objective,
-                          make_sampler, open_study, print_trial, remaining_grid_points,
+from search.interrupts import Interrupts, fail_if_running, hide_interrupt_traceback
+from search.progress import print_summary, print_trial
+from search.study import (SearchSettings, StudyMismatch, enqueue_published, make_objective,
+                          make_sampler, open_study, remaining_grid_points,
                           requeue_failed_grid_points)
 from search.trainer import pick_device
-from storage import StorageError, check_url, open_storage
+from storage import StorageError, open_storage
 from storage.open import _kind, _local_path, redact
 
 POLL_SECONDS = 0.2      # how often the parent looks at its workers while no line arrives
@@ -73,7 +74,7 @@ def run_workers(settings: SearchSettings, out=None, join: bool = False) -> int:
           + (f"; GPUs {','.join(gpus)}" if gpus[0] is not None else ""), file=out, flush=True)
     if n_trials == 0:
         print("every grid point is already done; nothing to run", file=out)
-        return _finish(study, settings, out)
+        return print_summary(study, settings, out)
 
     outcome = {"errors": [], "interrupted": [], "signals": [], "exitcodes": []}
     if settings.workers == 1:  # `worker` on a machine with one device: no process to spawn
@@ -160,12 +161,12 @@ def _report(outcome: dict, study, settings: SearchSettings, out) -> int:
               "failed and retried by the next trial that starts after the heartbeat grace "
               "period", file=sys.stderr)
     if outcome["signals"] or outcome["interrupted"]:
-        _finish(study, settings, out)
+        print_summary(study, settings, out)
         print(f"interrupted; the workers' unfinished trials are marked FAIL and nothing is "
               f"left RUNNING. Resume with the same command (study {settings.study_name!r} "
               f"in {redact(settings.storage)}).", file=sys.stderr)
         return 130
-    code = _finish(study, settings, out)
+    code = print_summary(study, settings, out)
     return 1 if outcome["errors"] or killed else code
 
 
@@ -207,7 +208,7 @@ def worker_main(settings: SearchSettings, index: int, gpu: str | None, join: boo
     previous = {s: signal.signal(s, _interrupt_once) for s in (signal.SIGINT, signal.SIGTERM)}
     _quiet()
     out = _Lines(messages, index)
-    study, current = None, []
+    study, interrupts = None, None
     try:
         device = pick_device(settings.device)
         if device.type == "cpu":  # share the cores instead of each worker taking all of them
@@ -224,17 +225,19 @@ def worker_main(settings: SearchSettings, index: int, gpu: str | None, join: boo
         print(f"ready on {device}" + (f" (CUDA_VISIBLE_DEVICES={gpu})" if gpu else ""),
               file=out)
 
-        def tracked(trial: optuna.Trial) -> float:
-            current[:] = [trial._trial_id]
-            return objective(trial)
-
+        interrupts = Interrupts(study)  # from here on, a signal never strands a trial
         started = time.monotonic()
-        while not _timed_out(settings.timeout, started) and _claim(budget):
-            study.optimize(tracked, n_trials=1, catch=(Exception,), show_progress_bar=False,
-                           callbacks=[lambda st, t: print_trial(st, t, out)])
+        with interrupts.installed():
+            while (not interrupts.requested and not _timed_out(settings.timeout, started)
+                   and _claim(budget)):
+                study.optimize(interrupts.guard(objective), n_trials=1, catch=(Exception,),
+                               show_progress_bar=False,
+                               callbacks=[lambda st, t: print_trial(st, t, out)])
+        if interrupts.requested:
+            raise KeyboardInterrupt("interrupted between trials")
     except KeyboardInterrupt:
-        if study is not None:
-            _fail_if_running(study, current)
+        if interrupts is not None:
+            fail_if_running(study, interrupts.trial_ids)
         messages.put(("interrupted", index, ""))
     except (StorageError, DataError, StudyMismatch) as error:
         messages.put(("error", index, str(error)))
@@ -250,13 +253,14 @@ def worker_main(settings: SearchSettings, index: int, gpu: str | None, join: boo
 def _quiet() -> None:
     """Our own line per trial instead of Optuna's log; no notes on experimental features."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("optuna.study._optimize").addFilter(_hide_interrupt_traceback)
+    logging.getLogger("optuna.study._optimize").addFilter(hide_interrupt_traceback)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def _interrupt_once(signum, _frame):
-    """The first SIGINT/SIGTERM ends the trial; more (Ctrl-C reaches parent and workers,
-    and the parent forwards it too) must not interrupt the cleanup."""
+    """While the worker loads (before its trials' Interrupts take over), the first
+    SIGINT/SIGTERM stops it; more (Ctrl-C reaches parent and workers, and the parent
+    forwards it too) must not interrupt the cleanup."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")

@@ -1,0 +1,208 @@
+"""The command line's grammar: argparse parsers for every command, typed option values, and
+--set / --grid parsed against the model's search space. Errors raise UsageError or
+ConfigError, which search.cli turns into one line on stderr and exit status 2."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+from spaces import MODEL_NAMES, ConfigError, apply_overrides, get_space, parse_value
+from spaces.defaults import parse_assignment
+from storage import DEFAULT_STORAGE
+
+class UsageError(Exception):
+    """Bad input on the command line: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; we want one line
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return int(text)
+
+
+def add_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"sqlite:///FILE.db, journal:///FILE.log or postgresql://... "
+                        f"(default {DEFAULT_STORAGE})")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="cifar10",
+                   help="cifar10 (torchvision, under --data-dir), synthetic, or a folder / "
+                        ".tar.gz with train/<class>/ and test/<class>/ (default cifar10)")
+    p.add_argument("--data-dir", default="data", help="where cifar10 lives (default ./data)")
+    p.add_argument("--train-subset", type=positive_int, metavar="N",
+                   help="a class-balanced subset of N training images, for quick runs")
+    p.add_argument("--test-subset", type=positive_int, metavar="N",
+                   help="a class-balanced subset of N test images, for quick runs")
+    p.add_argument("--val-size", type=positive_int, default=5000, metavar="N",
+                   help="validation images held out of training (at most a tenth; default 5000)")
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", type=positive_int, help="trials to run (default 30; a grid "
+                   "runs each of its points not yet done)")
+    add_storage(p)
+    p.add_argument("--study", help="study name (default: the model's; a grid gets its own)")
+    p.add_argument("--epochs", type=positive_int, default=30, help="epochs per trial (30)")
+    add_data(p)
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="tpe", choices=("tpe", "random", "gp"))
+    p.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"))
+    p.add_argument("--space", default="report", choices=("report", "wide"),
+                   help="report: the report's exact lists; wide: log-uniform lr/weight decay")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a parameter, e.g. --set optimizer=adam (repeatable)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="run every value (every combination) once, e.g. --grid lr=0.1,0.01")
+    p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                   help="stop starting trials after this many seconds")
+    p.add_argument("--enqueue-report", action="store_true",
+                   help="first run the report's published top configurations that fit")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes on this machine sharing the study (default 1)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve optuna-dashboard on 127.0.0.1 while the search runs")
+    p.add_argument("--dashboard-port", type=port_number, default=8080, metavar="PORT",
+                   help="the dashboard's port (default 8080; 0 picks a free one)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="optuna-search",
+                    description="Hyperparameter search for CIFAR-10 classifiers with Optuna",
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+    for model in MODEL_NAMES:
+        p = commands.add_parser(model, help=f"search {model}'s hyperparameters",
+                                description=f"Run (or resume) an Optuna study of {model}. "
+                                f"Example: optuna-search {model} --trials 30")
+        add_search_options(p)
+
+    p = commands.add_parser("info", help="parameters per layer of a model",
+                            description="Example: optuna-search info mlpmixer --set patch_size=8")
+    p.add_argument("model", choices=MODEL_NAMES)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    p = commands.add_parser("studies", help="list the studies in a storage",
+                            description="Example: optuna-search studies --storage sqlite:///x.db")
+    add_storage(p)
+
+    p = commands.add_parser("worker", help="join an existing study (from another machine)",
+                            description="Run trials of a study that `optuna-search MODEL` made, "
+                            "with its model, space, --set values, grid, epochs and data options "
+                            "(read from the study). Example: optuna-search worker resnet18 "
+                            "--storage postgresql://USER:PASSWORD@HOST/DB --workers 4")
+    p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
+    p.add_argument("--trials", type=positive_int,
+                   help="trials to run here (default 30; a grid: its points not yet done)")
+    add_storage(p)
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes on this machine (default 1)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per trial (default: the study's)")
+    add_data(p)
+    p.set_defaults(data=None, val_size=None)  # None: what the study was made with
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                   help="stop starting trials after this many seconds")
+
+    p = commands.add_parser("dashboard", help="watch the studies in a browser (optuna-dashboard)",
+                            description="Serve optuna-dashboard on a storage and its artifacts. "
+                            "Example: optuna-search dashboard --port 8080; then open "
+                            "http://127.0.0.1:8080/dashboard")
+    add_storage(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; the dashboard has no login)")
+    p.add_argument("--port", type=port_number, default=8080, help="default 8080; 0: any free")
+
+    p = commands.add_parser("report", help="the top trials of a study as a table (or a page)",
+                            description="Example: optuna-search report resnet18 --top 8 "
+                            "(Markdown on stdout); --format html -o report.html writes the "
+                            "table and every figure on one offline page")
+    p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
+    p.add_argument("--top", type=positive_int, default=8, help="rows to show (default 8)")
+    p.add_argument("--format", default="markdown", choices=("markdown", "csv", "html"))
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--include-pruned", action="store_true",
+                   help="rank pruned and failed trials too, with a state column")
+    add_storage(p)
+
+    p = commands.add_parser("plots", help="a study's figures as offline HTML (+ PNG)",
+                            description="Example: optuna-search plots resnet18 -o figures/ "
+                            "(learning curves, patch-size figures, first-layer pictures, "
+                            "Optuna's history / importances / parallel coordinates)")
+    p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
+    p.add_argument("-o", "--output", metavar="DIR", required=True, help="folder to write")
+    add_storage(p)
+
+    p = commands.add_parser("reproduce", help="the report's five experiments, then REPORT.md",
+                            description="Run (or resume) the report's five experiments as five "
+                            "studies and write DIR/REPORT.md, DIR/figures/, DIR/report.html. "
+                            "Example: optuna-search reproduce -o reproduction --budget small")
+    p.add_argument("-o", "--output", metavar="DIR", default="reproduction")
+    p.add_argument("--budget", choices=("small", "full"), default="small",
+                   help="small: subset data, 2 epochs, 4 trials per search (minutes on a CPU); "
+                        "full: the report's 30 epochs and 30 trials")
+    p.add_argument("--epochs", type=positive_int, help="override the budget's epochs")
+    p.add_argument("--trials", type=positive_int, help="override the budget's trials per search")
+    add_data(p)
+    p.set_defaults(val_size=None)  # None: the budget's validation size
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--seed", type=int, default=0)
+    add_storage(p)
+    return parser
+
+
+def parse_fixed(model: str, assignments: Sequence[str]) -> dict[str, Any]:
+    space = get_space(model)
+    fixed = {}
+    for text in assignments:
+        key, value = parse_assignment(text)
+        space.check_names([key])
+        fixed[key] = parse_value(key, value)
+    apply_overrides(space.defaults, fixed)  # checks each value is sane
+    return fixed
+
+
+def parse_grid(model: str, assignments: Sequence[str], fixed: dict) -> dict[str, list] | None:
+    if not assignments:
+        return None
+    space, grid = get_space(model), {}
+    for text in assignments:
+        key, values = parse_assignment(text)
+        space.check_names([key])
+        if key in fixed:
+            raise ConfigError(f"{key} is both --set and --grid; choose one")
+        options = [parse_value(key, v) for v in values.split(",") if v.strip()]
+        if not options:
+            raise ConfigError(f"--grid {text!r} has no values; e.g. --grid {key}=V1,V2")
+        for option in options:
+            apply_overrides(space.defaults, {**fixed, key: option})
+        grid[key] = list(dict.fromkeys(options))
+    return grid
