@@ -75,13 +75,15 @@ def wait_for_running(db: Path, count: int, seconds: float = 60) -> None:
 
 # Kill this process outright (no cleanup at all) after the first step of epoch 2.
 KILL_IN_EPOCH_2 = """
-import os, signal
+import os, signal, time
 import search.trainer as trainer
 train_epoch = trainer._train_epoch
 def dying(model, loader, optimizer, cuda, epoch):
     def batches():
         for step, batch in enumerate(loader):
             if epoch == 2 and step == 1:
+                time.sleep(1.5)  # let the heartbeat thread (every 1 s) record the trial,
+                # as a real trial of minutes would have: an unrecorded one never goes stale
                 os.kill(os.getpid(), signal.SIGKILL)
             yield batch
     return train_epoch(model, batches(), optimizer, cuda, epoch)
@@ -104,7 +106,7 @@ def test_a_killed_worker_loses_nothing_the_retry_resumes_after_the_last_epoch(
 
     # Another worker, after the grace period: its first trial marks the stale one FAIL,
     # queues a retry, and runs that retry (popped from the queue) from the checkpoint.
-    time.sleep(2.5)
+    time.sleep(3)  # past the 2 s grace period
     for name, value in heartbeat.items():
         monkeypatch.setenv(name, value)
     trained = []
