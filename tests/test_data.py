@@ -127,14 +127,19 @@ def which_shift(out: torch.Tensor, image: torch.Tensor) -> tuple[int, int, bool]
     return None
 
 
-def test_augment_crops_32x32_shifts_of_the_padded_image_and_mirrors_half():
-    # Distinct nonzero pixel values, so every shift and mirror is recognisable.
+def augmented_copies(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image with distinct pixel values (so every shift and mirror is recognisable),
+    and `count` training augmentations of it."""
     image = torch.arange(1, PIXELS + 1, dtype=torch.float32).view(3, 32, 32)
-    batch = image.expand(200, 3, 32, 32).clone()
-    loader = DeviceLoader(Images(batch.to(torch.uint8), torch.zeros(200, dtype=torch.int64)),
-                          torch.zeros(3), torch.ones(3), batch_size=200, train=True,
-                          generator=torch.Generator().manual_seed(0))
-    out = loader.augment(batch)
+    batch = image.expand(count, 3, 32, 32).clone()
+    loader = DeviceLoader(Images(batch.to(torch.uint8), torch.zeros(count, dtype=torch.int64)),
+                          torch.zeros(3), torch.ones(3), batch_size=count, train=True,
+                          generator=torch.Generator().manual_seed(seed))
+    return image, loader.augment(batch)
+
+
+def test_augment_crops_32x32_shifts_of_the_padded_image_and_mirrors_half():
+    image, out = augmented_copies(200, seed=0)
     assert out.shape == (200, 3, 32, 32)
     shifts = [which_shift(o, image) for o in out]
     assert None not in shifts                      # every output is a crop (maybe mirrored)
@@ -150,12 +155,7 @@ def test_augment_crops_32x32_shifts_of_the_padded_image_and_mirrors_half():
 
 def test_flip_mirrors_left_and_right():
     # Among 2,000 draws about 25 are the centred crop (1 in 81): half mirrored, half not.
-    image = torch.arange(1, PIXELS + 1, dtype=torch.float32).view(3, 32, 32)
-    batch = image.expand(2000, 3, 32, 32).clone()
-    loader = DeviceLoader(Images(batch.to(torch.uint8), torch.zeros(2000, dtype=torch.int64)),
-                          torch.zeros(3), torch.ones(3), batch_size=2000, train=True,
-                          generator=torch.Generator().manual_seed(1))
-    out = loader.augment(batch)
+    image, out = augmented_copies(2000, seed=1)
     as_is = (out == image).flatten(1).all(1)
     mirrored = (out == image.flip(2)).flatten(1).all(1)
     assert as_is.sum() >= 3 and mirrored.sum() >= 3
