@@ -13,14 +13,13 @@ momentum, so its momentum is blank ("-" in Markdown).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import check_url, open_storage
+from storage import check_url, open_storage, redact
 
 
 class ReportError(ValueError):
@@ -48,16 +47,12 @@ def load_study(storage_url: str, study_name: str) -> optuna.Study:
 
     Raises ReportError for a missing storage file or an unknown study name.
     """
-    kind = check_url(storage_url)
-    if kind in ("sqlite", "journal"):
-        path = Path(storage_url.split(":///", 1)[-1])
-        if not path.is_file():
-            raise ReportError(f"no storage at {path}; run a search first, or pass --storage")
+    check_url(storage_url, must_exist=True)
     storage = open_storage(storage_url, heartbeat=False)
     names = optuna.get_all_study_names(storage=storage)
     if study_name not in names:
         known = ", ".join(names) if names else "none"
-        raise ReportError(f"no study {study_name!r} in {storage_url} (studies: {known})")
+        raise ReportError(f"no study {study_name!r} in {redact(storage_url)} (studies: {known})")
     return optuna.load_study(study_name=study_name, storage=storage)
 
 

@@ -67,10 +67,7 @@ def command_info(args) -> int:
 
 def command_studies(args) -> int:
     from search.study import list_studies
-    if check_url(args.storage) in ("sqlite", "journal"):
-        path = Path(args.storage.split(":///", 1)[-1])
-        if not path.is_file():  # listing must not create a storage at a typo's path
-            raise UsageError(f"no storage at {path}; run a search first, or pass --storage")
+    check_url(args.storage, must_exist=True)
     table = list_studies(args.storage)
     print(table.to_markdown(index=False) if len(table) else "no studies in " + args.storage)
     return 0

@@ -20,8 +20,8 @@ from socketserver import ThreadingMixIn
 from typing import Callable, Iterator, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from storage import StorageError, artifact_store, check_url, open_storage, sqlalchemy_url
-from storage.open import _local_path
+from storage import (StorageError, artifact_store, check_url, open_storage, redact,
+                     sqlalchemy_url)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -46,10 +46,8 @@ def storage_is_made(storage_url: str) -> bool:
     ("table studies already exists"), so the dashboard beside a search waits for the search.
     """
     try:
-        kind = check_url(storage_url)
-    except StorageError:  # e.g. an SQLite file with only some of Optuna's tables, so far
-        return False
-    if kind in ("sqlite", "journal") and not _local_path(storage_url).exists():
+        kind = check_url(storage_url, must_exist=True)
+    except StorageError:  # no file yet, or an SQLite file with only some of Optuna's tables
         return False
     if kind == "journal":
         return True
@@ -161,19 +159,11 @@ def exposure_warning(host: str) -> str | None:
             "reach this machine read, change and delete your studies")
 
 
-def _check_storage_exists(storage_url: str) -> None:
-    """A dashboard on a mistyped path would create an empty database there; refuse instead."""
-    kind = check_url(storage_url)
-    if kind in ("sqlite", "journal") and not _local_path(storage_url).exists():
-        raise DashboardError(f"no storage at {_local_path(storage_url)}; run a search first "
-                             f"or check --storage")
-
-
 def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           out: TextIO | None = None) -> int:
     """The `dashboard` command: serve until Ctrl-C (or SIGTERM), then return 0."""
     out = out or sys.stdout
-    _check_storage_exists(storage_url)
+    check_url(storage_url, must_exist=True)  # a typo must not make an empty database
     server = DashboardServer(None, host, port)  # bind first: a taken port opens nothing
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -181,7 +171,7 @@ def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         warning = exposure_warning(host)
         if warning:
             print(warning, file=sys.stderr)
-        print(f"optuna-dashboard on {server.url} for {storage_url}; Ctrl-C stops it",
+        print(f"optuna-dashboard on {server.url} for {redact(storage_url)}; Ctrl-C stops it",
               file=out, flush=True)
         server.serve_forever()
     except KeyboardInterrupt:

@@ -37,8 +37,7 @@ from search.study import (SearchSettings, StudyMismatch, enqueue_published, make
                           make_sampler, open_study, remaining_grid_points,
                           requeue_failed_grid_points)
 from search.trainer import pick_device
-from storage import StorageError, open_storage
-from storage.open import _kind, _local_path, redact
+from storage import StorageError, check_url, open_storage, redact
 
 POLL_SECONDS = 0.2      # how often the parent looks at its workers while no line arrives
 
@@ -309,9 +308,7 @@ class _LockedGridSampler(optuna.samplers.GridSampler):
 def settings_from_study(storage_url: str, study_name: str, **overrides) -> SearchSettings:
     """The settings a study was made with (its user_attrs), for a worker that joins it;
     `overrides` that are not None replace them (trials, epochs, data options, device...)."""
-    if _kind(storage_url) in ("sqlite", "journal") and not _local_path(storage_url).exists():
-        raise StorageError(f"{_local_path(storage_url)} does not exist; a worker joins a "
-                           "study that `optuna-search MODEL` made")
+    check_url(storage_url, must_exist=True)  # a worker joins a study; it never makes one
     storage = open_storage(storage_url, heartbeat=False)
     try:
         attrs = optuna.load_study(study_name=study_name, storage=storage).user_attrs

@@ -62,8 +62,12 @@ def _local_path(url: str) -> Path:
     return Path(url)
 
 
-def check_url(url: str) -> str:
-    """Check a URL without creating anything; return its kind. Raises StorageError."""
+def check_url(url: str, must_exist: bool = False) -> str:
+    """Check a URL without creating anything; return its kind. Raises StorageError.
+
+    must_exist: for commands that read or join a study (studies, report, dashboard, worker),
+    a missing local file is an error, not an empty database made at a mistyped path.
+    """
     kind = _kind(url)
     if kind in ("sqlite", "journal"):
         path = _local_path(url)
@@ -73,6 +77,8 @@ def check_url(url: str) -> str:
             raise StorageError(f"storage URL {url!r} names no file; e.g. sqlite:///study.db")
         if not path.parent.resolve().is_dir():
             raise StorageError(f"storage folder {path.parent} does not exist")
+        if must_exist and not path.is_file():
+            raise StorageError(f"no storage at {path}; run a search first, or check --storage")
         if path.exists() and path.stat().st_size > 0:
             _check_existing_file(kind, path)
     if kind == "postgresql":
