@@ -13,8 +13,12 @@ from optuna.trial import TrialState
 class Interrupts:
     """Ctrl-C (SIGINT) and SIGTERM end a search cleanly: no trial left RUNNING, no hang.
 
-    Inside the objective an interrupt raises KeyboardInterrupt at once: Optuna marks the
-    trial FAIL and stops its heartbeat thread. Elsewhere in Optuna's loop (asking for a trial,
+    Inside the objective an interrupt raises KeyboardInterrupt: Optuna marks the trial FAIL
+    and stops its heartbeat thread. It is raised at once while the trial computes, but not in
+    the middle of a storage call (the objective reports each epoch): there it could leave a
+    transaction open that holds SQLite's write lock, and every later write, this process's
+    own included, would wait out the busy timeout. So it is raised a few milliseconds later,
+    once the call has returned. Elsewhere in Optuna's loop (asking for a trial,
     starting its heartbeat thread, storing a result) raising could leave the new trial
     RUNNING, or the heartbeat thread alive so the process never exits; there the interrupt
     is only noted: the study stops, and a trial asked for meanwhile fails before it trains.
@@ -44,20 +48,47 @@ class Interrupts:
             # parent forwards it too) must not interrupt the cleanup of the first
         self.requested = True
         if self._in_objective:
-            raise KeyboardInterrupt(f"signal {signum}")
+            self._raise_when_safe(frame)
+            return
         try:
             self.study.stop()
         except RuntimeError:  # not inside optimize: nothing runs, stop right here
             raise KeyboardInterrupt(f"signal {signum}") from None
 
+    def _raise_when_safe(self, frame) -> None:
+        if not self._in_objective:
+            return  # the trial ended meanwhile: the guard fails the next one before it trains
+        if _in_storage_call(frame):
+            signal.signal(signal.SIGALRM, lambda _s, later: self._raise_when_safe(later))
+            signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+            return
+        raise KeyboardInterrupt("interrupted")
+
     @contextlib.contextmanager
     def installed(self):
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+        previous = {s: signal.getsignal(s) for s in signals}
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._handle)
         try:
             yield self
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+RETRY_SECONDS = 0.02  # how soon to look again whether a storage call has returned
+_STORAGE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "optuna.storages", "optuna.artifacts")
+
+
+def _in_storage_call(frame) -> bool:
+    """Whether the interrupted code is inside a database or artifact-store call."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_STORAGE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def hide_interrupt_traceback(record: logging.LogRecord) -> bool:
