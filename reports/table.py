@@ -29,7 +29,7 @@ class ReportError(ValueError):
 # (column, config key) for the searched parameters, per model, in the report's order.
 COMMON_PARAMS = [("batch size", "batch_size"), ("learning rate", "lr"),
                  ("optimizer", "optimizer"), ("momentum", "momentum"),
-                 ("weight decay", "weight_decay")]
+                 ("weight decay", "weight_decay"), ("schedule", "schedule")]
 MODEL_PARAMS = {
     "resnet18": [],
     "mlpmixer": [("embed dim", "embed_dim"), ("blocks", "num_blocks"),

@@ -2,6 +2,7 @@
 
 Defaults (../shared/REPORT-FACTS.md): batch 128, AdamW, 30 epochs, lr 1e-3, momentum 0.9
 (AdamW's beta1), weight decay 5e-4; MLP-Mixer patch 4, embed 256, 4 blocks, drop 0.0.
+The report trained at a constant learning rate without label smoothing: so do the defaults.
 A `Config()` trains on its own: every field has a value.
 """
 from __future__ import annotations
@@ -18,6 +19,9 @@ class ConfigError(ValueError):
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu")
+# Learning-rate schedules, stepped per batch (search/schedules.py): constant (the report's),
+# cosine (linear warmup, then cosine to ~0), onecycle (torch's OneCycleLR, peak = lr).
+SCHEDULES = ("constant", "cosine", "onecycle")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ class Config:
     momentum: float = 0.9        # SGD momentum for "momentum", beta1 for adam/adamw, unused by "sgd"
     weight_decay: float = 5e-4
     epochs: int = 30
+    schedule: str = "constant"   # one of SCHEDULES; `lr` is the peak learning rate
+    label_smoothing: float = 0.0  # of the training loss only (validation/test loss: plain)
     # MLP-Mixer
     patch_size: int = 4          # pixels per patch side; must divide 32
     embed_dim: int = 256         # c, the hidden (embedding) width
@@ -68,6 +74,10 @@ def check(config: Config) -> None:
         raise bad("weight_decay", "must be >= 0")
     if config.epochs < 1:
         raise bad("epochs", "must be a positive integer")
+    if config.schedule not in SCHEDULES:
+        raise bad("schedule", f"must be one of {', '.join(SCHEDULES)}")
+    if not 0 <= config.label_smoothing < 1:
+        raise bad("label_smoothing", "must be in [0, 1)")
     if config.patch_size < 1 or 32 % config.patch_size:
         raise bad("patch_size", "must divide the 32-pixel image side (1, 2, 4, 8, 16, 32)")
     if config.embed_dim < 2:

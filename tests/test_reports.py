@@ -27,7 +27,7 @@ from storage import artifact_dir, artifact_store
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 COMMON = ["rank", "trial", "batch size", "learning rate", "optimizer", "momentum",
-          "weight decay"]
+          "weight decay", "schedule"]
 METRICS = ["max train acc", "max val acc", "test acc", "epochs run"]
 
 

@@ -85,16 +85,51 @@ def test_wide_samples_lr_and_weight_decay_within_the_lists_span(model):
     for name in ("lr", "weight_decay", "momentum"):
         values = [p[name] for p in trials if name in p]
         low, high = min(space.lists[name]), max(space.lists[name])
+        if name == "weight_decay":
+            low = min(low, 2.5e-5)   # the report's best ResNet18 setting, below its list
         assert all(low <= v <= high for v in values), name
         assert any(v not in space.lists[name] for v in values)  # continuous, not the lists
     assert all(p["batch_size"] in space.lists["batch_size"] for p in trials)
     assert all(p["optimizer"] in space.lists["optimizer"] for p in trials)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_wide_searches_the_schedule_and_label_smoothing_and_report_keeps_them(model):
+    trials, configs = sampled(model, kind="wide")
+    assert {p["schedule"] for p in trials} == {"constant", "cosine", "onecycle"}
+    smoothing = [p["label_smoothing"] for p in trials]
+    assert all(0.0 <= v <= 0.2 for v in smoothing) and len(set(smoothing)) > 40
+    assert [c.schedule for c in configs] == [p["schedule"] for p in trials]
+    trials, configs = sampled(model, kind="report", n=10)
+    assert all("schedule" not in p and "label_smoothing" not in p for p in trials)
+    assert {(c.schedule, c.label_smoothing) for c in configs} == {("constant", 0.0)}
+    # --set schedule=onecycle applies to every model and is never sampled then.
+    trials, configs = sampled(model, kind="wide", fixed={"schedule": "onecycle"}, n=5)
+    assert all("schedule" not in p for p in trials)
+    assert {c.schedule for c in configs} == {"onecycle"}
+    get_space(model).check_names(["schedule", "label_smoothing"])
+
+
+def test_wide_weight_decay_reaches_the_reports_best_resnet_setting():
+    space = get_space("resnet18")
+    best = resnet_space.PUBLISHED_TOP[1]        # adam, weight decay 2.5e-05, test 0.8911
+    assert best["weight_decay"] == 2.5e-5 and best["test_acc"] == 0.8911
+    params = {k: v for k, v in best.items() if k in space.lists}
+    assert not space.fits(params, "report") and space.fits(params, "wide")
+    wide = space.enqueue_params("wide")
+    assert {**params, "schedule": "constant", "label_smoothing": 0.0} in wide
+    assert len(wide) > len(space.enqueue_params("report"))
+    for row in wide:   # each is a valid point of the wide space, at the report's training
+        config = space.suggest(FixedTrial(row), kind="wide")
+        assert (config.schedule, config.label_smoothing) == ("constant", 0.0)
+
+
 @pytest.mark.parametrize("name, text, value", [
     ("lr", "0.3", 0.3), ("batch_size", "32", 32), ("momentum", "0.95", 0.95),
     ("weight_decay", "1e-5", 1e-5), ("drop_rate", "0", 0.0), ("embed_dim", "512", 512),
     ("patch_size", "2", 2), ("optimizer", "Adam", "adam"), ("hidden_sizes", "128,64", (128, 64)),
+    ("schedule", "OneCycle", "onecycle"), ("schedule", "cosine", "cosine"),
+    ("label_smoothing", "0.1", 0.1),
 ])
 def test_set_values_outside_the_lists_are_accepted_when_sane(name, text, value):
     parsed = parse_value(name, text)
@@ -122,6 +157,9 @@ def test_ill_typed_or_unknown_values_raise_config_error(name, text, message):
     ({"activation": "swish"}, "activation='swish'"),
     ({"drop_rate": 1.0}, "drop_rate"),
     ({"hidden_sizes": ()}, "hidden_sizes"),
+    ({"schedule": "foo"}, "^schedule='foo': must be one of constant, cosine, onecycle$"),
+    ({"label_smoothing": 1.0}, r"label_smoothing=1.0: must be in \[0, 1\)"),
+    ({"label_smoothing": -0.1}, "label_smoothing"),
 ])
 def test_insane_values_raise_config_error(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -158,7 +196,8 @@ def test_enqueue_params_for_the_mixer_grow_with_the_wide_space():
     # weight decays off the list); the wide space also admits row 4's momentum 0.85.
     assert report == [{k: v for k, v in mixer_space.PUBLISHED_TOP[0].items()
                        if k in space.lists or k in space.int_ranges}]
-    assert len(wide) == 2 and report[0] in wide
+    training = {"schedule": "constant", "label_smoothing": 0.0}   # the report's own training
+    assert len(wide) == 2 and {**report[0], **training} in wide
     assert any(row["momentum"] == 0.85 for row in wide)
     for row in wide:
         space.suggest(FixedTrial(row), kind="wide")  # each row is a valid point of the space
