@@ -52,11 +52,13 @@ class Dataset:
     _stats: tuple | None = None   # per-channel (mean, std) of train, computed once
 
     def to(self, device) -> "Dataset":
-        if self.train.x.device == torch.device(device):
+        """The data on `device`: itself when it is there already (a study moves it once per
+        process, and every trial's train() then finds it in place)."""
+        if same_device(self.train.x.device, device):
             return self
-        stats = tuple(t.to(device) for t in self._stats) if self._stats else None
+        mean, std = self.normalisation()   # where the data is now: no float copy on a GPU
         return Dataset(self.train.to(device), self.val.to(device), self.test.to(device),
-                       self.classes, self.source, stats)
+                       self.classes, self.source, (mean.to(device), std.to(device)))
 
     def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std of the training images (0..255), computed once."""
@@ -67,6 +69,23 @@ class Dataset:
     def describe(self) -> str:
         return (f"{self.source}: {len(self.train)} train / {len(self.val)} val / "
                 f"{len(self.test)} test images, {len(self.classes)} classes")
+
+
+def same_device(a, b) -> bool:
+    """True when two devices are the same one: "cuda", "cuda:0" and a tensor's cuda:0 are
+    one device while the current CUDA device is 0 (torch.device("cuda") != "cuda:0")."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    return a.type == "cpu" or _index(a) == _index(b)
+
+
+def _index(device: torch.device) -> int:
+    if device.index is not None:
+        return device.index
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.current_device()
+    return 0
 
 
 def cache_dir() -> Path:
@@ -275,11 +294,20 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        return self.batches(self.shuffle())
+
+    def shuffle(self) -> torch.Tensor | None:
+        """A new epoch's order of the images (training only; None: in order)."""
+        if not self.train:
+            return None
+        return torch.randperm(len(self.images), device=self.images.x.device,
+                              generator=self.generator)
+
+    def batches(self, order: torch.Tensor | None, start: int = 0):
+        """The epoch's batches in `order`, from batch number `start` (0-based) on: a run
+        resumed in the middle of an epoch continues it with the saved order."""
         x, y = self.images.x, self.images.y
-        n = len(y)
-        order = (torch.randperm(n, device=x.device, generator=self.generator)
-                 if self.train else None)
-        for step in range(len(self)):
+        for step in range(start, len(self)):
             sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
             index = order[sl] if order is not None else sl
             batch = x[index].float()

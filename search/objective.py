@@ -17,6 +17,7 @@ import optuna
 import torch
 
 from reports.pictures import save_first_layer_picture
+from search.checkpoint import Checkpoint
 from search.data import Dataset
 from search.models import build, first_layer_weight, parameter_count
 from search.trainer import Diverged, TrainResult, train
@@ -133,7 +134,7 @@ class Objective:
                     study_or_trial=trial)
                 trial.set_user_attr(f"artifact:{path.name}", artifact_id)
 
-    def _checkpoint_path(self, trial: optuna.Trial) -> Path | None:
+    def _checkpoint_path(self, trial: optuna.Trial) -> Checkpoint | None:
         """One checkpoint per original trial, so a retry of a killed trial finds it."""
         if self.s.checkpoint_dir is None:
             return None
@@ -141,12 +142,13 @@ class Objective:
         history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
         root = history[0] if history else trial.number
         study = "".join(c if c.isalnum() or c in "-_=." else "_" for c in trial.study.study_name)
-        return Path(self.s.checkpoint_dir) / f"{study}-trial{root}.pt"
+        return Checkpoint(Path(self.s.checkpoint_dir) / f"{study}-trial{root}.pt",
+                          every_seconds=0, identity={"config": trial.user_attrs["config"]})
 
     @staticmethod
-    def _cleanup(checkpoint: Path | None) -> None:
+    def _cleanup(checkpoint: Checkpoint | None) -> None:
         if checkpoint is not None:
-            checkpoint.unlink(missing_ok=True)
+            checkpoint.remove()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -1,25 +1,35 @@
 """The shared trainer: one model, one configuration, the data on one device. No Optuna here.
 
-After each epoch it hands the run so far (train/validation loss and accuracy, seconds per
-epoch) to `on_epoch`, which may ask to stop (pruning). It keeps the weights of the best validation epoch and evaluates the test set
-once with them. A NaN or infinite loss raises `Diverged` naming the epoch. On CUDA it trains in
-bf16 autocast with channels_last and fused optimizers; on the CPU in fp32, deterministically.
-The loop reads GPU values back once per epoch (plus one finiteness check every 100 steps).
+Each epoch runs the training step (search/steps.py: fixed-shape tensors, ready to be captured)
+once per batch and steps the learning-rate schedule (search/schedules.py) after it; then it
+evaluates the validation set and hands the run so far to `on_epoch`, which may ask to stop
+(pruning). It keeps the weights of the best validation epoch, gives them back to the model at
+the end (also when stopped early), and evaluates the test set once with them. A NaN or infinite
+loss raises `Diverged` naming the epoch. On CUDA it trains in bf16 autocast with channels_last
+and fused optimizers; on the CPU in fp32, deterministically. The loop reads GPU values back
+once per epoch (plus one finiteness check every 100 steps). With a `Checkpoint`
+(search/checkpoint.py) it saves the whole training state off the critical path, between any
+two steps, and a run that finds one resumes it exactly: same curves, same random numbers.
 """
 from __future__ import annotations
 
 import math
+import statistics
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from search.checkpoint import Checkpoint
 from search.data import Dataset, DeviceLoader
+from search.schedules import make_scheduler
+from search.steps import EvalStep, TrainStep, totals
 from spaces import Config
+
+EVAL_BATCH = 1024   # images per evaluation batch
 
 
 class Diverged(RuntimeError):
@@ -45,10 +55,31 @@ class TrainResult:
     test_loss: Optional[float] = None
     test_acc: Optional[float] = None
     test_seconds: Optional[float] = None
+    # Epochs that were the first a process trained (epoch 1, and the first after a resume):
+    # their seconds include cudnn autotuning and warm caches, so the steady means leave them out.
+    warmup_epochs: list[int] = field(default_factory=list)
 
     @property
     def best_val_acc(self) -> float:
         return max((e.val_acc for e in self.epochs), default=0.0)
+
+    @property
+    def first_epoch_seconds(self) -> Optional[float]:
+        """Training seconds of epoch 1, warm-up included."""
+        return self.epochs[0].train_seconds if self.epochs else None
+
+    @property
+    def steady_train_seconds(self) -> Optional[float]:
+        """Mean training seconds per epoch without the warm-up epochs (all, if that is all)."""
+        return self._steady("train_seconds")
+
+    @property
+    def steady_val_seconds(self) -> Optional[float]:
+        return self._steady("val_seconds")
+
+    def _steady(self, name: str) -> Optional[float]:
+        steady = [e for e in self.epochs if e.epoch not in self.warmup_epochs] or self.epochs
+        return statistics.mean(getattr(e, name) for e in steady) if steady else None
 
     def curves(self) -> dict[str, list[float]]:
         """Per-epoch lists: {"train_loss": [...], "val_acc": [...], ...}."""
@@ -57,6 +88,7 @@ class TrainResult:
 
 
 OnEpoch = Callable[["TrainResult"], Optional[bool]]  # sees the run so far; True stops it
+OnStep = Callable[[int, int, int], None]             # (epoch, step, steps per epoch), 1-based
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -82,121 +114,205 @@ def make_optimizer(model: nn.Module, config: Config, device: torch.device):
 
 
 def train(model: nn.Module, config: Config, data: Dataset, *, device: torch.device | str = "cpu",
-          seed: int = 0, on_epoch: OnEpoch | None = None,
-          checkpoint: Path | None = None) -> TrainResult:
+          seed: int = 0, on_epoch: OnEpoch | None = None, on_step: OnStep | None = None,
+          checkpoint: Checkpoint | None = None) -> TrainResult:
     """Train for config.epochs epochs; return the curves and the test result at the best epoch.
 
     `data` may already be on `device` (load it there once per process, not per trial).
-    With `checkpoint`, the state is saved after each epoch and a run finding one resumes
-    after its last finished epoch; the caller removes it when the run is over.
+    `on_step(epoch, step, steps_per_epoch)` follows every training step (host integers only,
+    no GPU sync). With `checkpoint`, the state is saved as it says and a run finding a saved
+    one of the same identity resumes it; the caller removes it when the trial is over.
+    When train() returns or raises, nothing of it keeps the model, optimizer or gradients alive.
     """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    data = data.to(device)
-    memory = torch.channels_last if cuda else torch.contiguous_format
-    model.to(device=device, memory_format=memory)
-    optimizer = make_optimizer(model, config, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    mean, std = data.normalisation()
-    loader = DeviceLoader(data.train, mean, std, config.batch_size, train=True,
-                          generator=generator, channels_last=cuda)
-    eval_loader = lambda images: DeviceLoader(images, mean, std, 1024, train=False,
-                                              channels_last=cuda)
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # autotuned per input shape, kept for the process
-
-    result, best_state = TrainResult(), None
-    if checkpoint is not None and Path(checkpoint).exists():
-        result, best_state = _load_checkpoint(checkpoint, model, optimizer, generator)
-
-    for epoch in range(len(result.epochs) + 1, config.epochs + 1):
-        started = time.perf_counter()
-        train_loss, train_acc = _train_epoch(model, loader, optimizer, cuda, epoch)
-        train_seconds = time.perf_counter() - started
-        val_loss, val_acc, val_seconds = evaluate(model, eval_loader(data.val), cuda)
-        if not math.isfinite(val_loss):
-            raise Diverged(f"validation loss became {val_loss} in epoch {epoch}")
-        metrics = EpochMetrics(epoch, train_loss, train_acc, val_loss, val_acc,
-                               train_seconds, val_seconds)
-        improved = not result.epochs or val_acc > result.best_val_acc
-        result.epochs.append(metrics)
-        if improved:
-            result.best_epoch = epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        run = _Run(model, config, data, torch.device(device), seed, on_step, checkpoint)
+        return run.train(on_epoch)
+    except BaseException as error:
+        # The traceback holds the frames below, and through them the model, its gradients and
+        # the optimizer state, for as long as the caller keeps the exception (Optuna keeps a
+        # pruned trial's): clear their locals, and drop this frame's own references.
+        traceback.clear_frames(error.__traceback__)
+        run = model = data = on_epoch = on_step = None
+        raise
+    finally:
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, result, best_state, model, optimizer, generator)
-        if on_epoch is not None and on_epoch(result):
-            result.stopped_early = True
-            return result
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result.test_loss, result.test_acc, result.test_seconds = evaluate(
-        model, eval_loader(data.test), cuda)
-    return result
+            checkpoint.flush()   # no write left running behind a returned or failed run
 
 
-def _train_epoch(model, loader, optimizer, cuda: bool, epoch: int) -> tuple[float, float]:
-    model.train()
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
+class _Run:
+    """One train() call: the model with its optimizer, schedule, steps and data order, and the
+    state a checkpoint saves and restores."""
+
+    def __init__(self, model, config: Config, data: Dataset, device: torch.device, seed: int,
+                 on_step: OnStep | None, checkpoint: Checkpoint | None):
+        self.model, self.config, self.device = model, config, device
+        self.on_step, self.checkpoint = on_step, checkpoint
+        self.cuda = device.type == "cuda"
+        self.data = data = data.to(device)
+        memory = torch.channels_last if self.cuda else torch.contiguous_format
+        autocast = torch.bfloat16 if self.cuda else None
+        model.to(device=device, memory_format=memory)
+        self.optimizer = make_optimizer(model, config, device)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        mean, std = data.normalisation()
+        self.loader = DeviceLoader(data.train, mean, std, config.batch_size, train=True,
+                                   generator=self.generator, channels_last=self.cuda)
+        self.val_loader, self.test_loader = (
+            DeviceLoader(images, mean, std, EVAL_BATCH, train=False, channels_last=self.cuda)
+            for images in (data.val, data.test))
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True  # autotuned per input shape, kept for the process
+        batch_shape = (min(config.batch_size, len(data.train)), *data.train.x.shape[1:])
+        self.step = TrainStep(model, self.optimizer, batch_shape, device, memory, autocast,
+                              config.label_smoothing)
+        self.eval_step = EvalStep(model, device, memory, autocast)
+        self.steps_per_epoch = len(self.loader)
+        self.result, self.best_state = TrainResult(), None
+        self.epoch, self.first_step, self.order, self.seconds = 1, 0, None, 0.0
+        if checkpoint is not None:
+            saved = checkpoint.resume({"config": config.as_dict(), "seed": seed,
+                                       "steps_per_epoch": self.steps_per_epoch,
+                                       "device": device.type})
+            if saved is not None:
+                self.restore(saved)
+        self.scheduler = make_scheduler(
+            self.optimizer, config, self.steps_per_epoch * config.epochs,
+            steps_done=(self.epoch - 1) * self.steps_per_epoch + self.first_step)
+
+    def train(self, on_epoch: OnEpoch | None) -> TrainResult:
+        result, config = self.result, self.config
+        if self.epoch <= config.epochs:
+            result.warmup_epochs.append(self.epoch)
+        for epoch in range(self.epoch, config.epochs + 1):
+            started = time.perf_counter() - self.seconds   # a resumed epoch keeps its time
+            if self.order is None:
+                self.order = self.loader.shuffle()
+                self.step.reset()
+            batches = self.loader.batches(self.order, start=self.first_step)
+            train_loss, train_acc = _train_epoch(self, batches, self.first_step, self.order,
+                                                 epoch)
+            train_seconds = time.perf_counter() - started
+            self.first_step, self.order, self.seconds = 0, None, 0.0
+            val_loss, val_acc, val_seconds = self.evaluate(self.val_loader)
+            if not math.isfinite(val_loss):
+                raise Diverged(f"validation loss became {val_loss} in epoch {epoch}")
+            improved = not result.epochs or val_acc > result.best_val_acc
+            result.epochs.append(EpochMetrics(epoch, train_loss, train_acc, val_loss, val_acc,
+                                              train_seconds, val_seconds))
+            if improved:
+                result.best_epoch = epoch
+                self.best_state = {k: v.detach().clone()
+                                   for k, v in self.model.state_dict().items()}
+            if self.checkpoint is not None and self.checkpoint.due(epoch_end=True):
+                self.save(epoch + 1, 0, None, 0.0)
+            if on_epoch is not None and on_epoch(result):
+                result.stopped_early = True
+                self.model.load_state_dict(self.best_state)   # the best epoch's, as promised
+                return result
+
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        result.test_loss, result.test_acc, result.test_seconds = self.evaluate(self.test_loader)
+        return result
+
+    def evaluate(self, loader: DeviceLoader) -> tuple[float, float, float]:
+        return _evaluate(self.model, self.eval_step, loader)
+
+    def check_finite(self, epoch: int, step: int) -> None:
+        if not torch.isfinite(self.step.loss_sum):
+            raise Diverged(f"training loss became {self.step.loss_sum.item()} in epoch {epoch} "
+                           f"(step {step})")
+
+    # ------------------------------------------------------------ checkpoint state
+
+    def save(self, epoch: int, first_step: int, order, seconds: float) -> None:
+        """Hand the state to the checkpoint: next epoch to train, the step to start it at."""
+        state = {
+            "epoch": epoch, "first_step": first_step, "order": order, "seconds": seconds,
+            "sums": [self.step.loss_sum, self.step.correct] if first_step else None,
+            "result": asdict(self.result),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": {"generator": self.generator.get_state(), "cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None},
+        }
+        self.checkpoint.save(state, self.result.best_epoch or None, self.best_state)
+
+    def restore(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        _load_optimizer_state(self.optimizer, saved["optimizer"])
+        rng = saved["rng"]
+        self.generator.set_state(rng["generator"])
+        torch.set_rng_state(rng["cpu"])
+        if self.cuda:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        result = saved["result"]
+        self.result = TrainResult(**{**result,
+                                     "epochs": [EpochMetrics(**e) for e in result["epochs"]]})
+        self.best_state = saved.get("best_state")
+        self.epoch, self.first_step = saved["epoch"], saved["first_step"]
+        self.seconds = saved["seconds"]
+        if saved["order"] is not None:
+            self.order = saved["order"].to(self.device)
+            self.step.loss_sum.copy_(saved["sums"][0])
+            self.step.correct.copy_(saved["sums"][1])
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The saved moments and step counts; lr, betas, momentum and weight decay stay those of
+    the current config (load_state_dict would bring the saved ones), and the schedule is
+    rebuilt from the config after this."""
+    settings = [{k: v for k, v in group.items() if k != "params"}
+                for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, settings):
+        for key in [k for k in group if k != "params"]:
+            del group[key]
+        group.update(own)
+
+
+def _train_epoch(run: _Run, batches, first_step: int, order, epoch: int) -> tuple[float, float]:
+    """The rest of one epoch from batch number first_step + 1: (mean loss, accuracy).
+
+    (tests/test_faults.py wraps this function: keep `batches` second and `epoch` fifth.)
+    """
+    run.model.train()
+    step, steps_per_epoch, checkpoint = run.step, run.steps_per_epoch, run.checkpoint
     # A finiteness check reads a value back from the GPU: once per step on the CPU (free),
     # every 100 steps on CUDA so the GPU queue is never drained inside an epoch.
-    check_every = 100 if cuda else 1
-    for step, (x, y) in enumerate(loader, start=1):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().float() * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-        if step % check_every == 0 and not torch.isfinite(loss_sum):
-            raise Diverged(f"training loss became {loss_sum.item()} in epoch {epoch} "
-                           f"(step {step})")
-    loss_value, correct_value = torch.stack([loss_sum, correct.float()]).tolist()
-    if not math.isfinite(loss_value):
-        raise Diverged(f"training loss became {loss_value} in epoch {epoch}")
-    return loss_value / max(seen, 1), correct_value / max(seen, 1)
+    check_every = 100 if run.cuda else 1
+    started = time.perf_counter()
+    for number, (images, labels) in enumerate(batches, start=first_step + 1):
+        step.load(images, labels)
+        step()
+        run.scheduler.step()
+        if number % check_every == 0:
+            run.check_finite(epoch, number)
+        if run.on_step is not None:
+            run.on_step(epoch, number, steps_per_epoch)
+        if checkpoint is not None and number < steps_per_epoch and checkpoint.due():
+            run.save(epoch, number, order, run.seconds + time.perf_counter() - started)
+    loss_sum, correct = totals(step.loss_sum, step.correct)
+    if not math.isfinite(loss_sum):
+        raise Diverged(f"training loss became {loss_sum} in epoch {epoch}")
+    seen = steps_per_epoch * step.batch_size
+    return loss_sum / seen, correct / seen
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, cuda: bool) -> tuple[float, float, float]:
-    """(mean loss, accuracy, seconds) over every image of the loader, in eval mode."""
+def _evaluate(model: nn.Module, step: EvalStep, loader: DeviceLoader) -> tuple[float, float, float]:
     started = time.perf_counter()
     model.eval()
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    for x, y in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    loss_value, correct_value = torch.stack([loss_sum, correct.float()]).tolist()
+    step.reset()
+    for images, labels in loader:
+        step.load(images, labels)
+        step()
+    loss_sum, correct = totals(step.loss_sum, step.correct)
     n = max(len(loader.images), 1)
-    return loss_value / n, correct_value / n, time.perf_counter() - started
+    return loss_sum / n, correct / n, time.perf_counter() - started
 
 
-def _save_checkpoint(path, result, best_state, model, optimizer, generator) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save({"result": asdict(result), "best_state": best_state,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state()}, partial)
-    partial.replace(path)  # atomic: a worker killed mid-save leaves the previous epoch's
-
-
-def _load_checkpoint(path, model, optimizer, generator):
-    blob = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
-    model.load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
-    generator.set_state(blob["generator"].cpu())
-    saved = blob["result"]
-    result = TrainResult(**{**saved, "epochs": [EpochMetrics(**e) for e in saved["epochs"]]})
-    return result, blob["best_state"]
+def evaluate(model: nn.Module, loader: DeviceLoader, cuda: bool) -> tuple[float, float, float]:
+    """(mean loss, accuracy, seconds) over every image of the loader, in eval mode."""
+    device = next(model.parameters()).device
+    memory = torch.channels_last if cuda else torch.contiguous_format
+    step = EvalStep(model, device, memory, torch.bfloat16 if cuda else None)
+    return _evaluate(model, step, loader)

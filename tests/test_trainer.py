@@ -1,10 +1,17 @@
 """search.trainer: learning on synthetic data, determinism, divergence, early stop, the
-best-epoch weights, resuming from a checkpoint, and the optimizer mapping."""
+best-epoch weights, the stepped loop against the loop it replaced (bit for bit), schedules per
+batch, label smoothing, timings, the progress hook, no leaked model, the optimizer mapping.
+(Checkpoints and resuming: tests/test_checkpoint.py.)"""
 from __future__ import annotations
+
+import gc
+import weakref
 
 import pytest
 import torch
 
+import search.data
+import search.trainer
 from search.data import DeviceLoader, make_dataset
 from search.models import build
 from search.trainer import Diverged, evaluate, make_optimizer, train
@@ -69,6 +76,29 @@ def test_on_epoch_returning_true_stops_the_run_without_testing(synthetic):
     assert result.test_acc is None and result.test_loss is None and result.test_seconds is None
 
 
+def spoil(model) -> None:
+    """Replace the weights by noise: the next epoch's validation accuracy drops."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0).add_(torch.randn_like(p) * 0.5)
+
+
+def test_a_stopped_run_gives_the_model_its_best_epochs_weights(synthetic):
+    model, weights = fresh_mlp(), {}
+
+    def spoil_after_two_stop_after_three(result):
+        weights[len(result.epochs)] = {k: v.clone() for k, v in model.state_dict().items()}
+        if len(result.epochs) == 2:
+            spoil(model)
+        return len(result.epochs) == 3
+    result = train(model, Config(epochs=5, lr=1e-4), synthetic,
+                   on_epoch=spoil_after_two_stop_after_three)
+    assert result.stopped_early and len(result.epochs) == 3 and result.best_epoch == 2
+    final = model.state_dict()
+    assert all(torch.equal(final[k], weights[2][k]) for k in final)
+    assert not all(torch.equal(final[k], weights[3][k]) for k in final)
+
+
 def test_the_test_set_is_evaluated_with_the_best_validation_weights(synthetic):
     """Spoil the weights after epoch 2 so epoch 3 is worse: the test result must be the one of
     epoch 2's weights, and the returned model must hold them."""
@@ -80,52 +110,12 @@ def test_the_test_set_is_evaluated_with_the_best_validation_weights(synthetic):
     def record_then_spoil(result):
         test_acc_by_epoch.append(evaluate(model, test_loader, cuda=False)[1])
         if len(result.epochs) == 2:
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.mul_(0).add_(torch.randn_like(p) * 0.5)
+            spoil(model)
     result = train(model, Config(epochs=3, lr=1e-4), synthetic, on_epoch=record_then_spoil)
     assert result.best_epoch == 2
     assert result.epochs[2].val_acc < result.epochs[1].val_acc
     assert result.test_acc == test_acc_by_epoch[1] != test_acc_by_epoch[2]
     assert evaluate(model, test_loader, cuda=False)[1] == result.test_acc
-
-
-class Killed(Exception):
-    """Stands in for a worker killed between epochs."""
-
-
-def test_a_checkpoint_resumes_after_its_last_finished_epoch(synthetic, tmp_path):
-    config = Config(epochs=4)
-    uninterrupted = train(fresh_mlp(), config, synthetic, seed=1)
-
-    checkpoint = tmp_path / "trial-7.pt"
-
-    def killed_after_two(result):
-        if len(result.epochs) == 2:
-            raise Killed
-    with pytest.raises(Killed):
-        train(fresh_mlp(), config, synthetic, seed=1, checkpoint=checkpoint,
-              on_epoch=killed_after_two)
-    assert checkpoint.exists()
-
-    epochs_run = []
-    resumed = train(fresh_mlp(seed=99), config, synthetic, seed=1, checkpoint=checkpoint,
-                    on_epoch=lambda result: epochs_run.append(result.epochs[-1].epoch))
-    assert epochs_run == [3, 4]                                  # only the missing epochs
-    assert [e.epoch for e in resumed.epochs] == [1, 2, 3, 4]
-    # Model, optimizer and data-order state all came back: the curves continue exactly.
-    assert learned_curves(resumed) == learned_curves(uninterrupted)
-    assert resumed.test_acc == uninterrupted.test_acc
-
-
-def test_a_finished_checkpoint_runs_no_more_epochs(synthetic, tmp_path):
-    checkpoint = tmp_path / "done.pt"
-    first = train(fresh_mlp(), Config(epochs=2), synthetic, checkpoint=checkpoint)
-    calls = []
-    again = train(fresh_mlp(), Config(epochs=2), synthetic, checkpoint=checkpoint,
-                  on_epoch=calls.append)
-    assert calls == [] and learned_curves(again) == learned_curves(first)
-    assert again.test_acc == first.test_acc
 
 
 @pytest.mark.parametrize("name, kind, momentum_of", [
@@ -143,3 +133,199 @@ def test_optimizer_mapping(name, kind, momentum_of):
     assert momentum_of(group) == (0 if name == "sgd" else 0.3)    # plain SGD ignores momentum
     if kind is not torch.optim.SGD:
         assert group["betas"][1] == 0.999
+
+
+# ---------------------------------------------------------------- the stepped loop, bit for bit
+
+@pytest.mark.parametrize("model_name, config", [
+    ("mlp", Config(epochs=2, optimizer="momentum", lr=0.01, drop_rate=0.2, batch_size=64)),
+    ("mlpmixer", Config(epochs=2, patch_size=8, embed_dim=32, num_blocks=2, drop_rate=0.1,
+                        batch_size=100)),
+], ids=["mlp-dropout-momentum", "mixer-dropout-adamw"])
+def test_the_stepped_loop_gives_the_old_loops_numbers_to_the_last_bit(synthetic, model_name,
+                                                                       config):
+    torch.manual_seed(3)
+    result = train(build(model_name, config), config, synthetic, seed=4)
+    torch.manual_seed(3)
+    curves, test = reference_train(build(model_name, config), config, synthetic, seed=4)
+    assert [(e.train_loss, e.train_acc, e.val_loss, e.val_acc) for e in result.epochs] == curves
+    assert (result.test_loss, result.test_acc) == test
+
+
+def test_divergence_is_found_at_the_same_step_as_the_old_loop(synthetic):
+    config = Config(epochs=2, optimizer="sgd", lr=10.0)
+    with pytest.raises(Diverged) as new:
+        train(fresh_mlp(), config, synthetic)
+    with pytest.raises(Diverged) as old:
+        reference_train(fresh_mlp(), config, synthetic)
+    assert str(new.value) == str(old.value)
+
+
+# ---------------------------------------------------------------- schedules, smoothing, hooks
+
+def recorded_learning_rates(monkeypatch, synthetic, config) -> tuple[list, list]:
+    """(lr of every optimizer step, (epoch, step, steps per epoch) of every on_step call)."""
+    schedulers, rates, calls = [], [], []
+    real = search.trainer.make_scheduler
+
+    def keep(*args, **kwargs):
+        schedulers.append(real(*args, **kwargs))
+        rates.append(schedulers[-1].get_last_lr()[0])   # the lr of the first step
+        return schedulers[-1]
+    monkeypatch.setattr(search.trainer, "make_scheduler", keep)
+
+    def on_step(epoch, step, steps):
+        calls.append((epoch, step, steps))
+        rates.append(schedulers[-1].get_last_lr()[0])
+    train(fresh_mlp(), config, synthetic, on_step=on_step)
+    return rates[:-1], calls     # the last rate is the one after the last step
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_the_schedule_is_stepped_once_per_batch(monkeypatch, synthetic, schedule):
+    config = Config(epochs=2, batch_size=256, lr=0.01, schedule=schedule)
+    rates, calls = recorded_learning_rates(monkeypatch, synthetic, config)
+    steps = len(synthetic.train) // 256
+    assert calls == [(e, s, steps) for e in (1, 2) for s in range(1, steps + 1)]
+    assert all(type(n) is int for call in calls for n in call)    # host integers only
+    assert len(rates) == 2 * steps
+    if schedule == "constant":
+        assert set(rates) == {0.01}
+    else:
+        assert max(rates) <= 0.01 + 1e-12 and rates[0] < 0.01 / 10 and rates[-1] < 0.01 / 10
+        assert len(set(rates)) == len(rates)                      # a new value every step
+
+
+def test_label_smoothing_changes_the_training_loss_only(synthetic):
+    plain = train(fresh_mlp(), Config(epochs=1), synthetic)
+    smoothed = train(fresh_mlp(), Config(epochs=1, label_smoothing=0.1), synthetic)
+    assert smoothed.epochs[0].train_loss != plain.epochs[0].train_loss
+    # The smoothed target's loss has a floor above 0; the validation loss stays plain
+    # cross-entropy (so it compares across trials), and the model still learns.
+    assert smoothed.best_val_acc > 0.3
+
+
+def test_first_epoch_time_is_reported_apart_from_the_steady_mean(synthetic):
+    result = train(fresh_mlp(), Config(epochs=3), synthetic)
+    seconds = [e.train_seconds for e in result.epochs]
+    assert result.warmup_epochs == [1]
+    assert result.first_epoch_seconds == seconds[0]
+    assert result.steady_train_seconds == pytest.approx((seconds[1] + seconds[2]) / 2)
+    assert len(result.curves()["train_seconds"]) == 3              # the curves keep every epoch
+    one = train(fresh_mlp(), Config(epochs=1), synthetic)
+    assert one.steady_train_seconds == one.first_epoch_seconds == one.epochs[0].train_seconds
+
+
+# ---------------------------------------------------------------- once per process
+
+def test_data_statistics_are_computed_once_per_process(monkeypatch):
+    calls = []
+    real = search.data.channel_stats
+    monkeypatch.setattr(search.data, "channel_stats",
+                        lambda images: calls.append(len(images)) or real(images))
+    data = make_dataset("synthetic", seed=0).to("cpu")
+    for _ in range(3):                           # three trials of one process
+        train(fresh_mlp(config=Config(hidden_sizes=(16,))),
+              Config(epochs=1, hidden_sizes=(16,)), data, device="cpu")
+    assert calls == [len(data.train)]
+    assert data.to(torch.device("cpu")) is data
+
+
+# ---------------------------------------------------------------- nothing kept alive
+
+@pytest.fixture
+def no_gc():
+    """Reference counting only: whatever a cycle would keep alive stays alive."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def test_a_diverged_run_keeps_no_model_alive(synthetic, no_gc):
+    model = fresh_mlp()
+    alive = weakref.ref(model)
+    parameter = weakref.ref(next(model.parameters()))
+    with pytest.raises(Diverged) as caught:   # the caller keeps the exception and traceback
+        train(model, Config(epochs=3, optimizer="sgd", lr=10.0), synthetic)
+    assert caught.value.__traceback__ is not None
+    del model
+    assert alive() is None and parameter() is None
+
+
+def test_a_failing_on_epoch_keeps_no_model_alive(synthetic, no_gc):
+    model = fresh_mlp()
+    alive = weakref.ref(model)
+
+    def fail(result):
+        raise KeyError("storage went away")
+    with pytest.raises(KeyError) as caught:
+        train(model, Config(epochs=3, optimizer="adamw"), synthetic, on_epoch=fail)
+    assert "storage went away" in str(caught.value)
+    del model, fail
+    assert alive() is None
+
+
+def test_a_stopped_or_finished_run_keeps_no_model_alive(synthetic, no_gc):
+    for on_epoch in (lambda result: True, None):
+        model = fresh_mlp()
+        alive = weakref.ref(model)
+        result = train(model, Config(epochs=1, optimizer="adamw"), synthetic, on_epoch=on_epoch)
+        assert result.stopped_early == (on_epoch is not None)
+        del model
+        assert alive() is None
+
+
+# ---------------------------------------------------------------- the loop before issue 13
+# A verbatim copy (checkpoints left out) of the trainer's loop as it was before the step
+# functions, schedules and checkpoints came: the stepped loop must give the same numbers.
+
+def reference_train(model, config, data, seed=0):
+    import math
+    import torch.nn.functional as F
+
+    device = torch.device("cpu")
+    optimizer = make_optimizer(model, config, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    mean, std = data.normalisation()
+    loader = DeviceLoader(data.train, mean, std, config.batch_size, train=True,
+                          generator=generator)
+
+    def evaluate_old(images):
+        model.eval()
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        with torch.no_grad():
+            for x, y in DeviceLoader(images, mean, std, 1024, train=False):
+                logits = model(x)
+                loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+                correct += (logits.argmax(1) == y).sum()
+        loss_value, correct_value = torch.stack([loss_sum, correct.float()]).tolist()
+        return loss_value / len(images), correct_value / len(images)
+
+    curves, best_val, best_state = [], None, None
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        seen = 0
+        for step, (x, y) in enumerate(loader, start=1):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if not torch.isfinite(loss_sum):
+                raise Diverged(f"training loss became {loss_sum.item()} in epoch {epoch} "
+                               f"(step {step})")
+        loss_value, correct_value = torch.stack([loss_sum, correct.float()]).tolist()
+        if not math.isfinite(loss_value):
+            raise Diverged(f"training loss became {loss_value} in epoch {epoch}")
+        val_loss, val_acc = evaluate_old(data.val)
+        curves.append((loss_value / seen, correct_value / seen, val_loss, val_acc))
+        if best_val is None or val_acc > best_val:
+            best_val = val_acc
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return curves, evaluate_old(data.test)

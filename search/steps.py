@@ -1,0 +1,103 @@
+"""The training and evaluation steps: one function each over tensors of fixed shape.
+
+Each batch is copied into preallocated (static) input and label tensors; a step reads only
+those, and adds its loss and correct count to running sums kept on the device. No Python branch
+depends on the data and nothing is read back to the host, so a step is what a CUDA graph can
+capture and replay (the next issue); here the steps run eagerly. A NaN or infinite loss makes
+the running loss sum non-finite for good: the loop checks that sum now and then, not each loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _static_batch(shape: tuple[int, ...], device: torch.device,
+                  memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.zeros(shape, device=device).contiguous(memory_format=memory_format)
+    return images, torch.zeros(shape[0], dtype=torch.int64, device=device)
+
+
+class TrainStep:
+    """Forward, loss, backward and optimizer step for one batch of `batch_shape`.
+
+    `autocast` is the reduced-precision dtype (bf16 on CUDA) or None for plain fp32.
+    Label smoothing applies to the training loss it minimises (and reports) only.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 batch_shape: tuple[int, ...], device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 autocast: torch.dtype | None = None, label_smoothing: float = 0.0):
+        self.model, self.optimizer = model, optimizer
+        self.autocast, self.label_smoothing = autocast, label_smoothing
+        self.images, self.labels = _static_batch(batch_shape, device, memory_format)
+        self.batch_size = batch_shape[0]
+        self.loss_sum = torch.zeros((), device=device)                       # sum over images
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+
+    def load(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Copy one batch into the static tensors the step reads."""
+        self.images.copy_(images)
+        self.labels.copy_(labels)
+
+    def __call__(self) -> None:
+        with torch.autocast(self.images.device.type, dtype=self.autocast or torch.bfloat16,
+                            enabled=self.autocast is not None):
+            logits = self.model(self.images)
+            loss = F.cross_entropy(logits, self.labels, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach().float() * self.batch_size
+        self.correct += (logits.argmax(1) == self.labels).sum()
+
+    def reset(self) -> None:
+        """Zero the running sums (a new epoch)."""
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+
+class EvalStep:
+    """Forward and summed loss/correct count for one batch, in eval mode, no gradients.
+
+    Static tensors are kept per batch size: a split of n images has at most two shapes (full
+    batches and the last, partial one), so at most two graphs to capture.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 autocast: torch.dtype | None = None):
+        self.model, self.autocast = model, autocast
+        self.device, self.memory_format = device, memory_format
+        self.batches: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.images = self.labels = None
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+
+    def load(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        shape = tuple(images.shape)
+        if shape not in self.batches:
+            self.batches[shape] = _static_batch(shape, self.device, self.memory_format)
+        self.images, self.labels = self.batches[shape]
+        self.images.copy_(images)
+        self.labels.copy_(labels)
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
+                            enabled=self.autocast is not None):
+            logits = self.model(self.images)
+        self.loss_sum += F.cross_entropy(logits.float(), self.labels, reduction="sum")
+        self.correct += (logits.argmax(1) == self.labels).sum()
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+
+def totals(loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
+    """The running sums as host numbers: one read-back for both."""
+    loss, count = torch.stack([loss_sum, correct.float()]).tolist()
+    return loss, count
