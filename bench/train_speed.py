@@ -12,8 +12,12 @@ in the same process; each epoch is timed from its first batch to its last optimi
 (validation excluded). The first epoch is warm-up (cudnn autotuning, worker start-up, caches):
 the table reports the mean of the later ones (the median over --rounds).
 
+`--ours` runs our trainer in other recipes as well, for the CPU path: fp32 (the trainer's CPU
+default), channels_last, bf16 (autocast; native on CPUs with avx512_bf16 or AMX), or both.
+
     python bench/train_speed.py                                   # CPU: mlpmixer (c=128)
     python bench/train_speed.py --model resnet18 --images 1024 --batch-size 128
+    python bench/train_speed.py --ours fp32,channels_last,bf16,bf16+channels_last --rounds 3
     python bench/train_speed.py --model resnet18 --data ../shared/data/cifar10-jpeg.tar.gz \\
         --images 50000 --epochs 3 --device cuda --workers 8
 """
@@ -30,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import search.trainer
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from search.data import Dataset, DataError, Images, balanced_subset, channel_stats, load_source
@@ -39,6 +45,11 @@ from spaces import Config, ConfigError, apply_overrides, parse_value
 from spaces.defaults import parse_assignment
 
 EVAL_IMAGES = 256   # ours evaluates a validation set each epoch (untimed); keep it small
+# Our trainer's recipes (memory format, autocast dtype); "default" is what it does by itself.
+RECIPES = {"fp32": (torch.contiguous_format, None),
+           "channels_last": (torch.channels_last, None),
+           "bf16": (torch.contiguous_format, torch.bfloat16),
+           "bf16+channels_last": (torch.channels_last, torch.bfloat16)}
 
 
 # ---------------------------------------------------------------- the data, shared by both
@@ -109,11 +120,18 @@ def common_recipe(model, config: Config, images: Images, device: torch.device, w
 # ---------------------------------------------------------------- ours
 
 def our_trainer(model, config: Config, train_images: Images, eval_images: Images,
-                device: torch.device, epochs: int, seed: int) -> list[float]:
+                device: torch.device, epochs: int, seed: int, recipe: str = "default"
+                ) -> list[float]:
     """Seconds per epoch of search.trainer.train (its own train_seconds, validation excluded)."""
     data = Dataset(train_images, eval_images, eval_images, [str(c) for c in range(10)],
                    "bench").to(device)   # loaded onto the device once, as a study does
-    result = train(model, config.replace(epochs=epochs), data, device=device, seed=seed)
+    default = search.trainer.device_recipe
+    if recipe != "default":
+        search.trainer.device_recipe = lambda device: RECIPES[recipe]
+    try:
+        result = train(model, config.replace(epochs=epochs), data, device=device, seed=seed)
+    finally:
+        search.trainer.device_recipe = default
     return [e.train_seconds for e in result.epochs]
 
 
@@ -144,6 +162,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "torch's choice; 1 is steadier on a busy machine with few cores)")
     p.add_argument("--rounds", type=int, default=1, help="alternate the recipes this many "
                    "times and report the median (default 1)")
+    p.add_argument("--ours", default="default",
+                   help="our trainer's recipes to time, comma-separated: default (what the "
+                   f"trainer picks for the device), {', '.join(RECIPES)}")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -165,6 +186,11 @@ def main(argv=None) -> int:
         if args.images < config.batch_size or args.epochs < 1 or args.rounds < 1:
             raise ConfigError("--images must be at least --batch-size; --epochs and --rounds "
                               "at least 1")
+        recipes = args.ours.split(",")
+        unknown = [r for r in recipes if r != "default" and r not in RECIPES]
+        if unknown:
+            raise ConfigError(f"--ours {','.join(unknown)}: choose from default, "
+                              f"{', '.join(RECIPES)}")
         device = pick_device(args.device)
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -184,21 +210,23 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}, Python {platform.python_version()}")
 
     # Rounds alternate the recipes (common, ours, common, ours, ...) so that a busy machine's
-    # drifting load falls on both alike; each run starts from the same initial weights.
-    common_runs, our_runs = [], []
+    # drifting load falls on all alike; each run starts from the same initial weights.
+    common_runs, our_runs = [], {recipe: [] for recipe in recipes}
     for _ in range(args.rounds):
         torch.manual_seed(args.seed)
         common_runs.append(common_recipe(build(args.model, config), config, train_images,
                                          device, args.workers, args.epochs, args.seed))
-        torch.manual_seed(args.seed)
-        our_runs.append(our_trainer(build(args.model, config), config, train_images,
-                                    eval_images, device, args.epochs, args.seed))
+        for recipe in recipes:
+            torch.manual_seed(args.seed)
+            our_runs[recipe].append(our_trainer(build(args.model, config), config, train_images,
+                                                eval_images, device, args.epochs, args.seed,
+                                                recipe))
     common = statistics.median(steady(run) for run in common_runs)
-    ours = statistics.median(steady(run) for run in our_runs)
-
-    rows = [(f"common recipe (DataLoader, {args.workers} workers, PIL, fp32)", common),
-            ("ours (data on device" + (", bf16, channels_last)" if device.type == "cuda"
-                                       else ", fp32)"), ours)]
+    default = ("bf16, channels_last" if device.type == "cuda" else "fp32")
+    rows = [(f"common recipe (DataLoader, {args.workers} workers, PIL, fp32)", common)]
+    for recipe, runs in our_runs.items():
+        rows.append((f"ours (data on device, {default if recipe == 'default' else recipe})",
+                     statistics.median(steady(run) for run in runs)))
     width = max(len(r) for r, _ in rows)
     print(f"\n| {'recipe':<{width}} | s/epoch | img/s | ratio ours/common |")
     print(f"|{'-' * (width + 2)}|--------:|------:|------------------:|")
@@ -207,9 +235,10 @@ def main(argv=None) -> int:
         print(f"| {recipe:<{width}} | {seconds:7.3f} | {per_epoch / seconds:5.0f} | "
               f"{ratio:17.2f} |")
     print()
-    for i, (c, o) in enumerate(zip(common_runs, our_runs), start=1):
-        print(f"round {i} seconds per epoch: common {[round(s, 3) for s in c]}, "
-              f"ours {[round(s, 3) for s in o]}")
+    for i, c in enumerate(common_runs):
+        ours = "; ".join(f"{recipe} {[round(s, 3) for s in runs[i]]}"
+                         for recipe, runs in our_runs.items())
+        print(f"round {i + 1} seconds per epoch: common {[round(s, 3) for s in c]}; {ours}")
     return 0
 
 

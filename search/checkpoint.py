@@ -135,6 +135,7 @@ class Checkpoint:
         try:
             if copied is not None:
                 copied.synchronize()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             if best is not None:
                 _atomic_save(best, self._best_path(best["epoch"]))
             _atomic_save(blob, self.path)

@@ -99,6 +99,17 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def device_recipe(device: torch.device) -> tuple[torch.memory_format, Optional[torch.dtype]]:
+    """(memory format, autocast dtype or None for fp32) of training on `device`.
+
+    CUDA: channels_last and bf16 autocast. CPU: contiguous fp32, which also keeps CPU runs
+    deterministic and comparable (bench/README.md has the CPU variants measured against it).
+    """
+    if device.type == "cuda":
+        return torch.channels_last, torch.bfloat16
+    return torch.contiguous_format, None
+
+
 def make_optimizer(model: nn.Module, config: Config, device: torch.device):
     """sgd (plain), momentum (SGD + momentum), adam and adamw (momentum = beta1)."""
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -149,16 +160,16 @@ class _Run:
         self.on_step, self.checkpoint = on_step, checkpoint
         self.cuda = device.type == "cuda"
         self.data = data = data.to(device)
-        memory = torch.channels_last if self.cuda else torch.contiguous_format
-        autocast = torch.bfloat16 if self.cuda else None
+        memory, autocast = device_recipe(device)
+        channels_last = memory == torch.channels_last
         model.to(device=device, memory_format=memory)
         self.optimizer = make_optimizer(model, config, device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         mean, std = data.normalisation()
         self.loader = DeviceLoader(data.train, mean, std, config.batch_size, train=True,
-                                   generator=self.generator, channels_last=self.cuda)
+                                   generator=self.generator, channels_last=channels_last)
         self.val_loader, self.test_loader = (
-            DeviceLoader(images, mean, std, EVAL_BATCH, train=False, channels_last=self.cuda)
+            DeviceLoader(images, mean, std, EVAL_BATCH, train=False, channels_last=channels_last)
             for images in (data.val, data.test))
         if self.cuda:
             torch.backends.cudnn.benchmark = True  # autotuned per input shape, kept for the process

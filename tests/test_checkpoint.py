@@ -90,7 +90,7 @@ def resume(config, data, checkpoint, model="mlp", seed=1):
 
 def test_every_0_loses_no_finished_epoch_and_the_resumed_curves_are_exact(data, tmp_path):
     uninterrupted = train(fresh(), SMALL, data, seed=1)
-    checkpoint = Checkpoint(tmp_path / "t.pt", every_seconds=0, identity={"trial": 7})
+    checkpoint = Checkpoint(tmp_path / "new" / "t.pt", every_seconds=0, identity={"trial": 7})
     with pytest.raises(Killed):          # killed in the middle of epoch 3
         train(fresh(), SMALL, data, seed=1, checkpoint=checkpoint,
               on_step=kill_at_step(3, 5))

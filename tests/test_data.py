@@ -115,6 +115,56 @@ def test_training_batches_reshuffle_and_augment_each_epoch():
     assert not torch.equal(first, plain[both])
 
 
+def test_an_epoch_resumed_at_a_batch_continues_the_same_batches():
+    images = numbered_images(50)
+    mean, std = data.channel_stats(images)
+
+    def loader():
+        return DeviceLoader(images, mean, std, batch_size=16, train=True,
+                            generator=torch.Generator().manual_seed(0))
+    whole = loader()
+    full = list(whole)
+    resumed = loader()
+    order = resumed.shuffle()
+    head = [next(resumed.batches(order, start=0))]             # one batch, then "killed"
+    state = resumed.generator.get_state()
+    again = loader()
+    again.generator.set_state(state)
+    tail = list(again.batches(order, start=1))
+    assert len(full) == 3 and len(head + tail) == 3
+    for (x1, y1), (x2, y2) in zip(full, head + tail):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("cpu", "cpu", True), ("cpu", torch.device("cpu"), True), ("cuda", "cuda:0", True),
+    ("cuda:0", torch.device("cuda"), True), ("cuda:1", "cuda", False),
+    ("cuda:1", "cuda:1", True), ("cpu", "cuda", False), ("cuda:0", "cpu", False),
+])
+def test_devices_compare_by_type_and_index(a, b, same):
+    if not torch.cuda.is_available() or torch.cuda.current_device() == 0:
+        assert data.same_device(a, b) is same
+
+
+def test_cuda_without_an_index_is_the_current_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert data.same_device("cuda", "cuda:1") and not data.same_device("cuda", "cuda:0")
+
+
+def test_moving_the_data_computes_its_statistics_once_where_it_is(monkeypatch):
+    calls = []
+    real = data.channel_stats
+    monkeypatch.setattr(data, "channel_stats", lambda images: calls.append(1) or real(images))
+    ds = make_dataset("synthetic", seed=0)
+    assert ds.to("cpu") is ds and ds.to(torch.device("cpu")) is ds
+    moved = ds.to("meta")                      # another device: a new Dataset, stats carried
+    assert moved is not ds and moved.train.x.device.type == "meta"
+    assert moved.normalisation()[0].device.type == "meta"
+    ds.normalisation()
+    assert calls == [1]
+
+
 def which_shift(out: torch.Tensor, image: torch.Tensor) -> tuple[int, int, bool] | None:
     """The (dy, dx, flipped) such that out is that crop of the 4-px zero-padded image."""
     padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
