@@ -18,6 +18,7 @@ default), channels_last, bf16 (autocast; native on CPUs with avx512_bf16 or AMX)
     python bench/train_speed.py                                   # CPU: mlpmixer (c=128)
     python bench/train_speed.py --model resnet18 --images 1024 --batch-size 128
     python bench/train_speed.py --ours fp32,channels_last,bf16,bf16+channels_last --rounds 3
+    python bench/train_speed.py --ours fp32@1,fp32@2,bf16@1,bf16@2 --rounds 3
     python bench/train_speed.py --model resnet18 --data ../shared/data/cifar10-jpeg.tar.gz \\
         --images 50000 --epochs 3 --device cuda --workers 8
 """
@@ -125,13 +126,16 @@ def our_trainer(model, config: Config, train_images: Images, eval_images: Images
     """Seconds per epoch of search.trainer.train (its own train_seconds, validation excluded)."""
     data = Dataset(train_images, eval_images, eval_images, [str(c) for c in range(10)],
                    "bench").to(device)   # loaded onto the device once, as a study does
-    default = search.trainer.device_recipe
+    default, threads = search.trainer.device_recipe, torch.get_num_threads()
+    recipe, _, run_threads = recipe.partition("@")    # "bf16@1": bf16 on one thread
     if recipe != "default":
         search.trainer.device_recipe = lambda device: RECIPES[recipe]
+    torch.set_num_threads(int(run_threads or threads))
     try:
         result = train(model, config.replace(epochs=epochs), data, device=device, seed=seed)
     finally:
         search.trainer.device_recipe = default
+        torch.set_num_threads(threads)
     return [e.train_seconds for e in result.epochs]
 
 
@@ -164,9 +168,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "times and report the median (default 1)")
     p.add_argument("--ours", default="default",
                    help="our trainer's recipes to time, comma-separated: default (what the "
-                   f"trainer picks for the device), {', '.join(RECIPES)}")
+                   f"trainer picks for the device), {', '.join(RECIPES)}; RECIPE@N runs it "
+                   "on N torch threads")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+def _known_recipe(text: str) -> bool:
+    recipe, at, threads = text.partition("@")
+    return (recipe == "default" or recipe in RECIPES) and (not at or threads.isdigit()
+                                                           and int(threads) > 0)
 
 
 def make_config(args) -> Config:
@@ -187,7 +198,7 @@ def main(argv=None) -> int:
             raise ConfigError("--images must be at least --batch-size; --epochs and --rounds "
                               "at least 1")
         recipes = args.ours.split(",")
-        unknown = [r for r in recipes if r != "default" and r not in RECIPES]
+        unknown = [r for r in recipes if not _known_recipe(r)]
         if unknown:
             raise ConfigError(f"--ours {','.join(unknown)}: choose from default, "
                               f"{', '.join(RECIPES)}")

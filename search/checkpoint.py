@@ -115,14 +115,15 @@ class Checkpoint:
                 return False
             self.flush()
         self._report_failure()
-        cuda = any(t.is_cuda for t in _tensors(state))
+        gpu = next((t.device for t in _tensors(state) if t.is_cuda), None)
         state = self._buffers.copy(state)
         best = None
         if best_epoch is not None and best_epoch != self._best_on_disk:
             best = {"epoch": best_epoch, "state": self._best_buffers.copy(best_state)}
-        copied = torch.cuda.Event() if cuda else None
-        if copied is not None:
-            copied.record()   # the writer waits for the copies, the training loop does not
+        copied = None
+        if gpu is not None:   # the writer waits for the copies, the training loop does not
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(gpu))
         blob = {"format": FORMAT, "identity": self._full_identity, "state": state,
                 "best_epoch": best_epoch}
         self._last_save = time.monotonic()

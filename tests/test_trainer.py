@@ -108,14 +108,14 @@ def test_the_test_set_is_evaluated_with_the_best_validation_weights(synthetic):
     test_acc_by_epoch = []
 
     def record_then_spoil(result):
-        test_acc_by_epoch.append(evaluate(model, test_loader, cuda=False)[1])
+        test_acc_by_epoch.append(evaluate(model, test_loader)[1])
         if len(result.epochs) == 2:
             spoil(model)
     result = train(model, Config(epochs=3, lr=1e-4), synthetic, on_epoch=record_then_spoil)
     assert result.best_epoch == 2
     assert result.epochs[2].val_acc < result.epochs[1].val_acc
     assert result.test_acc == test_acc_by_epoch[1] != test_acc_by_epoch[2]
-    assert evaluate(model, test_loader, cuda=False)[1] == result.test_acc
+    assert evaluate(model, test_loader)[1] == result.test_acc
 
 
 @pytest.mark.parametrize("name, kind, momentum_of", [
@@ -137,13 +137,20 @@ def test_optimizer_mapping(name, kind, momentum_of):
 
 # ---------------------------------------------------------------- the stepped loop, bit for bit
 
+@pytest.fixture
+def fp32(monkeypatch):
+    """The trainer in plain fp32, as the loop before it trained on every CPU."""
+    monkeypatch.setattr(search.trainer, "device_recipe",
+                        lambda device: (torch.contiguous_format, None))
+
+
 @pytest.mark.parametrize("model_name, config", [
     ("mlp", Config(epochs=2, optimizer="momentum", lr=0.01, drop_rate=0.2, batch_size=64)),
     ("mlpmixer", Config(epochs=2, patch_size=8, embed_dim=32, num_blocks=2, drop_rate=0.1,
                         batch_size=100)),
 ], ids=["mlp-dropout-momentum", "mixer-dropout-adamw"])
-def test_the_stepped_loop_gives_the_old_loops_numbers_to_the_last_bit(synthetic, model_name,
-                                                                       config):
+def test_the_stepped_loop_gives_the_old_loops_numbers_to_the_last_bit(synthetic, fp32,
+                                                                       model_name, config):
     torch.manual_seed(3)
     result = train(build(model_name, config), config, synthetic, seed=4)
     torch.manual_seed(3)
@@ -152,13 +159,32 @@ def test_the_stepped_loop_gives_the_old_loops_numbers_to_the_last_bit(synthetic,
     assert (result.test_loss, result.test_acc) == test
 
 
-def test_divergence_is_found_at_the_same_step_as_the_old_loop(synthetic):
+def test_divergence_is_found_at_the_same_step_as_the_old_loop(synthetic, fp32):
     config = Config(epochs=2, optimizer="sgd", lr=10.0)
     with pytest.raises(Diverged) as new:
         train(fresh_mlp(), config, synthetic)
     with pytest.raises(Diverged) as old:
         reference_train(fresh_mlp(), config, synthetic)
     assert str(new.value) == str(old.value)
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, None)])
+def test_the_cpu_trains_in_bf16_only_where_it_has_native_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(search.trainer, "cpu_has_native_bf16", lambda: native)
+    assert search.trainer.device_recipe(torch.device("cpu")) == (torch.contiguous_format,
+                                                                 expected)
+    assert search.trainer.device_recipe(torch.device("cuda")) == (torch.channels_last,
+                                                                  torch.bfloat16)
+
+
+def test_bf16_on_the_cpu_learns_and_is_deterministic(synthetic, monkeypatch):
+    monkeypatch.setattr(search.trainer, "device_recipe",
+                        lambda device: (torch.contiguous_format, torch.bfloat16))
+    config = Config(epochs=2, drop_rate=0.1)
+    first, second = (train(fresh_mlp(config=config), config, synthetic, seed=2)
+                     for _ in range(2))
+    assert learned_curves(first) == learned_curves(second)
+    assert first.best_val_acc > 0.3
 
 
 # ---------------------------------------------------------------- schedules, smoothing, hooks
