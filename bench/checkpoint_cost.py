@@ -41,23 +41,25 @@ class Timed:
     """Seconds spent in Checkpoint.save (the loop's share) and in the writes (background)."""
 
     def __init__(self):
-        self.save, self.write, self.sizes = [], [], {}
+        self.save, self.write, self.sizes = [], [], {}    # (wall, this thread's CPU) seconds
         self.real_save, self.real_write = Checkpoint.save, search.checkpoint._atomic_save
 
     def install(self):
         timed = self
 
         def save(checkpoint, *args, **kwargs):
-            started = time.perf_counter()
+            started = time.perf_counter(), time.thread_time()
             try:
                 return timed.real_save(checkpoint, *args, **kwargs)
             finally:
-                timed.save.append(time.perf_counter() - started)
+                timed.save.append((time.perf_counter() - started[0],
+                                   time.thread_time() - started[1]))
 
         def write(blob, path):
-            started = time.perf_counter()
+            started = time.perf_counter(), time.thread_time()
             timed.real_write(blob, path)
-            timed.write.append(time.perf_counter() - started)
+            timed.write.append((time.perf_counter() - started[0],
+                                time.thread_time() - started[1]))
             timed.sizes["best" if ".best" in path.name else "main"] = path.stat().st_size
         Checkpoint.save, search.checkpoint._atomic_save = save, write
 
@@ -128,11 +130,14 @@ def main(argv=None) -> int:
         value = statistics.median(values)
         print(f"| {variant} | {value:.3f} | {value / none:.3f} |")
     if timed.save:
+        def ms(pairs, which):
+            return statistics.median(pair[which] for pair in pairs) * 1e3
         print(f"\nper save: main file {timed.sizes.get('main', 0) / 1e6:.1f} MB, best file "
               f"{timed.sizes.get('best', 0) / 1e6:.1f} MB (written only when the best epoch "
-              f"changes); in the loop {statistics.median(timed.save) * 1e3:.1f} ms median "
-              f"(copy), in the background {statistics.median(timed.write) * 1e3:.1f} ms "
-              f"median per file (serialise + write), {len(timed.write)} files written")
+              f"changes); in the loop (copy) {ms(timed.save, 0):.1f} ms wall, "
+              f"{ms(timed.save, 1):.1f} ms CPU; in the background (serialise + write, per "
+              f"file) {ms(timed.write, 0):.1f} ms wall, {ms(timed.write, 1):.1f} ms CPU "
+              f"(medians; {len(timed.write)} files written)")
     for variant, values in seconds.items():
         print(f"{variant}: {[round(v, 3) for v in values]}")
     return 0
