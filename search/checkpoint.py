@@ -4,8 +4,8 @@ The caller builds a `Checkpoint(path, every_seconds, identity)` per trial and ha
 `search.trainer.train`, which asks `due()` between steps and calls `save(state, best)`:
 - the tensors are copied into host buffers that are reused from save to save (pinned memory
   and non-blocking copies from a GPU, plain copies on the CPU), and a background thread waits
-  for the copies, serialises them with torch.save and writes them to `<path>.partial`, then
-  renames it onto `path` (atomic: a kill leaves the previous save or none, never half a file);
+  for the copies and writes them with torch.save to `<path>.partial`, then renames it onto
+  `path` (atomic: a kill leaves the previous save or none, never half a file);
 - one write at a time: a save that comes due while the previous write is still running is
   skipped (every_seconds > 0: the loop never waits on the disk) or waits for it (every_seconds
   == 0, "after every epoch": each epoch must reach the disk);
@@ -21,7 +21,6 @@ deletes every file; `close()` waits and frees the buffers. Neither leaves a thre
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -75,6 +74,8 @@ class Checkpoint:
             return None
         try:
             blob = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+                return self._discard("it was written by another version of the trainer")
             differences = _differences(blob["identity"], self._full_identity)
             if differences:
                 return self._discard(f"it was written for another run (differs in "
@@ -128,8 +129,8 @@ class Checkpoint:
                 "best_epoch": best_epoch}
         self._last_save = time.monotonic()
         self._writer = threading.Thread(target=self._write, args=(blob, best, copied),
-                                        name=f"checkpoint {self.path.name}", daemon=True)
-        self._writer.start()
+                                        name=f"checkpoint {self.path.name}")
+        self._writer.start()   # not a daemon: a normal exit finishes the write first
         return True
 
     def _write(self, blob: dict, best: dict | None, copied) -> None:
@@ -229,21 +230,39 @@ class _HostBuffers:
 
 def _atomic_save(blob: Any, path: Path) -> None:
     """torch.save to path.partial, then rename it onto path; no .partial outlives a failure.
-
-    torch.save writes into memory first: straight to a file, a full disk surfaces as
-    "RuntimeError: unexpected pos 960 vs 854"; one plain write says "No space left on device".
-    (No fsync: the faults handled are a killed process and a full disk, not a power cut.)
-    """
+    (No fsync: the faults handled are a killed process and a full disk, not a power cut.)"""
     partial = path.with_name(path.name + ".partial")
-    serialised = io.BytesIO()
-    torch.save(blob, serialised)
     try:
         with open(partial, "wb") as file:
-            file.write(serialised.getbuffer())
+            recording = _RecordingFile(file)
+            try:
+                torch.save(blob, recording)
+            except RuntimeError:
+                if recording.error is None:
+                    raise
+                raise recording.error from None   # "No space left on device", not torch's
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+class _RecordingFile:
+    """A file that keeps the OSError of a failed write: torch.save reports a full disk only
+    as "RuntimeError: [enforce fail at inline_container.cc:672] unexpected pos 960 vs 854"."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _tensors(tree: Any):

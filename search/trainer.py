@@ -14,13 +14,11 @@ two steps, and a run that finds one resumes it exactly: same curves, same random
 """
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -29,7 +27,7 @@ from torch import nn
 from search.checkpoint import Checkpoint
 from search.data import Dataset, DeviceLoader
 from search.schedules import make_scheduler
-from search.steps import EvalStep, TrainStep, totals
+from search.steps import EvalStep, TrainStep, device_recipe, totals
 from spaces import Config
 
 EVAL_BATCH = 1024   # images per evaluation batch
@@ -100,30 +98,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible")
     return torch.device(name)
-
-
-def device_recipe(device: torch.device) -> tuple[torch.memory_format, Optional[torch.dtype]]:
-    """(memory format, autocast dtype or None for fp32) of training on `device`.
-
-    CUDA: channels_last and bf16 autocast. A CPU with native bf16 (avx512_bf16 or AMX): bf16
-    autocast, 2-2.5x the fp32 speed of an MLP-Mixer on this project's machine and faster for
-    ResNet18 too, while channels_last was slower on the CPU for both (bench/README.md).
-    Other CPUs: fp32. Every recipe is deterministic on the CPU.
-    """
-    if device.type == "cuda":
-        return torch.channels_last, torch.bfloat16
-    return torch.contiguous_format, (torch.bfloat16 if cpu_has_native_bf16() else None)
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs whose flags (Linux /proc/cpuinfo) name bf16 instructions; emulated bf16
-    is slower than fp32, so anywhere else the CPU trains in fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def make_optimizer(model: nn.Module, config: Config, device: torch.device):

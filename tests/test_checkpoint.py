@@ -236,6 +236,17 @@ def test_a_truncated_file_is_discarded_with_a_warning_and_training_starts_over(
     assert "starts from epoch 1" in record.getMessage() and "\n" not in record.getMessage()
 
 
+def test_a_checkpoint_of_the_old_trainer_is_discarded_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "old.pt"
+    torch.save({"result": {"epochs": []}, "best_state": None, "model": {},
+                "generator": torch.Generator().get_state()}, path)
+    with caplog.at_level(logging.WARNING, logger="search.checkpoint"):
+        assert Checkpoint(path, every_seconds=0).resume({"config": {}}) is None
+    [record] = caplog.records
+    assert "written by another version of the trainer" in record.getMessage()
+    assert not path.exists()
+
+
 def test_a_checkpoint_of_another_configuration_is_discarded_with_a_warning(
         data, tmp_path, caplog):
     checkpoint = Checkpoint(tmp_path / "t.pt", every_seconds=0, identity={"study": 1})

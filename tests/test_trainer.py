@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import search.data
+import search.steps
 import search.trainer
 from search.data import DeviceLoader, make_dataset
 from search.models import build
@@ -170,11 +171,11 @@ def test_divergence_is_found_at_the_same_step_as_the_old_loop(synthetic, fp32):
 
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, None)])
 def test_the_cpu_trains_in_bf16_only_where_it_has_native_bf16(monkeypatch, native, expected):
-    monkeypatch.setattr(search.trainer, "cpu_has_native_bf16", lambda: native)
-    assert search.trainer.device_recipe(torch.device("cpu")) == (torch.contiguous_format,
-                                                                 expected)
-    assert search.trainer.device_recipe(torch.device("cuda")) == (torch.channels_last,
-                                                                  torch.bfloat16)
+    monkeypatch.setattr(search.steps, "cpu_has_native_bf16", lambda: native)
+    assert search.steps.device_recipe(torch.device("cpu")) == (torch.contiguous_format,
+                                                               expected)
+    assert search.steps.device_recipe(torch.device("cuda")) == (torch.channels_last,
+                                                                torch.bfloat16)
 
 
 def test_bf16_on_the_cpu_learns_and_is_deterministic(synthetic, monkeypatch):
