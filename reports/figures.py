@@ -22,7 +22,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from reports.pictures import picture_png, picture_variants
-from reports.table import ranked_trials, study_model
+from reports.table import ranked_trials, study_model, study_setting
 
 CURVES = {  # figure name -> (user_attrs["curves"] key, y-axis title)
     "train_loss": ("train_loss", "training loss"),
@@ -46,7 +46,7 @@ def curve_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def trial_labels(study: optuna.Study, trials: list[FrozenTrial]) -> dict[int, str]:
     """Trial number -> legend text naming only what varies between these trials."""
-    grid = study.user_attrs.get("grid") or {}
+    grid = study_setting(study, "grid") or {}
     keys = list(grid) or sorted({k for t in trials for k in t.params})
     varying = [k for k in keys if len({repr(t.params.get(k)) for t in trials}) > 1]
     labels = {}

@@ -19,8 +19,8 @@ import plotly.graph_objects as go
 
 from reports.figures import best_pictures, study_figures
 from reports.pictures import CAPTIONS
-from reports.table import (ReportError, display_table, load_study, to_csv, to_markdown,
-                           top_table)
+from reports.table import (ReportError, display_table, load_study, study_setting, to_csv,
+                           to_markdown, top_table)
 from storage import artifact_dir
 
 FORMATS = ("markdown", "csv", "html")
@@ -54,8 +54,9 @@ def page_html(study: optuna.Study, table: pd.DataFrame, figures: dict[str, go.Fi
               pictures: dict[str, bytes], notes: list[str] = ()) -> str:
     """One self-contained page: the table, every figure (one plotly.js copy), the pictures."""
     title = html.escape(f"optuna-search report: {study.study_name}")
-    attrs = ", ".join(f"{k}={v}" for k, v in study.user_attrs.items()
-                      if k in ("model", "space", "fixed", "grid", "seed", "data") and v)
+    attrs = ", ".join(f"{k}={study_setting(study, k)}" for k in
+                      ("model", "space", "fixed", "grid", "epochs", "seed", "data")
+                      if study_setting(study, k))
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}</style>",

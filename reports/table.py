@@ -56,9 +56,15 @@ def load_study(storage_url: str, study_name: str) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
+def study_setting(study: optuna.Study, key: str, default: Any = None) -> Any:
+    """A value of the settings the study was made with (search/study.py writes them into
+    the user attr "optuna_search"), e.g. its "model" or "grid"."""
+    return (study.user_attrs.get("optuna_search") or {}).get("spec", {}).get(key, default)
+
+
 def study_model(study: optuna.Study) -> str:
-    """The model a study searched: its user attr, else guessed from a trial's config."""
-    model = study.user_attrs.get("model")
+    """The model a study searched: its recorded settings, else guessed from a trial's config."""
+    model = study_setting(study, "model")
     if model in MODEL_PARAMS:
         return model
     for trial in study.get_trials(deepcopy=False):

@@ -20,16 +20,13 @@ from socketserver import ThreadingMixIn
 from typing import Callable, Iterator, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from search.errors import DashboardError
 from storage import (StorageError, artifact_store, check_url, open_storage, redact,
                      sqlalchemy_url)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-class DashboardError(ValueError):
-    """The port is taken, the host unknown, or the storage file missing: one line, exit 2."""
 
 
 def dashboard_app(storage_url: str) -> Callable:
