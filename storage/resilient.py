@@ -34,7 +34,6 @@ import time
 import uuid
 from typing import Callable, TypeVar
 
-import optuna
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
