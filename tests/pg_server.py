@@ -8,9 +8,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import uuid
 from urllib.parse import urlsplit
 
+import optuna
 import pytest
+
+from storage import open_storage
 
 
 @pytest.fixture
@@ -46,3 +50,14 @@ def pg_ensure_running(url: str) -> None:
     """After a test that stopped the server, whatever happened: start it (no error if up)."""
     subprocess.run(["pg_ctlcluster", *pg_cluster(url), "start"], capture_output=True,
                    timeout=120)
+
+
+@pytest.fixture
+def pg_study(pg_url):
+    """(storage, a fresh study) on the server; afterwards the server is running and the study
+    gone."""
+    store = open_storage(pg_url, heartbeat=True)
+    name = f"pytest-storage-{uuid.uuid4().hex[:8]}"
+    yield store, optuna.create_study(study_name=name, storage=store)
+    pg_ensure_running(pg_url)
+    optuna.delete_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))

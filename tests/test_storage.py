@@ -1,6 +1,6 @@
 """The storage under faults caused for real: SQLite locked past its busy timeout, several
 processes making one new file, readers beside writers, a full and a read-only disk, a corrupt
-file, a lost answer to a write; PostgreSQL restarted and stopped (tests marked `postgres`).
+file, a lost answer to a write; PostgreSQL stopped past the patience (marked `postgres`).
 
 PostgreSQL tests need OPTUNA_SEARCH_PG_URL and the right to run pg_ctlcluster (tests/pg_server.py).
 """
@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -23,11 +22,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 import storage.open
-from storage import (StorageError, StorageFailure, StorageUnavailable, TrialWriter,
-                     check_writable, open_storage)
+from storage import (StorageError, StorageFailure, StorageUnavailable, check_writable,
+                     open_storage)
 from storage.resilient import CLAIMED_KEY
 
-from pg_server import pg_ctl, pg_ensure_running, pg_url  # noqa: F401 (a fixture)
+from pg_server import pg_ctl, pg_study, pg_url  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,48 +89,6 @@ def test_sqlite_locked_past_the_patience_is_one_line_naming_the_file(tmp_path,
     assert "\n" not in message and str(db) in message and "database is locked" in message
     store.set_trial_intermediate_value(trial_id, 1, 0.5)  # the same object works afterwards
     assert integrity(db) == "ok"
-
-
-def test_the_writer_queues_during_an_outage_and_lands_everything_in_order(
-        tmp_path, short_busy_timeout):
-    db = tmp_path / "writer.db"
-    store = open_storage(f"sqlite:///{db}", heartbeat=True)
-    trial_id = new_trial(store)
-    writer = TrialWriter(store, trial_id)
-    with write_lock_held(db, 1.5):
-        started = time.monotonic()
-        for step in range(1, 51):
-            writer.report(step, step / 100)
-            writer.set_user_attr("curve", list(range(step)))
-            writer.record_heartbeat()
-        assert time.monotonic() - started < 0.5  # training did not wait for the storage
-        assert writer.pending() > 1
-    assert writer.flush(timeout=60)
-    writer.close()
-    trial = store.get_trial(trial_id)
-    assert trial.intermediate_values == {step: step / 100 for step in range(1, 51)}
-    assert trial.user_attrs["curve"] == list(range(50))
-    assert store.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
-    assert integrity(db) == "ok"
-
-
-def test_the_writer_keeps_what_it_could_not_write_and_says_why(tmp_path, short_busy_timeout):
-    db = tmp_path / "writer.db"
-    store = open_storage(f"sqlite:///{db}", heartbeat=False, patience=0.5)
-    trial_id = new_trial(store)
-    writer = TrialWriter(store, trial_id)
-    with write_lock_held(db, 2.0):
-        writer.report(1, 0.1)
-        writer.report(2, 0.2)
-        writer.set_user_attr("a", 1)
-        writer.set_user_attr("a", 2)  # replaces the waiting write of "a"
-        with pytest.raises(StorageUnavailable):
-            writer.flush(timeout=30)
-        assert writer.pending() == 3  # nothing lost: report 1, report 2, a=2
-        with pytest.raises(StorageUnavailable):
-            writer.report(3, 0.3)
-    writer.close()
-    assert store.get_trial(trial_id).intermediate_values == {}
 
 
 # ------------------------------------------------------------------ SQLite: many processes
@@ -366,51 +323,7 @@ def test_check_writable_creates_nothing_and_names_the_folder(tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
-# ------------------------------------------------------------------ PostgreSQL restarted
-
-@pytest.fixture
-def pg_study(pg_url):
-    """A fresh study on the server; the server is running again and the study gone afterwards."""
-    store = open_storage(pg_url, heartbeat=True)
-    name = f"pytest-storage-{uuid.uuid4().hex[:8]}"
-    yield store, optuna.create_study(study_name=name, storage=store)
-    pg_ensure_running(pg_url)
-    optuna.delete_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))
-
-
-@pytest.mark.postgres
-def test_a_restart_of_postgresql_loses_and_doubles_no_write(pg_url, pg_study):
-    store, study = pg_study
-    trial_id = study.ask()._trial_id
-    writer = TrialWriter(store, trial_id)
-    steps, stopping, most_pending = [0], threading.Event(), [0]
-
-    def train():  # an epoch every 20 ms, a heartbeat with each
-        while not stopping.is_set():
-            steps[0] += 1
-            writer.report(steps[0], steps[0] / 1000)
-            writer.record_heartbeat()
-            most_pending[0] = max(most_pending[0], writer.pending())
-            time.sleep(0.02)
-    trainer = threading.Thread(target=train)
-    trainer.start()
-    while steps[0] < 20:
-        time.sleep(0.01)
-    outage = pg_ctl(pg_url, "restart")
-    before = steps[0]
-    while steps[0] < before + 20:
-        time.sleep(0.01)
-    stopping.set()
-    trainer.join()
-    assert writer.flush(timeout=60)
-    writer.close()
-    assert outage > 0.5 and most_pending[0] > 5  # training went on while writes waited
-    trial = store.get_trial(trial_id)
-    assert sorted(trial.intermediate_values) == list(range(1, steps[0] + 1))
-    assert all(value == step / 1000 for step, value in trial.intermediate_values.items())
-    assert store.set_trial_state_values(trial_id, TrialState.COMPLETE, [1.0])
-    assert store.get_trial(trial_id).state == TrialState.COMPLETE
-
+# ------------------------------------------------------------------ PostgreSQL stopped
 
 @pytest.mark.postgres
 def test_postgresql_down_past_the_patience_is_one_line_then_the_storage_works_again(
