@@ -3,14 +3,17 @@
     optuna-search dashboard                        # http://127.0.0.1:8080/dashboard, Ctrl-C stops
     optuna-search mlp --trials 20 --dashboard      # the same, for as long as the search runs
 
-The dashboard reads the same storage as the search (SQLite in WAL mode with a busy timeout, see
-storage/open.py, so its reads never make a running trial fail "database is locked") and the
-same artifact store, so each trial's first_layer.png shows on its trial page.
+The dashboard reads the same storage as the search, as a reader (storage/sqlite.py: on SQLite
+its reads take no write lock, so a slow page never stalls a trial's writes) and the same
+artifact store, so each trial's first_layer.png shows on its trial page. While the database is
+away (a PostgreSQL restart) a page waits up to DASHBOARD_PATIENCE_SECONDS, then fails with one
+line on stderr; the next poll after the database is back answers again.
 optuna-dashboard has no login: anyone who reaches its port can read, edit and delete studies.
 So it listens on loopback unless --host says otherwise, and then it warns.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import sys
@@ -21,19 +24,35 @@ from typing import Callable, Iterator, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from search.errors import DashboardError
-from storage import (StorageError, artifact_store, check_url, open_storage, redact,
-                     sqlalchemy_url)
+from storage import (StorageError, StorageFault, artifact_store, check_url, open_storage,
+                     redact, sqlalchemy_url)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+DASHBOARD_PATIENCE_SECONDS = 10.0  # how long a page waits for a database that is away
 
 
 def dashboard_app(storage_url: str) -> Callable:
     """optuna-dashboard's WSGI app on `storage_url` and the artifact store beside it."""
     import optuna_dashboard
-    storage = open_storage(storage_url, heartbeat=False)  # a reader never fails stale trials
+    logger = logging.getLogger("optuna_dashboard._bottle_util")  # where failed API calls go
+    if not any(isinstance(f, _OneLineStorageFaults) for f in logger.filters):
+        logger.addFilter(_OneLineStorageFaults())
+    # A reader: no write lock on SQLite, no heartbeat (it never fails another's trials).
+    storage = open_storage(storage_url, readonly=True, patience=DASHBOARD_PATIENCE_SECONDS)
     return optuna_dashboard.wsgi(storage, artifact_store=artifact_store(storage_url))
+
+
+class _OneLineStorageFaults(logging.Filter):
+    """optuna-dashboard logs a failed API call with its stack trace (and answers 500); a storage
+    fault, the database being away, gets its one line instead. It logs inside its `except`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = sys.exc_info()[1]
+        if isinstance(error, StorageFault):
+            record.msg, record.args = f"optuna-dashboard: {error}", ()
+        return True
 
 
 def storage_is_made(storage_url: str) -> bool:

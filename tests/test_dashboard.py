@@ -3,6 +3,7 @@ unharmed while the dashboard's API is polled on the same SQLite file."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -11,14 +12,18 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+import search.dashboard
 from search.cli import main
 from search.dashboard import DashboardServer, _AppWhenStorageIsMade
 from storage import open_storage
+
+from pg_server import pg_ctl, pg_ensure_running, pg_url  # noqa: F401 (a fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -255,3 +260,34 @@ def test_dashboard_beside_a_search_stops_when_the_search_is_interrupted(tmp_path
     assert served_during_search == [503]  # served, waiting for a storage never made
     assert not is_listening(port)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.postgres
+def test_the_dashboard_recovers_by_itself_after_a_database_outage(pg_url, tmp_path,
+                                                                 monkeypatch, caplog):
+    monkeypatch.setenv("OPTUNA_SEARCH_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setattr(search.dashboard, "DASHBOARD_PATIENCE_SECONDS", 2.0)
+    name = f"pytest-dashboard-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))
+    server = DashboardServer(search.dashboard.dashboard_app(pg_url), port=0).start()
+    root = server.url.rsplit("/dashboard", 1)[0]
+    try:
+        assert get(root + "/api/studies")[0] == 200
+        pg_ctl(pg_url, "stop")
+        status, body, _ = get(root + "/api/studies")     # waits 2 s for the database, fails
+        assert status == 500 and b"internal server error" in body
+        pg_ctl(pg_url, "start")
+        back = time.monotonic()
+        while get(root + "/api/studies")[0] != 200:     # nothing restarted, nothing reopened
+            assert time.monotonic() - back < 5, "still failing 5 s after the database is back"
+            time.sleep(0.1)
+        studies = get_json(root + "/api/studies")["study_summaries"]
+        assert name in [s["study_name"] for s in studies]
+    finally:
+        server.stop()
+        pg_ensure_running(pg_url)
+        optuna.delete_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))
+    failures = [r.getMessage() for r in caplog.records
+                if r.name == "optuna_dashboard._bottle_util" and r.levelno >= logging.ERROR]
+    assert len(failures) == 1 and "\n" not in failures[0], failures  # one line, no traceback
+    assert "unreachable for 2 s" in failures[0] and ":***@" in failures[0]
