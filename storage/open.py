@@ -41,7 +41,6 @@ MAX_RETRY = 3
 SQLITE_BUSY_SECONDS = 60      # how long a writer waits for the lock before giving up
 PG_CONNECT_SECONDS = 5
 DEFAULT_PATIENCE_SECONDS = 120.0  # how long a call waits out an outage of the storage
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _OPTUNA_TABLES = {"studies", "trials", "version_info"}
 
 
@@ -114,15 +113,23 @@ def _check_existing_file(kind: str, path: Path) -> None:
         except (ValueError, TypeError):
             raise StorageError(f"{path} is not an Optuna journal file") from None
         return
-    with open(path, "rb") as handle:
-        if handle.read(16) != _SQLITE_MAGIC:
-            raise StorageError(f"{path} is not an SQLite file, so not an Optuna storage")
+    # Only through SQLite itself, never a plain open(): SQLite's locks are POSIX locks, which a
+    # process drops on ALL its descriptors of a file when it closes any one of them. A process
+    # that already holds a storage on this file (a worker opening its study again, the
+    # dashboard beside a search) would lose its locks; another process closing its last
+    # connection would then take itself for the last user and delete the WAL under it
+    # ("disk I/O error"). SQLite defers closing a file whose locks other connections hold.
     try:  # read-only: checking must not write (not even a journal) into someone else's file
-        with sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True) as connection:
+        connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+        try:
             tables = {row[0] for row in connection.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        connection.close()
+        finally:
+            connection.close()
     except sqlite3.DatabaseError as error:
+        if "not a database" in str(error):
+            raise StorageError(f"{path} is not an SQLite file, so not an Optuna storage") \
+                from None
         raise StorageError(f"{path} is not a readable SQLite file ({error})") from None
     # Only some of Optuna's tables is fine: another process may be making them right now.
     if tables and not tables & _OPTUNA_TABLES:
