@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from reports.style import (BEST_COLOURS, OTHERS_GREY, log_axis_if_wide, metric_name, short,
                            tidy)
-from reports.table import ranked_trials
+from reports.table import ranked_trials, study_setting
 
 CURVES = {  # figure name -> (user_attrs["curves"] key, title, y-axis title with unit)
     "train_loss": ("train_loss", "training loss", "loss (cross-entropy)"),

@@ -64,14 +64,18 @@ def fake_trial(model: str, rng: random.Random, state=TrialState.COMPLETE, epochs
         intermediate_values={e + 1: v for e, v in enumerate(val)})
 
 
+def record_settings(study: optuna.Study, model: str, grid=None) -> None:
+    """What search/study.py records: the spec the study was made with, in one attribute."""
+    study.set_user_attr("optuna_search", {"spec": {"model": model, "grid": grid}})
+
+
 def make_study(model: str, complete: int, pruned: int = 0, storage=None, name="s",
                grid=None, **chosen) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     with warnings.catch_warnings():  # "set_metric_names is experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["val_acc"])  # as the search names its objective
-    study.set_user_attr("model", model)
-    study.set_user_attr("grid", grid)
+    record_settings(study, model, grid)
     rng = random.Random(complete * 100 + pruned)
     for _ in range(complete):
         study.add_trial(fake_trial(model, rng, **chosen))
@@ -105,7 +109,7 @@ def test_table_has_the_best_min_8_complete_trials_sorted_by_max_val_acc(complete
 
 def test_rows_are_ranked_on_validation_never_on_test():
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("model", "resnet18")
+    record_settings(study, "resnet18")
     rng = random.Random(0)
     study.add_trial(fake_trial("resnet18", rng, test_acc=0.99))  # best on test only
     study.add_trial(fake_trial("resnet18", rng, test_acc=0.01))
@@ -228,8 +232,7 @@ def test_optuna_figures_name_the_objective_val_acc():
 
 def test_grid_legend_names_the_grid_value():
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("model", "mlp")
-    study.set_user_attr("grid", {"activation": ["relu", "sigmoid", "tanh"]})
+    record_settings(study, "mlp", {"activation": ["relu", "sigmoid", "tanh"]})
     rng = random.Random(1)
     for activation in ("relu", "sigmoid", "tanh"):
         study.add_trial(fake_trial("mlp", rng, activation=activation, batch_size=128,
@@ -244,7 +247,7 @@ def test_grid_legend_names_the_grid_value():
 def test_patch_size_figures_only_when_patch_size_varies():
     assert patch_size_figures(make_study("mlpmixer", 3)) == {}
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("model", "mlpmixer")
+    record_settings(study, "mlpmixer")
     rng = random.Random(2)
     for patch, params, seconds in [(4, 2188298, 28.5), (8, 2175818, 26.8), (16, 2310938, 26.2)]:
         study.add_trial(fake_trial("mlpmixer", rng, patch_size=patch, parameters=params,
@@ -469,7 +472,7 @@ def saved_figure_ids(study: optuna.Study) -> list[str]:
 def test_dashboard_figures_in_reading_order_without_the_dashboards_own_panels(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     study = optuna.create_study(study_name="mixer", storage=url, direction="maximize")
-    study.set_user_attr("model", "mlpmixer")
+    record_settings(study, "mlpmixer")
     rng = random.Random(2)
     for patch in (4, 8, 16):
         study.add_trial(fake_trial("mlpmixer", rng, patch_size=patch))
@@ -544,12 +547,6 @@ def test_list_studies_counts_trials_per_state(tmp_path):
     assert table["best_val_acc"][0] == round(best, 4)
 
 
-CLI_PATCH = "/work/reports-cli.patch"
-
-
-@pytest.mark.xfail(strict=True, reason=f"search/cli.py still imports torch through "
-                   f"search.data (DataError) and search.study (StudyMismatch, list_studies); "
-                   f"apply {CLI_PATCH} (reports branch report) and remove this mark")
 @pytest.mark.parametrize("command", ["studies", "report", "plots", "dashboard"])
 def test_reading_commands_start_without_torch(tmp_path, command):
     url = f"sqlite:///{tmp_path / 'r.db'}"
