@@ -48,7 +48,7 @@ def load_study(storage_url: str, study_name: str) -> optuna.Study:
     Raises ReportError for a missing storage file or an unknown study name.
     """
     check_url(storage_url, must_exist=True)
-    storage = open_storage(storage_url, heartbeat=False)
+    storage = open_storage(storage_url, readonly=True)  # takes no lock
     names = optuna.get_all_study_names(storage=storage)
     if study_name not in names:
         known = ", ".join(names) if names else "none"

@@ -10,7 +10,7 @@ from search.errors import UsageError
 from spaces import MODEL_NAMES, ConfigError, apply_overrides, get_space, parse_value
 from spaces.defaults import parse_assignment
 from search.settings import DEFAULT_EPOCHS, RunSettings, StudySpec
-from storage import DEFAULT_STORAGE
+from storage import DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,6 +48,24 @@ def add_storage(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"sqlite:///FILE.db, journal:///FILE.log or postgresql://... "
                         f"(default {DEFAULT_STORAGE})")
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
+def add_patience(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-patience", type=seconds, default=DEFAULT_PATIENCE_SECONDS,
+                   metavar="SECONDS",
+                   help="how long a search rides out its database being away (a restart, a "
+                        "failover) before it stops with one line and exit 1; the same "
+                        f"command then resumes (default {DEFAULT_PATIENCE_SECONDS:g})")
 
 
 def add_data(p: argparse.ArgumentParser) -> None:
@@ -92,6 +110,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enqueue-report", action="store_true",
                    help="first run the report's published top configurations that fit")
     add_placement(p)
+    add_patience(p)
     p.add_argument("--dashboard", action="store_true",
                    help="serve optuna-dashboard on 127.0.0.1 while the search runs")
     p.add_argument("--dashboard-port", type=port_number, default=8080, metavar="PORT",
@@ -163,6 +182,7 @@ def build_parser() -> Parser:
     p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
                    help="stop starting trials after this many seconds")
     add_placement(p)
+    add_patience(p)
 
     p = commands.add_parser("dashboard", help="watch the studies in a browser (optuna-dashboard)",
                             description="Serve optuna-dashboard on a storage and its artifacts. "
@@ -266,4 +286,4 @@ def run_settings(args, spec: StudySpec, join: bool = False) -> RunSettings:
         data_path=args.data if join else None, data_dir=args.data_dir, device=args.device,
         workers=args.workers, timeout=args.timeout,
         enqueue_report=getattr(args, "enqueue_report", False), ray=args.ray,
-        gpus_per_trial=args.gpus_per_trial, join=join)
+        gpus_per_trial=args.gpus_per_trial, join=join, storage_patience=args.storage_patience)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from search.arguments import UsageError, parse_fixed, run_settings, study_spec
 from spaces import Config, apply_overrides
-from storage import check_url
+from storage import check_url, check_writable
 
 
 def check_device(name: str) -> None:
@@ -36,6 +36,7 @@ def command_search(args) -> int:
     spec = study_spec(args)
     settings = run_settings(args, spec)
     check_url(args.storage)
+    check_writable(args.storage)
     check_device(args.device)
     if args.dashboard:
         from search.dashboard import dashboard_beside
@@ -67,6 +68,7 @@ def command_studies(args) -> int:
 def command_worker(args) -> int:
     from search.study import load_spec
     check_url(args.storage, must_exist=True)  # a worker joins a study; it never makes one
+    check_writable(args.storage)
     check_device(args.device)
     settings = run_settings(args, load_spec(args.storage, args.study), join=True)
     return run_placed(settings)

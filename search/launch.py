@@ -45,6 +45,7 @@ class Outcome:
     """What the runners of one launch reported, merged."""
     errors: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
+    storage_errors: list[str] = field(default_factory=list)   # the storage is gone
     interrupted: bool = False
     killed: list[tuple[int, int]] = field(default_factory=list)   # (worker, signal)
     timed_out: bool = False
@@ -54,6 +55,8 @@ class Outcome:
         self.timed_out |= result.timed_out
         if result.stopped:
             self.stopped.append(result.stopped)
+        if result.storage_error:
+            self.storage_errors.append(result.storage_error)
 
 
 def quiet_optuna() -> None:
@@ -97,6 +100,9 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
 
 def report(outcome: Outcome, study: optuna.Study, settings: RunSettings, out) -> int:
     """The summary, and the exit status: 130 interrupted, 1 something failed, else 0."""
+    if outcome.storage_errors:  # every worker lost it: one line says it for all
+        print(f"optuna-search: error: {outcome.storage_errors[0]}", file=sys.stderr)
+        return 1  # the summary would wait for the storage once more: it says nothing new
     for error in dict.fromkeys(outcome.errors):  # the same error from N workers: once
         print(f"optuna-search: error: {error}", file=sys.stderr)
     for index, signum in outcome.killed:

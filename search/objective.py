@@ -22,11 +22,14 @@ from search.models import build, first_layer_weight, parameter_count
 from search.trainer import Diverged, TrainResult, train
 from spaces import get_space
 from spaces.space import Space
-from storage import artifact_dir, artifact_store
+from storage import (DEFAULT_PATIENCE_SECONDS, StorageFault, StorageUnavailable, TrialWriter,
+                     artifact_dir, artifact_store)
 
 WEIGHT_ARTIFACT = "first_layer.npy"
 PICTURE_ARTIFACT = "first_layer.png"
 GRAY_PICTURE_ARTIFACT = "first_layer_gray.png"  # ResNet18 only
+INTERRUPT_FLUSH_SECONDS = 2.0   # Ctrl-C: how long the last epochs may take to land
+LAND_MARGIN_SECONDS = 5.0       # beyond the storage's patience, for the writes in the queue
 
 
 @dataclass
@@ -74,23 +77,36 @@ class Objective:
         # A retry inherits the epochs its first try reported; it reports each epoch its
         # checkpoint holds (or it trains) that the storage lacks, once.
         reported = set(trial.study._storage.get_trial(trial._trial_id).intermediate_values)
+        # Per-epoch writes go through a background writer: while the storage is away (a
+        # database restart) training goes on, and they land in order once it is back.
+        writer = TrialWriter(trial.study._storage, trial._trial_id)
 
         def report_new_epochs(result: TrainResult) -> None:
             for e in result.epochs:
                 if e.epoch not in reported:
-                    trial.report(e.val_acc, e.epoch)
+                    writer.report(e.epoch, e.val_acc)
                     reported.add(e.epoch)
 
         def on_epoch(result: TrainResult) -> bool:
             report_new_epochs(result)
-            trial.set_user_attr("curves", result.curves())  # live in the dashboard
-            return trial.should_prune()
+            writer.set_user_attr("curves", result.curves())  # live in the dashboard
+            # The pruner compares this trial's epochs, read from the storage, with the other
+            # trials': judge only once they have landed there.
+            return writer.pending() == 0 and trial.should_prune()
 
         failure = None
         try:
             result = train(model, config, s.data, device=s.device, seed=s.seed,
                            on_epoch=on_epoch, checkpoint=checkpoint)
+            report_new_epochs(result)  # a retry whose checkpoint held every epoch trains none
+            _land(writer)
+        except (StorageFault, optuna.exceptions.UpdateFinishedTrialError):
+            # The storage is gone (one line and exit 1, search/run.py), or another process
+            # took this trial for dead and failed it: nothing more to record here.
+            writer.close(timeout=0)
+            raise
         except Diverged as error:
+            _land(writer)
             trial.set_user_attr("diverged", str(error))
             # The curves of the finished epochs are already stored by on_epoch; say how many.
             trial.set_user_attr("epochs_run", len(reported))
@@ -99,6 +115,7 @@ class Objective:
         except Exception as error:
             # Out of memory (batch 1024 on a small GPU) or any other error: fail this trial
             # with its reason, give the memory back, and let the study go on.
+            _land(writer)
             trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:500])
             # Its traceback holds train()'s frame, so the model, gradients and optimizer
             # state: drop it, and clean up outside this block, or the memory stays taken.
@@ -106,13 +123,16 @@ class Objective:
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM: the trial ends FAIL and is queued again (search/run.py); its
             # retry resumes from the checkpoint, so it stays.
+            writer.flush(timeout=INTERRUPT_FLUSH_SECONDS)
+            writer.close(timeout=0)
             self._cleanup(None)
             raise
+        finally:
+            writer.close(timeout=0)
         if failure is not None:
             del model
             self._cleanup(checkpoint)
             raise failure
-        report_new_epochs(result)  # a retry whose checkpoint held every epoch trains none
         self._save_summary(trial, result)
         self._save_first_layer(trial, model)
         self._cleanup(checkpoint)
@@ -167,6 +187,16 @@ class Objective:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _land(writer: TrialWriter) -> None:
+    """Wait until the trial's queued writes are in the storage; the storage's patience bounds
+    the wait (it raises StorageUnavailable past it, through the writer)."""
+    backend = getattr(writer.storage, "_backend", writer.storage)
+    patience = getattr(backend, "patience", DEFAULT_PATIENCE_SECONDS)
+    if not writer.flush(timeout=patience + LAND_MARGIN_SECONDS):
+        raise StorageUnavailable(f"storage {getattr(backend, 'display_name', '')} did not take "
+                                 f"the trial's writes within {patience:g} s")
 
 
 def checkpoint_path(folder: Path, study_uid: str, study: optuna.Study,

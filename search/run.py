@@ -35,10 +35,12 @@ from search.progress import print_trial
 from search.settings import RunSettings
 from search.study import MAX_TRIES, TARGET_ATTR, OpenStudy, open_study
 from search.trainer import pick_device
-from storage import study_lock
+from storage import StorageFault, study_lock
 
 MAX_FAILURES_IN_A_ROW = 3     # then this process stops: something is wrong beyond one trial
 WAIT_SECONDS = 5.0            # how often an idle process looks again at trials running elsewhere
+FAIL_WRITE_SECONDS = 5.0      # the storage is gone: how long to try marking the trial FAIL
+HEARTBEAT_JOIN_SECONDS = 1.0
 
 DONE, WAIT = "done", "wait"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -51,33 +53,74 @@ class RunResult:
     failed: list[int] = field(default_factory=list)
     interrupted: bool = False
     stopped: str | None = None  # why the loop gave up early (failures in a row), for the user
+    storage_error: str | None = None  # the storage is gone: one line, exit 1
     timed_out: bool = False
     failures_in_a_row: int = 0
 
 
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """The same queueing as the heartbeat's: same params, history and reported epochs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_TRIES - 1, inherit_intermediate_values=True)
+def run_process(settings: RunSettings, out, data=None) -> RunResult:
+    """One process's share of a search: load the data once (unless given), open the study as
+    a new run, and run trials until the study needs no more from it.
+
+    Ctrl-C / SIGTERM: the running trial is failed and queued again, and the result says
+    `interrupted`; nothing is left RUNNING.
+    """
+    interrupts = Interrupts()
+    with interrupts.installed():
+        try:
+            with interrupts.raising():  # nothing is held yet: an interrupt stops right here
+                device = pick_device(settings.device)
+                if device.type == "cpu" and settings.workers > 1:  # share the cores
+                    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+                data = (data if data is not None else load_data(settings)).to(device)
+        except KeyboardInterrupt:
+            return RunResult(interrupted=True)
+        opened = open_study(settings)
+        objective = Objective.for_run(settings.spec, settings.storage, opened.uid, data, device)
+        gc.freeze()  # the data and libraries: the per-trial gc.collect skips them (~0.2 s)
+        try:
+            result = run_trials(opened, settings, objective, out, interrupts)
+        finally:
+            gc.unfreeze()  # matters when several runs share one process (tests, reproduce)
+        if not (result.interrupted or result.timed_out or result.stopped
+                or result.storage_error):  # the study is done: what no retry will read goes
+            sweep_checkpoints(objective.s.checkpoint_dir, opened.uid, opened.study)
+    return result
+
+
+def load_data(settings: RunSettings):
+    """The data set of this run, split as the study's spec says (search/data.py)."""
+    spec = settings.spec
+    return make_dataset(settings.data_source, settings.data_dir, seed=spec.seed,
+                        val_size=spec.val_size, train_subset=spec.train_subset,
+                        test_subset=spec.test_subset)
 
 
 def run_trials(opened: OpenStudy, settings: RunSettings, objective, out,
                interrupts: Interrupts) -> RunResult:
     """Claim and run trials until the study needs no more from this process."""
-    study = opened.study
     result = RunResult()
+    try:
+        _loop(opened, settings, objective, out, interrupts, result)
+    except StorageFault as fault:
+        result.storage_error = str(fault)
+    result.interrupted = interrupts.requested
+    return result
+
+
+def _loop(opened: OpenStudy, settings: RunSettings, objective, out, interrupts: Interrupts,
+          result: RunResult) -> None:
+    study = opened.study
     started = time.monotonic()
     said_waiting = False
     while not interrupts.requested:
         if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
             result.timed_out = True
-            break
+            return
         with study_lock(study._storage, settings.storage, settings.study_name):
             claimed = claim(study, settings)
         if claimed == DONE:
-            break
+            return
         if claimed == WAIT:
             if not said_waiting:
                 running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -101,9 +144,7 @@ def run_trials(opened: OpenStudy, settings: RunSettings, objective, out,
                 reason = frozen.user_attrs.get("fail_reason", "no reason recorded")
                 result.stopped = (f"{MAX_FAILURES_IN_A_ROW} trials in a row failed here "
                                   f"(last: {reason[:200]}); fix that and run the same command")
-                break
-    result.interrupted = interrupts.requested
-    return result
+                return
 
 
 @dataclass
@@ -174,7 +215,11 @@ def _ask(study: optuna.Study) -> optuna.Trial:
 
 def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Interrupts,
             settings: RunSettings) -> optuna.trial.FrozenTrial:
-    """Run the objective on a claimed trial, record how it ended, queue a retry if due."""
+    """Run the objective on a claimed trial, record how it ended, queue a retry if due.
+
+    Raises StorageFault when the storage is gone: the trial is failed with that reason if
+    the storage still answers within a few seconds, else its heartbeat stops and the next
+    process that claims a trial takes it for dead and queues it again."""
     value, state, interrupted = None, TrialState.FAIL, False
     with _heartbeat(study._storage, trial._trial_id):
         try:
@@ -185,18 +230,47 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
             state = TrialState.PRUNED
         except KeyboardInterrupt:
             interrupted = True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another process took this trial for dead (its heartbeat was late) and failed
+            # it: its retry is queued already; nothing here is recorded twice.
+            return study._storage.get_trial(trial._trial_id)
+        except StorageFault as fault:
+            _fail_quickly(study, trial, str(fault))
+            raise
         except Exception:  # the objective recorded its reason (fail_reason) already
             pass
     try:
         study.tell(trial, value, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
-        # Another process took this trial for dead (its heartbeat was late) and failed it:
-        # its retry is queued already; what this process computed is not recorded twice.
         return study._storage.get_trial(trial._trial_id)
     frozen = study._storage.get_trial(trial._trial_id)
     if state == TrialState.FAIL and (interrupted or settings.spec.grid):
         retry_callback()(study, frozen)
     return frozen
+
+
+def _fail_quickly(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Mark the trial FAIL with `reason` if the storage answers within a few seconds."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    patience = getattr(backend, "patience", None)
+    if patience is not None:
+        backend.patience = min(patience, FAIL_WRITE_SECONDS)
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason[:500])
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception:  # still away: the heartbeat stops, and the trial goes stale
+        pass
+    finally:
+        if patience is not None:
+            backend.patience = patience
+
+
+def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """The same queueing as the heartbeat's: same params, history and reported epochs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=MAX_TRIES - 1, inherit_intermediate_values=True)
 
 
 @contextlib.contextmanager
@@ -222,7 +296,9 @@ def _heartbeat(storage, trial_id: int):
         yield
     finally:
         stop.set()
-        thread.join()
+        # A beat may be waiting out an outage (up to the storage's patience): don't wait
+        # for it; the thread is a daemon and ends with its retry.
+        thread.join(timeout=HEARTBEAT_JOIN_SECONDS)
 
 
 def _heartbeat_interval(storage) -> int | None:
@@ -233,40 +309,3 @@ def _heartbeat_interval(storage) -> int | None:
 def _wait_seconds(study: optuna.Study) -> float:
     interval = _heartbeat_interval(study._storage)
     return min(WAIT_SECONDS, float(interval)) if interval else WAIT_SECONDS
-
-
-def load_data(settings: RunSettings):
-    """The data set of this run, split as the study's spec says (search/data.py)."""
-    spec = settings.spec
-    return make_dataset(settings.data_source, settings.data_dir, seed=spec.seed,
-                        val_size=spec.val_size, train_subset=spec.train_subset,
-                        test_subset=spec.test_subset)
-
-
-def run_process(settings: RunSettings, out, data=None) -> RunResult:
-    """One process's share of a search: load the data once (unless given), open the study as
-    a new run, and run trials until the study needs no more from it.
-
-    Ctrl-C / SIGTERM: the running trial is failed and queued again, and the result says
-    `interrupted`; nothing is left RUNNING.
-    """
-    interrupts = Interrupts()
-    with interrupts.installed():
-        try:
-            with interrupts.raising():  # nothing is held yet: an interrupt stops right here
-                device = pick_device(settings.device)
-                if device.type == "cpu" and settings.workers > 1:  # share the cores
-                    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
-                data = (data if data is not None else load_data(settings)).to(device)
-        except KeyboardInterrupt:
-            return RunResult(interrupted=True)
-        opened = open_study(settings)
-        objective = Objective.for_run(settings.spec, settings.storage, opened.uid, data, device)
-        gc.freeze()  # the data and libraries: the per-trial gc.collect skips them (~0.2 s)
-        try:
-            result = run_trials(opened, settings, objective, out, interrupts)
-        finally:
-            gc.unfreeze()  # matters when several runs share one process (tests, reproduce)
-        if not (result.interrupted or result.timed_out):
-            sweep_checkpoints(objective.s.checkpoint_dir, opened.uid, opened.study)
-    return result

@@ -89,6 +89,7 @@ class RunSettings:
     ray: str | None = None            # None, "local", "auto" or HOST:PORT
     gpus_per_trial: float | None = None
     join: bool = False                # `optuna-search worker`: the study must exist
+    storage_patience: float = 120.0   # seconds a storage outage is ridden out (storage/)
 
     @property
     def study_name(self) -> str:

@@ -91,7 +91,7 @@ def open_study(settings: RunSettings, storage=None, new_run: bool = True) -> Ope
     `new_run`: this process will run trials: count the run and seed its sampler with it.
     Raises StudyMismatch (exit 2) for another spec, or a missing study when joining.
     """
-    storage = storage or open_storage(settings.storage)
+    storage = storage or open_storage(settings.storage, patience=settings.storage_patience)
     name, spec = settings.study_name, settings.spec
     with study_lock(storage, settings.storage, name):
         study = _create_or_load(storage, settings)
@@ -151,7 +151,7 @@ def _create_or_load(storage, settings: RunSettings) -> optuna.Study:
 
 def load_spec(storage_url: str, study_name: str) -> StudySpec:
     """The spec a study was made with, for `optuna-search worker` (which never makes one)."""
-    storage = open_storage(storage_url, heartbeat=False)
+    storage = open_storage(storage_url, readonly=True)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

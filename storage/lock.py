@@ -30,7 +30,7 @@ LOCK_FOLDER = ".locks"
 def study_lock(storage, storage_url: str, study_name: str) -> Iterator[None]:
     """Hold the study's lock for the duration of the block (waits for it, no time-out)."""
     if _kind(storage_url) == "postgresql":
-        with _advisory_lock(storage.engine, study_name):
+        with _advisory_lock(getattr(storage, "_backend", storage), study_name):  # not the cache
             yield
     else:
         with _file_lock(artifact_dir(storage_url) / LOCK_FOLDER / _file_name(study_name)):
@@ -62,12 +62,29 @@ def advisory_key(study_name: str) -> int:
 
 
 @contextlib.contextmanager
-def _advisory_lock(engine, study_name: str) -> Iterator[None]:
+def _advisory_lock(storage, study_name: str) -> Iterator[None]:
+    """A transaction of its own, open while the block runs; its end (or the connection's, if
+    this process dies or the server restarts) releases the lock. Taking it rides out an outage
+    like every other call of the storage (storage/resilient.py)."""
     import sqlalchemy
-    # A transaction of its own, open while the block runs; commit (or the connection's end,
-    # if this process dies) releases the lock.
-    with engine.connect() as connection:
-        with connection.begin():
+
+    def lock():
+        connection = storage.engine.connect()
+        try:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
                                {"key": advisory_key(study_name)})
-            yield
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    retrying = getattr(storage, "retrying", lambda call: call())
+    connection = retrying(lock)
+    try:
+        yield
+    finally:
+        try:
+            connection.commit()  # releases the lock
+            connection.close()
+        except Exception:  # the server went away meanwhile, and took the lock with it
+            connection.invalidate()

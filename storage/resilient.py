@@ -89,6 +89,11 @@ class ResilientStorage(RDBStorage):
 
     # ---------------------------------------------------------------- the retry loop
 
+    def retrying(self, call: Callable[[], T]) -> T:
+        """`call()` (something else that talks to this storage's database, such as taking a
+        lock) retried like the storage's own calls."""
+        return self._retry(lambda _again: call())
+
     def _retry(self, attempt: Callable[[bool], T]) -> T:
         """attempt(again) until it returns; `again` is True once an attempt has failed with a
         transient fault, when the first attempt may have written all the same (a lost answer).

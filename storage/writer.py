@@ -25,6 +25,7 @@ by the next report/set_user_attr/record_heartbeat/flush.
 from __future__ import annotations
 
 import collections
+import signal
 import threading
 import time
 from typing import Any
@@ -110,6 +111,9 @@ class TrialWriter:
             raise self.error
 
     def _apply_all(self) -> None:
+        # Signals are for the main thread: one landing here, inside an SQLite call, would fail
+        # it with EINTR ("disk I/O error") and break the connection.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
         try:
             while True:
                 with self._changed:

@@ -21,7 +21,7 @@ from storage import open_storage
 from pg_server import pg_ctl, pg_ensure_running, pg_url  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.postgres,
-              pytest.mark.xfail(reason="needs run-loop integration", strict=False)]
+              ]
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--data", "synthetic", "--train-subset", "100", "--test-subset", "100",
         "--val-size", "50", "--set", "hidden_sizes=16", "--sampler", "random",
