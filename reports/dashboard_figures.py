@@ -1,24 +1,52 @@
 """Register a study's figures with optuna-dashboard, so `optuna-search dashboard` shows them.
 
-Uses optuna_dashboard.save_plotly_graph_object(study, figure, *, graph_object_id=...), which
-stores each figure's JSON in the study's system attrs. A fixed id per figure overwrites the
-previous version, so calling this after every search keeps one copy of each figure.
-The first-layer pictures are already per-trial artifacts (first_layer.png, uploaded by the
-objective), which the dashboard shows on each trial's page.
+Only what the dashboard does not draw itself: its own panels already show the optimization
+history, parameter importances and parallel coordinates (with the objective's name), so
+those are not saved again. Reading order: the learning curves (accuracy row, then loss row,
+validation left of training, as the dashboard's two-column grid lays them out), then the
+patch-size figures, then anything else.
+
+Each figure is stored with optuna_dashboard.save_plotly_graph_object under a fixed id that
+starts with its place in that order (`01-curves_val_acc`), so a later call replaces it.
+optuna-dashboard 0.21 lists the ids from a set (any order); search/dashboard.py serves them
+sorted by id. Figures an older version saved under other ids are emptied, and that server
+leaves empty ones out. The first-layer pictures are already per-trial artifacts
+(first_layer.png, uploaded by the objective), which the dashboard shows on each trial's page.
 """
 from __future__ import annotations
 
 import optuna
+import plotly.graph_objects as go
 
-from reports.figures import study_figures
+from reports.figures import learning_curves, patch_size_figures
+
+ORDER = ("curves_val_acc", "curves_train_acc", "curves_val_loss", "curves_train_loss",
+         "patch_parameters", "patch_train_seconds", "patch_val_seconds")
+PLOT_DATA_PREFIX = "dashboard:plot_data:"  # optuna-dashboard's study system attr keys
+
+
+def dashboard_figures(study: optuna.Study) -> dict[str, go.Figure]:
+    """Figure id -> figure, in reading order; ids sort in that same order."""
+    figures = {**learning_curves(study), **patch_size_figures(study)}
+    names = sorted(figures, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    return {f"{place:02d}-{name}": figures[name] for place, name in enumerate(names, start=1)}
 
 
 def register_dashboard_figures(study: optuna.Study) -> list[str]:
-    """Save every plotly figure of the study for optuna-dashboard; return their ids."""
+    """Save the study's figures for optuna-dashboard and empty any other saved ones.
+
+    Returns the ids saved, in reading order.
+    """
     from optuna_dashboard import save_plotly_graph_object
 
-    ids = []
-    for name, figure in study_figures(study).items():
-        # ids allow letters, digits, "-", "_", ":" and "."; figure names are snake_case
-        ids.append(save_plotly_graph_object(study, figure, graph_object_id=name))
-    return ids
+    figures = dashboard_figures(study)
+    for figure_id, figure in figures.items():
+        # ids allow letters, digits, "-", "_", ":" and "."
+        save_plotly_graph_object(study, figure, graph_object_id=figure_id)
+    storage, study_id = study._storage, study._study_id
+    for key, value in storage.get_study_system_attrs(study_id).items():
+        # keys are PREFIX + id + ":" + chunk number; the id itself may contain ":"
+        figure_id = key[len(PLOT_DATA_PREFIX):].rpartition(":")[0]
+        if key.startswith(PLOT_DATA_PREFIX) and figure_id not in figures and value:
+            storage.set_study_system_attr(study_id, key, "")  # attrs cannot be deleted
+    return list(figures)

@@ -1,15 +1,15 @@
 """Study -> the report's plotly figures, read from the storage alone (no retraining).
 
-- learning curves: train loss, val loss, train acc, val acc against epoch, one line per
-  trial (Figures 1-12); the legend names what varies: `activation=relu` for a grid, else
-  the trial number and the parameters that differ between the plotted trials;
+- learning curves (reports/curves.py): train/val loss and accuracy against epoch
+  (Figures 1-12);
 - against patch size, when it varies: parameters, avg train and val seconds (Figures 13-15);
-- Optuna's optimization history, parameter importances and parallel coordinates.
-The first-layer pictures of the best trial come from the artifact store (best_pictures).
+- Optuna's optimization history, parameter importances and parallel coordinates, with the
+  objective named as the study names it (`val_acc`).
+Every figure has the look of reports/style.py. The first-layer pictures of the best trial
+come from the artifact store (best_pictures).
 """
 from __future__ import annotations
 
-import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,69 +21,19 @@ import plotly.graph_objects as go
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
+from reports.curves import curve_trials, learning_curves
 from reports.pictures import picture_png, picture_variants
+from reports.style import legend_below, metric_name, tidy
 from reports.table import ranked_trials, study_model
 
-CURVES = {  # figure name -> (user_attrs["curves"] key, y-axis title)
-    "train_loss": ("train_loss", "training loss"),
-    "val_loss": ("val_loss", "validation loss"),
-    "train_acc": ("train_acc", "training accuracy"),
-    "val_acc": ("val_acc", "validation accuracy"),
-}
-PATCH_FIGURES = {  # figure name -> (user attr, y-axis title with unit)
-    "patch_parameters": ("parameters", "parameters"),
-    "patch_train_seconds": ("avg_train_seconds", "average training time per epoch (s)"),
-    "patch_val_seconds": ("avg_val_seconds", "average validation time per epoch (s)"),
+PATCH_FIGURES = {  # figure name -> (user attr, title, y-axis title with unit)
+    "patch_parameters": ("parameters", "parameters against patch size", "parameters (count)"),
+    "patch_train_seconds": ("avg_train_seconds", "training time per epoch against patch size",
+                            "training time per epoch (seconds)"),
+    "patch_val_seconds": ("avg_val_seconds", "validation time against patch size",
+                          "validation time per epoch (seconds)"),
 }
 WEIGHT_ARTIFACT = "first_layer.npy"  # uploaded by search/objective.py while the trial trains
-
-
-def curve_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Every trial with at least one epoch of curves (pruned ones too), in trial order."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("curves", {}).get("val_acc")]
-
-
-def trial_labels(study: optuna.Study, trials: list[FrozenTrial]) -> dict[int, str]:
-    """Trial number -> legend text naming only what varies between these trials."""
-    grid = study.user_attrs.get("grid") or {}
-    keys = list(grid) or sorted({k for t in trials for k in t.params})
-    varying = [k for k in keys if len({repr(t.params.get(k)) for t in trials}) > 1]
-    labels = {}
-    for t in trials:
-        parts = [f"{k}={_short(t.params[k])}" for k in varying if k in t.params]
-        if not grid:
-            parts.insert(0, f"#{t.number}")
-        if t.state != TrialState.COMPLETE:
-            parts.append(f"({t.state.name.lower()})")
-        labels[t.number] = " ".join(parts) or f"#{t.number}"
-    return labels
-
-
-def _short(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def learning_curves(study: optuna.Study) -> dict[str, go.Figure]:
-    """Four figures (train/val loss and accuracy against epoch), one trace per trial."""
-    trials = curve_trials(study)
-    labels = trial_labels(study, trials)
-    epochs = max((len(t.user_attrs["curves"]["val_acc"]) for t in trials), default=1)
-    epoch_step = max(1, math.ceil(epochs / 15))
-    figures = {}
-    for name, (key, title) in CURVES.items():
-        figure = go.Figure()
-        for t in trials:
-            values = t.user_attrs["curves"].get(key, [])
-            complete = t.state == TrialState.COMPLETE
-            figure.add_trace(go.Scatter(
-                x=list(range(1, len(values) + 1)), y=list(values), mode="lines+markers",
-                name=labels[t.number], line=dict(dash="solid" if complete else "dot")))
-        figure.update_layout(title=f"{study.study_name}: {title}", xaxis_title="epoch",
-                             yaxis_title=title, legend_title_text="trial")
-        figure.update_xaxes(tick0=1, dtick=epoch_step)  # whole epochs, at most ~15 ticks
-        figures[f"curves_{name}"] = figure
-    return figures
 
 
 def patch_size_figures(study: optuna.Study) -> dict[str, go.Figure]:
@@ -92,20 +42,20 @@ def patch_size_figures(study: optuna.Study) -> dict[str, go.Figure]:
     Values are the mean over the complete trials of each patch size (one per size in a grid).
     """
     rows = [{"patch size": t.user_attrs.get("config", {}).get("patch_size"),
-             **{attr: t.user_attrs.get(attr) for attr, _ in PATCH_FIGURES.values()}}
+             **{attr: t.user_attrs.get(attr) for attr, _, _ in PATCH_FIGURES.values()}}
             for t in ranked_trials(study)]
     frame = pd.DataFrame(rows).dropna(subset=["patch size"]) if rows else pd.DataFrame()
     if frame.empty or frame["patch size"].nunique() < 2:
         return {}
     means = frame.groupby("patch size").mean(numeric_only=True).sort_index()
     figures = {}
-    for name, (attr, title) in PATCH_FIGURES.items():
+    for name, (attr, title, y_title) in PATCH_FIGURES.items():
+        # Sizes as text make a category axis with one bar each, in numeric order (sort_index)
         figure = go.Figure(go.Bar(x=[str(int(p)) for p in means.index], y=means[attr].tolist(),
                                   text=[f"{v:,.0f}" if attr == "parameters" else f"{v:.2f}"
-                                        for v in means[attr]], textposition="outside"))
-        figure.update_layout(title=f"{study.study_name}: {title} against patch size",
-                             xaxis_title="patch size (pixels)", yaxis_title=title)
-        figures[name] = figure
+                                        for v in means[attr]], textposition="outside",
+                                  marker_color="#0072B2", cliponaxis=False))
+        figures[name] = tidy(figure, title, "patch size (pixels)", y_title)
     return figures
 
 
@@ -120,24 +70,27 @@ def optuna_figures(study: optuna.Study, notes: list[str] | None = None) -> dict[
         notes.append("optuna figures skipped: no complete trial")
         return {}
     vis = optuna.visualization
-    figures = {"optimization_history": vis.plot_optimization_history(study)}
+    target = metric_name(study)
+    figures = {"optimization_history": vis.plot_optimization_history(study, target_name=target)}
     varying = {k for k in {k for t in complete for k in t.params}
                if len({repr(t.params.get(k)) for t in complete}) > 1}
     if len(complete) >= 2 and varying:
         try:
             with warnings.catch_warnings():  # "some regimes have less than 2 trials": expected
                 warnings.simplefilter("ignore")
-                figures["param_importances"] = vis.plot_param_importances(study)
+                figures["param_importances"] = vis.plot_param_importances(study,
+                                                                        target_name=target)
         except (ValueError, RuntimeError) as error:  # e.g. a parameter with one value only
             notes.append(f"param_importances skipped: {error}")
     else:
         notes.append("param_importances skipped: needs >= 2 complete trials whose "
                      "parameters vary")
     if any(t.params for t in complete):
-        figures["parallel_coordinate"] = vis.plot_parallel_coordinate(study)
+        figures["parallel_coordinate"] = vis.plot_parallel_coordinate(study,
+                                                                      target_name=target)
     else:
         notes.append("parallel_coordinate skipped: the trials have no parameters")
-    return figures
+    return {name: legend_below(figure) for name, figure in figures.items()}
 
 
 def study_figures(study: optuna.Study, notes: list[str] | None = None) -> dict[str, go.Figure]:

@@ -1,26 +1,30 @@
 """Write a study's report: the table as Markdown/CSV, one offline HTML page, or a folder of
 figures (`optuna-search report` and `optuna-search plots`).
 
-Every HTML file works offline: plotly.js is embedded (include_plotlyjs=True), never loaded
-from a CDN, and pictures are data: URIs. PNG copies of the plotly figures need a static
-renderer (kaleido), which is optional: without it they are skipped with one note.
+Every HTML file works offline, never loading anything from a network: the one-page report
+embeds plotly.js once and its pictures as data: URIs; a folder of figures holds ONE copy of
+plotly.js (plotly.min.js, ~4.7 MB) beside its HTML files, which load it by a relative path
+(a copy in each file made ten charts 47 MB). PNG copies of the plotly figures need kaleido
+and a Chromium (reports/png.py), which are optional: without them they are skipped with one
+note.
 """
 from __future__ import annotations
 
 import base64
 import html
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 from reports.figures import best_pictures, study_figures
 from reports.pictures import CAPTIONS
-from reports.table import (ReportError, display_table, load_study, to_csv, to_markdown,
-                           top_table)
+from reports.png import PngError, write_pngs
+from reports.table import (ReportError, display_table, load_study, study_setting, to_csv,
+                           to_markdown, top_table)
 from storage import artifact_dir
 
 FORMATS = ("markdown", "csv", "html")
@@ -54,8 +58,9 @@ def page_html(study: optuna.Study, table: pd.DataFrame, figures: dict[str, go.Fi
               pictures: dict[str, bytes], notes: list[str] = ()) -> str:
     """One self-contained page: the table, every figure (one plotly.js copy), the pictures."""
     title = html.escape(f"optuna-search report: {study.study_name}")
-    attrs = ", ".join(f"{k}={v}" for k, v in study.user_attrs.items()
-                      if k in ("model", "space", "fixed", "grid", "seed", "data") and v)
+    attrs = ", ".join(f"{k}={study_setting(study, k)}" for k in
+                      ("model", "space", "fixed", "grid", "epochs", "seed", "data")
+                      if study_setting(study, k))
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}</style>",
@@ -95,32 +100,36 @@ def write_plots(storage_url: str, study_name: str, out_dir: str | Path) -> Writt
     pictures = best_pictures(study, artifact_dir(storage_url), written.notes)
     out.mkdir(parents=True, exist_ok=True)
     written.paths += write_figures(figures, out, written.notes)
-    for name, png in pictures.items():
-        (out / f"{name}.png").write_bytes(png)
-        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{name}</title>"
-                f"</head><body>{_img(png, name)}</body></html>")
-        (out / f"{name}.html").write_text(page, encoding="utf-8")
-        written.paths += [out / f"{name}.png", out / f"{name}.html"]
+    written.paths += write_pictures(pictures, out)
     return written
 
 
 def write_figures(figures: dict[str, go.Figure], out: Path, notes: list[str]) -> list[Path]:
-    """NAME.html per figure (plotly.js embedded) and NAME.png when kaleido can render it."""
-    paths = []
-    png_ok = importlib.util.find_spec("kaleido") is not None
-    if not png_ok and figures:
-        notes.append("PNG copies of the plotly figures skipped: kaleido is not installed "
-                     "(pip install kaleido)")
+    """NAME.html per figure, plotly.min.js once beside them, and NAME.png where possible."""
+    if not figures:
+        return []
+    # This plotly's own copy, even over an older one left in the folder by another version.
+    script = out / "plotly.min.js"
+    script.write_text(get_plotlyjs(), encoding="utf-8")
+    paths = [script]
     for name, figure in figures.items():
-        path = out / f"{name}.html"
-        figure.write_html(path, include_plotlyjs=True, full_html=True)
-        paths.append(path)
-        if png_ok:
-            try:
-                figure.write_image(out / f"{name}.png")
-                paths.append(out / f"{name}.png")
-            except Exception as error:  # kaleido present but no browser for it, etc.
-                notes.append(f"PNG copies skipped: {type(error).__name__}: "
-                             f"{str(error).splitlines()[0][:150] if str(error) else ''}")
-                png_ok = False
+        # "directory": the page loads <script src="plotly.min.js"> from its own folder
+        figure.write_html(out / f"{name}.html", include_plotlyjs="directory", full_html=True)
+        paths.append(out / f"{name}.html")
+    try:
+        paths += write_pngs(figures, out)
+    except PngError as error:
+        notes.append(f"PNG copies of the plotly figures skipped: {error}")
+    return paths
+
+
+def write_pictures(pictures: dict[str, bytes], out: Path) -> list[Path]:
+    """NAME.png per picture, and NAME.html showing that file (not a second copy of it)."""
+    paths = []
+    for name, png in pictures.items():
+        (out / f"{name}.png").write_bytes(png)
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{name}</title>"
+                f"</head><body><img alt='{html.escape(name)}' src='{name}.png'></body></html>")
+        (out / f"{name}.html").write_text(page, encoding="utf-8")
+        paths += [out / f"{name}.png", out / f"{name}.html"]
     return paths

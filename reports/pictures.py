@@ -1,4 +1,4 @@
-"""First-layer weights drawn as pictures (torchvision's make_grid), each tile min-max scaled.
+"""First-layer weights drawn as pictures (NumPy and Pillow), each tile scaled to its own range.
 
 - resnet18: conv1 (64, 3, 3, 3) -> 64 RGB tiles of 3x3 on an 8x8 grid, and their grayscale
   mean over the input channels (the report's Figures 16-17);
@@ -7,7 +7,11 @@
 - mlp: first Linear (hidden, 3*32*32) -> one 32x32 RGB tile per hidden unit, the first
   MLP_TILES of them (all 512 make a 1.5 MB picture of noise-like tiles).
 
-No torch model is needed: the weight comes from the artifact store as a NumPy array.
+Tiles are min-max scaled one by one, so each spans black to white; a white separator would
+merge with every tile's brightest pixels and any grey with some of its middle ones, so
+tiles sit on a dark slate (SEPARATOR): neutral to the eye, but off the grey scale. Every picture is enlarged (nearest neighbour, whole
+pixels) to at least MIN_WIDTH pixels: the same PNG in the dashboard, `plots` and `report`.
+No torch is needed: the weight comes from the artifact store as a NumPy array.
 """
 from __future__ import annotations
 
@@ -16,32 +20,32 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.utils import make_grid, save_image
+from PIL import Image
 
-PADDING = 1            # pixels of white between tiles, before enlarging
-TILE_PIXELS = 32       # each tile is enlarged to about this many pixels a side
-MLP_TILES = 64         # hidden units drawn for the MLP (an 8x8 grid, ~130 KB of PNG)
+SEPARATOR = (0.15, 0.18, 0.24)  # RGB in [0, 1] between tiles and around the grid
+GAP = 6            # pixels of separator between tiles, in the enlarged picture
+MIN_WIDTH = 512    # pixels: the smallest picture any model gets
+MLP_TILES = 64     # hidden units drawn for the MLP (an 8x8 grid)
 
 
-def minmax(tiles: torch.Tensor) -> torch.Tensor:
+def minmax(tiles: np.ndarray) -> np.ndarray:
     """Scale each tile (first axis) to [0, 1] on its own; a constant tile becomes 0."""
-    flat = tiles.flatten(1)
-    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    scaled = (flat - low) / (high - low).clamp_min(1e-12)
-    return scaled.view_as(tiles)
+    flat = tiles.reshape(len(tiles), -1).astype(np.float64)
+    low, high = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+    scaled = (flat - low) / np.maximum(high - low, 1e-12)
+    return scaled.reshape(tiles.shape)
 
 
-def tiles(model_name: str, weight: np.ndarray, grayscale: bool = False) -> torch.Tensor:
+def tiles(model_name: str, weight: np.ndarray, grayscale: bool = False) -> np.ndarray:
     """(count, channels, h, w) tiles in [0, 1] for a first-layer weight.
 
     `grayscale` (resnet18 only) averages the raw kernels over the input channels first,
     then scales each mean kernel.
     """
-    w = torch.as_tensor(np.asarray(weight), dtype=torch.float32)
+    w = np.asarray(weight, dtype=np.float64)
     if model_name == "resnet18":          # (64, 3, 3, 3): out, in (RGB), kh, kw
         if grayscale:
-            w = w.mean(dim=1, keepdim=True)
+            w = w.mean(axis=1, keepdims=True)
         return minmax(w)
     if model_name == "mlpmixer":          # (c/2, N): each row is a weight per token
         side = math.isqrt(w.shape[1])     # N tokens on a side x side grid, row-major
@@ -68,28 +72,34 @@ def grid_columns(count: int) -> int:
     return square
 
 
-def grid_image(model_name: str, weight: np.ndarray, grayscale: bool = False) -> torch.Tensor:
-    """(3, H, W) image in [0, 1]: the tiles on a grid with 1-pixel white borders."""
+def tile_scale(columns: int, tile_side: int) -> int:
+    """Whole-pixel enlargement so the grid (tiles and gaps) is at least MIN_WIDTH wide."""
+    return max(1, math.ceil((MIN_WIDTH - (columns + 1) * GAP) / (columns * tile_side)))
+
+
+def picture(model_name: str, weight: np.ndarray, grayscale: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8: enlarged tiles on a grid, GAP pixels of SEPARATOR around each."""
     t = tiles(model_name, weight, grayscale)
-    return make_grid(t, nrow=grid_columns(len(t)), padding=PADDING, pad_value=1.0)
-
-
-def enlarge(image: torch.Tensor, tile_side: int) -> torch.Tensor:
-    """Nearest-neighbour enlargement so a 3x3 kernel shows as ~30 pixels, not 3."""
-    scale = max(1, TILE_PIXELS // tile_side)
-    return torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="nearest")[0]
-
-
-def picture(model_name: str, weight: np.ndarray, grayscale: bool = False) -> torch.Tensor:
-    """The enlarged grid image, (3, H, W) in [0, 1], ready to save."""
-    tile_side = tiles(model_name, weight, grayscale).shape[-1]
-    return enlarge(grid_image(model_name, weight, grayscale), tile_side)
+    count, channels, side = len(t), t.shape[1], t.shape[-1]
+    columns = grid_columns(count)
+    rows = math.ceil(count / columns)
+    scale = tile_scale(columns, side)
+    step = side * scale + GAP              # pixels from one tile's left edge to the next
+    image = np.empty((rows * step + GAP, columns * step + GAP, 3))
+    image[:] = SEPARATOR
+    for index, tile in enumerate(t):
+        big = tile.repeat(scale, axis=1).repeat(scale, axis=2)   # (channels, h*s, w*s)
+        if channels == 1:
+            big = big.repeat(3, axis=0)
+        top, left = GAP + (index // columns) * step, GAP + (index % columns) * step
+        image[top:top + side * scale, left:left + side * scale] = big.transpose(1, 2, 0)
+    return np.round(image * 255).astype(np.uint8)
 
 
 def picture_png(model_name: str, weight: np.ndarray, grayscale: bool = False) -> bytes:
     """The picture as PNG bytes (for files, data: URIs and the dashboard)."""
     buffer = io.BytesIO()
-    save_image(picture(model_name, weight, grayscale), buffer, format="png")
+    Image.fromarray(picture(model_name, weight, grayscale), "RGB").save(buffer, format="png")
     return buffer.getvalue()
 
 

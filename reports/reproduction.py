@@ -2,19 +2,21 @@
 
 Writes DIR/REPORT.md (per experiment: our table, the report's, the validation-test gap in
 both, a generated line on which setting won), DIR/figures/fig01..fig18 (the report's 18
-figures as offline HTML, PNG where a renderer is installed, plus Optuna's figures of the two
-searches) and DIR/report.html (everything on one offline page).
+figures as offline HTML sharing one plotly.min.js, PNG where a renderer is installed, plus
+Optuna's figures of the two searches) and DIR/report.html (everything on one offline page,
+the Markdown rendered with its tables as tables).
 """
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
+import markdown
 import pandas as pd
 from optuna.trial import TrialState
 
 from reports.figures import best_pictures, learning_curves, optuna_figures, patch_size_figures
-from reports.page import Written, _img, write_figures
+from reports.page import Written, _img, write_figures, write_pictures
 from reports.table import ReportError, load_study, to_markdown, top_table
 from spaces import mlpmixer, resnet18
 from storage import artifact_dir
@@ -174,11 +176,7 @@ def write_reproduction(storage_url: str, experiments, out_dir: str | Path,
             extra.update({f"search{e.number}_{k}": v
                           for k, v in optuna_figures(study, written.notes).items()})
     written.paths += write_figures({**numbered, **extra}, figures_dir, written.notes)
-    for fig_name, png in pictures.items():
-        (figures_dir / f"{fig_name}.png").write_bytes(png)
-        (figures_dir / f"{fig_name}.html").write_text(
-            f"<!DOCTYPE html><html><body>{_img(png, fig_name)}</body></html>", encoding="utf-8")
-        written.paths.append(figures_dir / f"{fig_name}.png")
+    written.paths += write_pictures(pictures, figures_dir)
     missing = [f"fig{n:02d}" for n in range(1, 19)
                if not any(k.startswith(f"fig{n:02d}") for k in (*numbered, *pictures))]
     if missing:
@@ -190,11 +188,20 @@ def write_reproduction(storage_url: str, experiments, out_dir: str | Path,
     return written
 
 
+PAGE_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
+              "table{border-collapse:collapse;margin:.5em 0}"
+              "td,th{border:1px solid #ccc;padding:.2em .5em}code{background:#f4f4f4}")
+
+
 def _page(md: list[str], numbered: dict, extra: dict, pictures: dict) -> str:
-    """REPORT.md's text (as preformatted Markdown) and every figure, plotly.js embedded once."""
+    """REPORT.md rendered as HTML (its tables as tables) and every figure, plotly.js once."""
+    converter = markdown.Markdown(extensions=["tables"])
+    # Any HTML in the text (a study name, an error message) shows as text, never as markup.
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    body = converter.convert("\n".join(md))
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>optuna-search "
-             "reproduction</title></head><body style='font-family:sans-serif;margin:2em'>",
-             f"<pre style='white-space:pre-wrap'>{html.escape(chr(10).join(md))}</pre>"]
+             f"reproduction</title><style>{PAGE_STYLE}</style></head><body>", body]
     for index, (name, figure) in enumerate({**numbered, **extra}.items()):
         parts.append(f"<h3>{html.escape(name)}</h3>")
         parts.append(figure.to_html(full_html=False, include_plotlyjs=index == 0))

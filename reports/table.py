@@ -48,7 +48,7 @@ def load_study(storage_url: str, study_name: str) -> optuna.Study:
     Raises ReportError for a missing storage file or an unknown study name.
     """
     check_url(storage_url, must_exist=True)
-    storage = open_storage(storage_url, heartbeat=False)
+    storage = open_storage(storage_url, readonly=True)  # takes no lock
     names = optuna.get_all_study_names(storage=storage)
     if study_name not in names:
         known = ", ".join(names) if names else "none"
@@ -56,9 +56,15 @@ def load_study(storage_url: str, study_name: str) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
+def study_setting(study: optuna.Study, key: str, default: Any = None) -> Any:
+    """A value of the settings the study was made with (search/study.py writes them into
+    the user attr "optuna_search"), e.g. its "model" or "grid"."""
+    return (study.user_attrs.get("optuna_search") or {}).get("spec", {}).get(key, default)
+
+
 def study_model(study: optuna.Study) -> str:
-    """The model a study searched: its user attr, else guessed from a trial's config."""
-    model = study.user_attrs.get("model")
+    """The model a study searched: its recorded settings, else guessed from a trial's config."""
+    model = study_setting(study, "model")
     if model in MODEL_PARAMS:
         return model
     for trial in study.get_trials(deepcopy=False):

@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
+from search.errors import UsageError
 from spaces import MODEL_NAMES, ConfigError, apply_overrides, get_space, parse_value
 from spaces.defaults import parse_assignment
-from storage import DEFAULT_STORAGE
-
-class UsageError(Exception):
-    """Bad input on the command line: one line on stderr, exit status 2."""
+from search.settings import DEFAULT_EPOCHS, RunSettings, StudySpec
+from storage import DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,6 +50,24 @@ def add_storage(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_STORAGE})")
 
 
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
+def add_patience(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-patience", type=seconds, default=DEFAULT_PATIENCE_SECONDS,
+                   metavar="SECONDS",
+                   help="how long a search rides out its database being away (a restart, a "
+                        "failover) before it stops with one line and exit 1; the same "
+                        f"command then resumes (default {DEFAULT_PATIENCE_SECONDS:g})")
+
+
 def add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="cifar10",
                    help="cifar10 (torchvision, under --data-dir), synthetic, or a folder / "
@@ -64,12 +81,19 @@ def add_data(p: argparse.ArgumentParser) -> None:
                    help="validation images held out of training (at most a tenth; default 5000)")
 
 
+TRIALS_HELP = ("the study's target: it ends with N finished (complete or pruned) trials, "
+               "counted in the storage whichever process or machine ran them; the same "
+               "command after an interruption runs only what is missing, a larger N "
+               "extends the study; failed trials do not count, their retries do (default: "
+               "the study's target, 30 for a new study; a grid runs each point once)")
+
+
 def add_search_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", type=positive_int, help="trials to run (default 30; a grid "
-                   "runs each of its points not yet done)")
+    p.add_argument("--trials", type=positive_int, metavar="N", help=TRIALS_HELP)
     add_storage(p)
     p.add_argument("--study", help="study name (default: the model's; a grid gets its own)")
-    p.add_argument("--epochs", type=positive_int, default=30, help="epochs per trial (30)")
+    p.add_argument("--epochs", type=positive_int,
+                   help=f"epochs per trial (default {DEFAULT_EPOCHS}; or --set epochs=N)")
     add_data(p)
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--seed", type=int, default=0)
@@ -85,12 +109,38 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="stop starting trials after this many seconds")
     p.add_argument("--enqueue-report", action="store_true",
                    help="first run the report's published top configurations that fit")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="worker processes on this machine sharing the study (default 1)")
+    add_placement(p)
+    add_patience(p)
     p.add_argument("--dashboard", action="store_true",
                    help="serve optuna-dashboard on 127.0.0.1 while the search runs")
     p.add_argument("--dashboard-port", type=port_number, default=8080, metavar="PORT",
                    help="the dashboard's port (default 8080; 0 picks a free one)")
+
+
+def gpu_fraction(text: str) -> float:
+    """What Ray can place: a fraction of one GPU (0 < F <= 1) or a whole number of GPUs."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or (value > 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(
+            f"{text}: Ray places a fraction of one GPU (0 < F <= 1, e.g. 0.25: four trials "
+            "share a GPU) or a whole number of GPUs")
+    return value
+
+
+def add_placement(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="processes on this machine running trials of the study (default 1); "
+                        "with --ray: trials at once on the cluster")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run the trials on Ray (pip install 'optuna-search[ray]'): local "
+                        "starts a cluster for this run; auto or HOST:PORT joins one started "
+                        "with `ray start`")
+    p.add_argument("--gpus-per-trial", type=gpu_fraction, metavar="F",
+                   help="with --ray: GPUs per trial (0.25: four trials share a GPU; "
+                        "default 1 where the cluster has GPUs, else 0)")
 
 
 def build_parser() -> Parser:
@@ -114,23 +164,25 @@ def build_parser() -> Parser:
                             description="Example: optuna-search studies --storage sqlite:///x.db")
     add_storage(p)
 
-    p = commands.add_parser("worker", help="join an existing study (from another machine)",
+    p = commands.add_parser("worker", help="join an existing study (another machine, a "
+                            "Slurm task, a Kubernetes pod)",
                             description="Run trials of a study that `optuna-search MODEL` made, "
                             "with its model, space, --set values, grid, epochs and data options "
-                            "(read from the study). Example: optuna-search worker resnet18 "
+                            "(read from the study), until the study's target is met. "
+                            "Example: optuna-search worker resnet18 "
                             "--storage postgresql://USER:PASSWORD@HOST/DB --workers 4")
     p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
-    p.add_argument("--trials", type=positive_int,
-                   help="trials to run here (default 30; a grid: its points not yet done)")
+    p.add_argument("--trials", type=positive_int, metavar="N",
+                   help="set the study's target to N finished trials (default: keep it)")
     add_storage(p)
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="worker processes on this machine (default 1)")
-    p.add_argument("--epochs", type=positive_int, help="epochs per trial (default: the study's)")
-    add_data(p)
-    p.set_defaults(data=None, val_size=None)  # None: what the study was made with
+    p.add_argument("--data", help="where this machine has the study's data (default: the "
+                   "source the study was made with)")
+    p.add_argument("--data-dir", default="data", help="where cifar10 lives (default ./data)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
                    help="stop starting trials after this many seconds")
+    add_placement(p)
+    add_patience(p)
 
     p = commands.add_parser("dashboard", help="watch the studies in a browser (optuna-dashboard)",
                             description="Serve optuna-dashboard on a storage and its artifacts. "
@@ -206,3 +258,32 @@ def parse_grid(model: str, assignments: Sequence[str], fixed: dict) -> dict[str,
             apply_overrides(space.defaults, {**fixed, key: option})
         grid[key] = list(dict.fromkeys(options))
     return grid
+
+
+def study_spec(args) -> StudySpec:
+    """The spec a search command asks for, resolved once: `epochs` from --epochs or
+    --set epochs=N (not both, unless they agree), never left in the --set values."""
+    fixed = parse_fixed(args.command, args.set)
+    grid = parse_grid(args.command, args.grid, fixed)
+    epochs = fixed.pop("epochs", None)
+    if epochs is not None and args.epochs is not None and epochs != args.epochs:
+        raise UsageError(f"--epochs {args.epochs} and --set epochs={epochs} disagree; give one")
+    if grid and args.enqueue_report:  # a grid runs its own points, nothing else
+        raise UsageError("--enqueue-report does not combine with --grid")
+    return StudySpec(
+        model=args.command, space=args.space, fixed=fixed, grid=grid,
+        epochs=epochs or args.epochs or DEFAULT_EPOCHS, data=args.data,
+        train_subset=args.train_subset, test_subset=args.test_subset, val_size=args.val_size,
+        seed=args.seed, sampler=args.sampler, pruner=args.pruner)
+
+
+def run_settings(args, spec: StudySpec, join: bool = False) -> RunSettings:
+    """This run's settings: the spec, plus what only this run decides."""
+    if args.gpus_per_trial is not None and not args.ray:
+        raise UsageError("--gpus-per-trial places trials on Ray; add --ray local|auto|HOST:PORT")
+    return RunSettings(
+        spec=spec, storage=args.storage, study=args.study, trials=args.trials,
+        data_path=args.data if join else None, data_dir=args.data_dir, device=args.device,
+        workers=args.workers, timeout=args.timeout,
+        enqueue_report=getattr(args, "enqueue_report", False), ray=args.ray,
+        gpus_per_trial=args.gpus_per_trial, join=join, storage_patience=args.storage_patience)

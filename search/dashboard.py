@@ -3,14 +3,20 @@
     optuna-search dashboard                        # http://127.0.0.1:8080/dashboard, Ctrl-C stops
     optuna-search mlp --trials 20 --dashboard      # the same, for as long as the search runs
 
-The dashboard reads the same storage as the search (SQLite in WAL mode with a busy timeout, see
-storage/open.py, so its reads never make a running trial fail "database is locked") and the
-same artifact store, so each trial's first_layer.png shows on its trial page.
+The dashboard reads the same storage as the search, as a reader (storage/sqlite.py: on SQLite
+its reads take no write lock, so a slow page never stalls a trial's writes) and the same
+artifact store, so each trial's first_layer.png shows on its trial page. While the database is
+away (a PostgreSQL restart) a page waits up to DASHBOARD_PATIENCE_SECONDS, then fails with one
+line on stderr; the next poll after the database is back answers again. The study's own
+figures (reports/dashboard_figures.py) are served in the order of their ids.
 optuna-dashboard has no login: anyone who reaches its port can read, edit and delete studies.
 So it listens on loopback unless --host says otherwise, and then it warns.
 """
 from __future__ import annotations
 
+import json
+import logging
+import re
 import signal
 import socket
 import sys
@@ -20,23 +26,77 @@ from socketserver import ThreadingMixIn
 from typing import Callable, Iterator, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from storage import (StorageError, artifact_store, check_url, open_storage, redact,
-                     sqlalchemy_url)
+from search.errors import DashboardError
+from storage import (StorageError, StorageFault, artifact_store, check_url, open_storage,
+                     redact, sqlalchemy_url)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-class DashboardError(ValueError):
-    """The port is taken, the host unknown, or the storage file missing: one line, exit 2."""
+DASHBOARD_PATIENCE_SECONDS = 10.0  # how long a page waits for a database that is away
 
 
 def dashboard_app(storage_url: str) -> Callable:
     """optuna-dashboard's WSGI app on `storage_url` and the artifact store beside it."""
     import optuna_dashboard
-    storage = open_storage(storage_url, heartbeat=False)  # a reader never fails stale trials
-    return optuna_dashboard.wsgi(storage, artifact_store=artifact_store(storage_url))
+    logger = logging.getLogger("optuna_dashboard._bottle_util")  # where failed API calls go
+    if not any(isinstance(f, _OneLineStorageFaults) for f in logger.filters):
+        logger.addFilter(_OneLineStorageFaults())
+    # A reader: no write lock on SQLite, no heartbeat (it never fails another's trials).
+    storage = open_storage(storage_url, readonly=True, patience=DASHBOARD_PATIENCE_SECONDS)
+    app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store(storage_url))
+    return _FiguresInOrder(app)
+
+
+STUDY_DETAIL = re.compile(r"^/api/studies/\d+$")  # the page's poll for one study's trials
+
+
+class _FiguresInOrder:
+    """Serves a study's saved plotly figures sorted by id, leaving out emptied ones.
+
+    optuna-dashboard 0.21 collects the ids in a set, so without this they arrive in a new
+    order in every process; reports/dashboard_figures.py makes ids that sort in reading
+    order and empties the figures it no longer saves (study attrs cannot be deleted).
+    """
+
+    def __init__(self, app: Callable):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        if not STUDY_DETAIL.match(environ.get("PATH_INFO", "")):
+            return self.app(environ, start_response)
+        answer: dict = {}
+
+        def keep(status, headers, exc_info=None):  # answer after the body is rewritten
+            answer.update(status=status, headers=headers)
+
+        result = self.app(environ, keep)
+        try:
+            body = b"".join(result)
+        finally:
+            getattr(result, "close", lambda: None)()
+        status, headers = answer["status"], answer["headers"]
+        if status.startswith("200"):
+            detail = json.loads(body)
+            detail["plotly_graph_objects"] = sorted(
+                (g for g in detail.get("plotly_graph_objects", []) if g["graph_object"]),
+                key=lambda g: g["id"])
+            body = json.dumps(detail).encode()
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [body]
+
+
+class _OneLineStorageFaults(logging.Filter):
+    """optuna-dashboard logs a failed API call with its stack trace (and answers 500); a storage
+    fault, the database being away, gets its one line instead. It logs inside its `except`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = sys.exc_info()[1]
+        if isinstance(error, StorageFault):
+            record.msg, record.args = f"optuna-dashboard: {error}", ()
+        return True
 
 
 def storage_is_made(storage_url: str) -> bool:
@@ -161,11 +221,17 @@ def exposure_warning(host: str) -> str | None:
 
 def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           out: TextIO | None = None) -> int:
-    """The `dashboard` command: serve until Ctrl-C (or SIGTERM), then return 0."""
+    """The `dashboard` command: serve until Ctrl-C (SIGINT) or SIGTERM, then return 0.
+
+    Both signals are handled here, not left to Python's defaults: a process started with
+    SIGINT ignored (nohup, a background job of a non-interactive shell) inherits that, and
+    Python then never turns SIGINT into KeyboardInterrupt.
+    """
     out = out or sys.stdout
     check_url(storage_url, must_exist=True)  # a typo must not make an empty database
     server = DashboardServer(None, host, port)  # bind first: a taken port opens nothing
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {signum: signal.signal(signum, _raise_interrupt)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.set_app(dashboard_app(storage_url))
         warning = exposure_warning(host)
@@ -177,7 +243,8 @@ def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     except KeyboardInterrupt:
         print("dashboard stopped", file=out)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         server.stop()
     return 0
 

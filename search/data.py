@@ -18,12 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from search.errors import DataError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CACHE_VERSION = 1
-
-
-class DataError(RuntimeError):
-    """The data the user pointed at cannot be loaded; the message says why and what to do."""
 
 
 @dataclass

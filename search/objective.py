@@ -21,11 +21,16 @@ from search.checkpoint import Checkpoint
 from search.data import Dataset
 from search.models import build, first_layer_weight, parameter_count
 from search.trainer import Diverged, TrainResult, train
+from spaces import get_space
 from spaces.space import Space
+from storage import (DEFAULT_PATIENCE_SECONDS, StorageFault, StorageUnavailable, TrialWriter,
+                     artifact_dir, artifact_store)
 
 WEIGHT_ARTIFACT = "first_layer.npy"
 PICTURE_ARTIFACT = "first_layer.png"
 GRAY_PICTURE_ARTIFACT = "first_layer_gray.png"  # ResNet18 only
+INTERRUPT_FLUSH_SECONDS = 2.0   # Ctrl-C: how long the last epochs may take to land
+LAND_MARGIN_SECONDS = 5.0       # beyond the storage's patience, for the writes in the queue
 
 
 @dataclass
@@ -41,11 +46,23 @@ class ObjectiveSettings:
     space_kind: str = "report"
     artifact_store: Any = None        # optuna artifact store, or None to skip pictures
     checkpoint_dir: Path | None = None
+    study_uid: str = "study"          # a checkpoint belongs to one study of one storage
 
 
 class Objective:
     def __init__(self, settings: ObjectiveSettings):
         self.s = settings
+
+    @classmethod
+    def for_run(cls, spec, storage_url: str, study_uid: str, data: Dataset,
+                device: torch.device) -> "Objective":
+        """The objective of one process: data already on `device`, artifacts beside the
+        storage. `spec` is the study's StudySpec."""
+        return cls(ObjectiveSettings(
+            model=spec.model, space=get_space(spec.model), data=data, device=device,
+            seed=spec.seed, epochs=spec.epochs, fixed=spec.fixed, grid=spec.grid,
+            space_kind=spec.space, artifact_store=artifact_store(storage_url),
+            checkpoint_dir=artifact_dir(storage_url) / "checkpoints", study_uid=study_uid))
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.s
@@ -58,38 +75,61 @@ class Objective:
         model = build(s.model, config)
         trial.set_user_attr("parameters", parameter_count(model))
         checkpoint = self._checkpoint_path(trial)
-        reported = len(trial.user_attrs.get("curves", {}).get("val_acc", []))
+        # A retry inherits the epochs its first try reported; it reports each epoch its
+        # checkpoint holds (or it trains) that the storage lacks, once.
+        reported = set(trial.study._storage.get_trial(trial._trial_id).intermediate_values)
+        # Per-epoch writes go through a background writer: while the storage is away (a
+        # database restart) training goes on, and they land in order once it is back.
+        writer = TrialWriter(trial.study._storage, trial._trial_id)
+
+        def report_new_epochs(result: TrainResult) -> None:
+            for e in result.epochs:
+                if e.epoch not in reported:
+                    writer.report(e.epoch, e.val_acc)
+                    reported.add(e.epoch)
 
         def on_epoch(result: TrainResult) -> bool:
-            nonlocal reported
-            for e in result.epochs[reported:]:  # a resumed trial reports only new epochs
-                trial.report(e.val_acc, e.epoch)
-            reported = len(result.epochs)
-            trial.set_user_attr("curves", result.curves())  # live in the dashboard
-            return trial.should_prune()
+            report_new_epochs(result)
+            writer.set_user_attr("curves", result.curves())  # live in the dashboard
+            # The pruner compares this trial's epochs, read from the storage, with the other
+            # trials': judge only once they have landed there.
+            return writer.pending() == 0 and trial.should_prune()
 
         failure = None
         try:
             result = train(model, config, s.data, device=s.device, seed=s.seed,
                            on_epoch=on_epoch, checkpoint=checkpoint)
+            report_new_epochs(result)  # a retry whose checkpoint held every epoch trains none
+            _land(writer)
+        except (StorageFault, optuna.exceptions.UpdateFinishedTrialError):
+            # The storage is gone (one line and exit 1, search/run.py), or another process
+            # took this trial for dead and failed it: nothing more to record here.
+            writer.close(timeout=0)
+            raise
         except Diverged as error:
+            _land(writer)
             trial.set_user_attr("diverged", str(error))
             # The curves of the finished epochs are already stored by on_epoch; say how many.
-            trial.set_user_attr("epochs_run", reported)
+            trial.set_user_attr("epochs_run", len(reported))
             self._cleanup(checkpoint)
             raise optuna.TrialPruned(f"diverged: {error}") from None
         except Exception as error:
             # Out of memory (batch 1024 on a small GPU) or any other error: fail this trial
             # with its reason, give the memory back, and let the study go on.
+            _land(writer)
             trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:500])
             # Its traceback holds train()'s frame, so the model, gradients and optimizer
             # state: drop it, and clean up outside this block, or the memory stays taken.
             failure = error.with_traceback(None)
         except KeyboardInterrupt:
-            # Ctrl-C / SIGTERM: the trial ends FAIL and is never retried, so its checkpoint
-            # would only take disk space. (A SIGKILLed worker keeps it for the retry.)
-            self._cleanup(checkpoint)
+            # Ctrl-C / SIGTERM: the trial ends FAIL and is queued again (search/run.py); its
+            # retry resumes from the checkpoint, so it stays.
+            writer.flush(timeout=INTERRUPT_FLUSH_SECONDS)
+            writer.close(timeout=0)
+            self._cleanup(None)
             raise
+        finally:
+            writer.close(timeout=0)
         if failure is not None:
             del model
             self._cleanup(checkpoint)
@@ -138,12 +178,9 @@ class Objective:
         """One checkpoint per original trial, so a retry of a killed trial finds it."""
         if self.s.checkpoint_dir is None:
             return None
-        frozen = trial.study._storage.get_trial(trial._trial_id)  # Trial hides system_attrs
-        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-        root = history[0] if history else trial.number
-        study = "".join(c if c.isalnum() or c in "-_=." else "_" for c in trial.study.study_name)
-        return Checkpoint(Path(self.s.checkpoint_dir) / f"{study}-trial{root}.pt",
-                          every_seconds=0, identity={"config": trial.user_attrs["config"]})
+        path = checkpoint_path(self.s.checkpoint_dir, self.s.study_uid, trial.study,
+                               trial.study._storage.get_trial(trial._trial_id))
+        return Checkpoint(path, every_seconds=0, identity={"study": self.s.study_uid})
 
     @staticmethod
     def _cleanup(checkpoint: Checkpoint | None) -> None:
@@ -152,6 +189,43 @@ class Objective:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _land(writer: TrialWriter) -> None:
+    """Wait until the trial's queued writes are in the storage; the storage's patience bounds
+    the wait (it raises StorageUnavailable past it, through the writer)."""
+    backend = getattr(writer.storage, "_backend", writer.storage)
+    patience = getattr(backend, "patience", DEFAULT_PATIENCE_SECONDS)
+    if not writer.flush(timeout=patience + LAND_MARGIN_SECONDS):
+        raise StorageUnavailable(f"storage {getattr(backend, 'display_name', '')} did not take "
+                                 f"the trial's writes within {patience:g} s")
+
+
+def checkpoint_path(folder: Path, study_uid: str, study: optuna.Study,
+                    frozen: optuna.trial.FrozenTrial) -> Path:
+    """<folder>/<study uid>-trial<id of the first try>.pt: the study's unique id (made with the
+    study) keeps a new study in a new file from ever loading an old study's checkpoint."""
+    history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    first = (study._storage.get_trial_id_from_study_id_trial_number(study._study_id, history[0])
+             if history else frozen._trial_id)
+    return Path(folder) / f"{study_uid}-trial{first}.pt"
+
+
+def sweep_checkpoints(folder: Path | None, study_uid: str, study: optuna.Study) -> int:
+    """Remove the study's checkpoints that no queued or running retry will read again
+    (a try interrupted for the last time, a worker killed on its last try)."""
+    if folder is None or not Path(folder).is_dir():
+        return 0
+    live = {checkpoint_path(folder, study_uid, study, t).name
+            for t in study.get_trials(deepcopy=False,
+                                      states=(optuna.trial.TrialState.RUNNING,
+                                              optuna.trial.TrialState.WAITING))}
+    removed = 0
+    for path in Path(folder).glob(f"{study_uid}-trial*.pt*"):   # .pt, .pt.best<N>, .partial
+        if path.name[:path.name.rindex(".pt") + 3] not in live:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _jsonable(values: dict) -> dict:

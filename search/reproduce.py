@@ -3,10 +3,12 @@
     (1) MLP activation grid        (2) ResNet18 Adam learning-rate grid
     (3) MLP-Mixer patch-size grid  (4) ResNet18 search        (5) MLP-Mixer search
 
-The studies carry the same names as the single commands (`optuna-search mlp --grid
-activation=relu,sigmoid,tanh` writes `mlp-grid-activation`), so either way fills the same
-study. The data is loaded once for all five. Rerunning resumes: finished grid points and
-trials are not run again. Then reports.reproduction writes REPORT.md, figures/, report.html.
+With `--budget full` the studies carry the same names as the single commands
+(`optuna-search mlp --grid activation=relu,sigmoid,tanh` writes `mlp-grid-activation`), so
+either way fills the same study. Another budget gets names of its own (`mlp-grid-activation-
+small`): a study never mixes two budgets. The data is loaded once for all five. Rerunning
+resumes: finished grid points and trials are not run again. Then reports.reproduction writes
+REPORT.md, figures/, report.html.
 """
 from __future__ import annotations
 
@@ -14,10 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from optuna.trial import TrialState
-
-from search.data import make_dataset
-from search.study import SearchSettings, open_study, run_search
+from search.launch import run_search
+from search.run import load_data
+from search.settings import RunSettings, StudySpec
 from storage import DEFAULT_STORAGE
 
 
@@ -71,44 +72,40 @@ class ReproduceSettings:
         return values
 
 
-def search_settings(experiment: Experiment, settings: ReproduceSettings) -> SearchSettings:
+IDENTITY_KEYS = ("epochs", "train_subset", "test_subset", "val_size")  # trials: the target
+
+
+def budget_suffix(budget: dict) -> str:
+    """'' for the report's own budget, '-small' for the small one, else what differs."""
+    if all(budget[k] == BUDGETS["full"][k] for k in IDENTITY_KEYS):
+        return ""
+    if all(budget[k] == BUDGETS["small"][k] for k in IDENTITY_KEYS):
+        return "-small"
+    return "-" + "-".join(f"{k.replace('_subset', '')}{budget[k] or 'all'}"
+                          for k in IDENTITY_KEYS)
+
+
+def search_settings(experiment: Experiment, settings: ReproduceSettings) -> RunSettings:
     budget = settings.resolved()
-    return SearchSettings(
-        model=experiment.model, trials=None if experiment.grid else budget["trials"],
-        storage=settings.storage, epochs=budget["epochs"], data=settings.data,
-        data_dir=settings.data_dir, train_subset=budget["train_subset"],
-        test_subset=budget["test_subset"], val_size=budget["val_size"],
-        device=settings.device, seed=settings.seed, fixed=dict(experiment.fixed),
-        grid=experiment.grid)
-
-
-def trials_left(search: SearchSettings) -> int:
-    """A search's trials not yet finished (complete or pruned); grids count themselves."""
-    if search.grid:
-        return 1  # run_search runs exactly the grid points that are not done
-    study = open_study(search)
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return max(0, search.trials - len(done))
+    spec = StudySpec(model=experiment.model, fixed=dict(experiment.fixed),
+                     grid=experiment.grid, epochs=budget["epochs"], data=settings.data,
+                     train_subset=budget["train_subset"], test_subset=budget["test_subset"],
+                     val_size=budget["val_size"], seed=settings.seed)
+    return RunSettings(spec=spec, storage=settings.storage,
+                       study=spec.default_study_name() + budget_suffix(budget),
+                       trials=None if experiment.grid else budget["trials"],
+                       data_dir=settings.data_dir, device=settings.device)
 
 
 def run_reproduction(settings: ReproduceSettings, out=None) -> int:
     """Run what is missing of the five studies, then write the report; 0, or 130 on Ctrl-C."""
     from reports.reproduction import write_reproduction
     out = sys.stdout if out is None else out
-    budget = settings.resolved()
-    data = make_dataset(settings.data, settings.data_dir, seed=settings.seed,
-                        val_size=budget["val_size"], train_subset=budget["train_subset"],
-                        test_subset=budget["test_subset"])
+    data = load_data(search_settings(EXPERIMENTS[0], settings))  # one split serves all five
     for experiment in EXPERIMENTS:
         search = search_settings(experiment, settings)
         print(f"== experiment {experiment.number}: {experiment.title} "
               f"(study {search.study_name!r})", file=out, flush=True)
-        left = trials_left(search)
-        if left == 0:
-            print(f"all {search.trials} trials already finished", file=out)
-            continue
-        if not search.grid:
-            search.trials = left
         status = run_search(search, out=out, data=data)
         if status != 0:
             return status

@@ -1,265 +1,223 @@
-"""Open or create a study (sampler + pruner recorded) and run its trials in this process.
+"""Open or create a study; everything that decides what runs next is written into it.
 
-A study remembers the model, space, --set values and grid it was made with (user_attrs), and
-refuses to resume with others: mixing spaces in one study would mislead its sampler.
+- its spec (search/settings.py: model, space, --set values, grid, epochs, data options, seed,
+  sampler, pruner), in one write; a run asking for another spec is refused, naming each
+  difference; a study interrupted while being made is completed by the next run;
+- its trial target (`--trials`), counted in the storage by search/run.py;
+- its grid points, queued once as WAITING trials that any process can take;
+- a run counter: each process that opens it is a new run, with its own sampler seed.
+All of it under the study's lock (storage/lock.py), so simultaneous launchers agree.
+This module opens studies; search/run.py runs them.
 """
 from __future__ import annotations
 
-import logging
-import math
-import sys
+import hashlib
+import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from search.data import make_dataset
-from search.interrupts import Interrupts, fail_if_running, hide_interrupt_traceback
-from search.objective import Objective, ObjectiveSettings, _jsonable
-from search.progress import print_summary, print_trial
-from search.trainer import pick_device
+from search.errors import StudyMismatch
+from search.settings import DEFAULT_TRIALS, RunSettings, StudySpec
 from spaces import get_space
-from storage import DEFAULT_STORAGE, artifact_dir, artifact_store, open_storage, redact
+from storage import open_storage, redact, study_lock
 
-
-class StudyMismatch(ValueError):
-    """The named study exists but was made for another model or space."""
+SPEC_ATTR = "optuna_search"     # the StudySpec and the sampler/pruner settings, one write
+TARGET_ATTR = "target_trials"   # finished trials the study should end with
+RUNS_ATTR = "runs"              # how many processes have opened it to run trials
+METRIC_NAME = "val_acc"         # the objective's name in Optuna's figures and the dashboard
+MAX_TRIES = 3                   # a grid point's tries in all (search/run.py queues retries)
 
 
 @dataclass
-class SearchSettings:
-    model: str
-    trials: int | None = None          # None with --grid: every grid point not yet done
-    storage: str = DEFAULT_STORAGE
-    study: str | None = None
-    epochs: int = 30
-    data: str = "cifar10"
-    data_dir: str = "data"
-    train_subset: int | None = None
-    test_subset: int | None = None
-    val_size: int = 5000
-    device: str = "auto"
-    seed: int = 0
-    sampler: str = "tpe"
-    pruner: str = "median"
-    space: str = "report"
-    fixed: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list] | None = None
-    timeout: float | None = None
-    enqueue_report: bool = False
-    workers: int = 1
-
-    @property
-    def study_name(self) -> str:
-        return self.study or default_study_name(self.model, self.fixed, self.grid)
+class OpenStudy:
+    study: optuna.Study
+    uid: str                 # made with the study: keys its checkpoints
+    run: int | None          # this process's run number; None when it runs no trials
+    sampler_seed: int | None
 
 
-def default_study_name(model: str, fixed: dict, grid: dict | None) -> str:
-    """resnet18; a grid gets its own: resnet18-optimizer=adam-grid-lr."""
-    if not grid:
-        return model
-    parts = [model, *(f"{k}={v}" for k, v in sorted(fixed.items()) if k != "epochs"),
-             "grid-" + "-".join(sorted(grid))]
-    return "-".join(parts)
+def make_sampler(spec: StudySpec, seed: int):
+    """The sampler and the settings recorded with the study, so studies stay comparable.
 
-
-def make_sampler(settings: SearchSettings):
-    """The sampler and the settings recorded with the study, so studies stay comparable."""
-    seed = settings.seed
-    if settings.grid:
-        return optuna.samplers.GridSampler(settings.grid, seed=seed), {"name": "grid", "seed": seed}
-    if settings.sampler == "tpe":
+    A grid study's trials are all queued points with fixed parameters: its sampler never draws.
+    """
+    if spec.grid:
+        return optuna.samplers.RandomSampler(seed=seed), {"name": "grid"}
+    if spec.sampler == "tpe":
         pinned = dict(n_startup_trials=10, n_ei_candidates=24, multivariate=True,
                       constant_liar=True, group=False)
-        return (optuna.samplers.TPESampler(seed=seed, **pinned),
-                {"name": "tpe", "seed": seed, **pinned})
-    if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed), {"name": "random", "seed": seed}
-    if settings.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed), {"name": "gp", "seed": seed}
-    raise ValueError(f"unknown sampler {settings.sampler!r}")
+        return optuna.samplers.TPESampler(seed=seed, **pinned), {"name": "tpe", **pinned}
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed), {"name": "random"}
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed), {"name": "gp"}
+    raise ValueError(f"unknown sampler {spec.sampler!r}")
 
 
-def make_pruner(settings: SearchSettings):
-    epochs = settings.fixed.get("epochs", settings.epochs)
-    if settings.pruner == "median":
+def make_pruner(spec: StudySpec):
+    epochs = spec.epochs
+    if spec.pruner == "median":
         # Warm-up: the first epochs of any run are noisy; judge a trial from epoch ~epochs/5.
         pinned = dict(n_startup_trials=5, n_warmup_steps=max(1, min(5, epochs // 5)),
                       interval_steps=1)
         return optuna.pruners.MedianPruner(**pinned), {"name": "median", **pinned}
-    if settings.pruner == "hyperband":
+    if spec.pruner == "hyperband":
         pinned = dict(min_resource=1, max_resource=epochs, reduction_factor=3)
         return optuna.pruners.HyperbandPruner(**pinned), {"name": "hyperband", **pinned}
-    if settings.pruner == "none":
+    if spec.pruner == "none":
         return optuna.pruners.NopPruner(), {"name": "none"}
-    raise ValueError(f"unknown pruner {settings.pruner!r}")
+    raise ValueError(f"unknown pruner {spec.pruner!r}")
 
 
-def identity(settings: SearchSettings) -> dict[str, Any]:
-    """What a study is made of; resuming must ask for the same."""
-    return {"model": settings.model, "space": settings.space,
-            "fixed": _jsonable({k: v for k, v in settings.fixed.items() if k != "epochs"}),
-            "grid": settings.grid or None}
+def run_seed(study_seed: int, run: int) -> int:
+    """The sampler seed of run number `run`: its own, so no run replays another's random
+    phase, and the same for the same run, so one run stays reproducible."""
+    digest = hashlib.sha256(f"optuna-search:{study_seed}:{run}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
-def open_study(settings: SearchSettings, storage=None) -> optuna.Study:
-    storage = storage or open_storage(settings.storage)
-    sampler, sampler_attrs = make_sampler(settings)
-    pruner, pruner_attrs = make_pruner(settings)
-    study = optuna.create_study(storage=storage, study_name=settings.study_name,
-                                sampler=sampler, pruner=pruner, direction="maximize",
-                                load_if_exists=True)
-    wanted = identity(settings)
-    if "model" not in study.user_attrs:
-        # epochs and data_options let `optuna-search worker` join with the same run settings
-        data_options = {"train_subset": settings.train_subset,
-                        "test_subset": settings.test_subset, "val_size": settings.val_size}
-        for key, value in {**wanted, "sampler": sampler_attrs, "pruner": pruner_attrs,
-                           "seed": settings.seed, "data": settings.data,
-                           "epochs": settings.fixed.get("epochs", settings.epochs),
-                           "data_options": data_options}.items():
-            study.set_user_attr(key, value)
-    else:
-        have = {k: study.user_attrs.get(k) for k in wanted}
-        if have != wanted:
-            raise StudyMismatch(
-                f"study {settings.study_name!r} was made with {_describe(have)}, not "
-                f"{_describe(wanted)}; pick another name with --study")
-    return study
+def recorded_spec(study: optuna.Study) -> StudySpec | None:
+    record = study.user_attrs.get(SPEC_ATTR)
+    return StudySpec.from_json(record["spec"]) if record else None
 
 
-def _describe(ident: dict) -> str:
-    text = f"model={ident['model']} space={ident['space']}"
-    if ident["fixed"]:
-        text += " set " + ",".join(f"{k}={v}" for k, v in ident["fixed"].items())
-    if ident["grid"]:
-        text += " grid " + ";".join(f"{k}={v}" for k, v in ident["grid"].items())
-    return text
+def open_study(settings: RunSettings, storage=None, new_run: bool = True) -> OpenStudy:
+    """Create (or load) the study and bring it to this run's settings, under its lock.
 
-
-def remaining_grid_points(study: optuna.Study, grid: dict[str, list]) -> int:
-    """Grid points with no COMPLETE or PRUNED trial yet (failed ones run again)."""
-    done = {tuple(t.params.get(k) for k in sorted(grid))
-            for t in study.get_trials(deepcopy=False,
-                                      states=(TrialState.COMPLETE, TrialState.PRUNED))}
-    return math.prod(len(v) for v in grid.values()) - len(done)
-
-
-def requeue_failed_grid_points(study: optuna.Study, grid: dict[str, list]) -> int:
-    """Queue again each grid point whose trials all failed (out of memory, Ctrl-C).
-
-    GridSampler counts a failed trial as visited: left alone, it would re-run a random point,
-    maybe a finished one, and never the failed one. A WAITING copy with the failed trial's
-    params and grid id runs exactly that point.
+    `new_run`: this process will run trials: count the run and seed its sampler with it.
+    Raises StudyMismatch (exit 2) for another spec, or a missing study when joining.
     """
-    def point(trial):
-        return tuple(trial.params.get(k) for k in sorted(grid))
+    storage = storage or open_storage(settings.storage, patience=settings.storage_patience)
+    name, spec = settings.study_name, settings.spec
+    with study_lock(storage, settings.storage, name):
+        study = _create_or_load(storage, settings)
+        record = study.user_attrs.get(SPEC_ATTR)
+        if record is None:
+            if "model" in study.user_attrs:  # made by an optuna-search before specs
+                raise StudyMismatch(f"study {name!r} was made by an older optuna-search; "
+                                    "pick another name with --study")
+            # New, or interrupted while being made: this write completes it.
+            _, sampler = make_sampler(spec, spec.seed)
+            _, pruner = make_pruner(spec)
+            study.set_user_attr(SPEC_ATTR, {"spec": spec.as_json(), "sampler": sampler,
+                                            "pruner": pruner, "uid": uuid.uuid4().hex[:12]})
+        else:
+            differences = spec.differences(StudySpec.from_json(record["spec"]))
+            if differences:
+                raise StudyMismatch(
+                    f"study {name!r} in {redact(settings.storage)} was made with other "
+                    f"settings: {'; '.join(differences)}; resume it with its own settings, "
+                    "or start another with --study NEW-NAME")
+        if study.metric_names != [METRIC_NAME]:
+            with warnings.catch_warnings():  # experimental in Optuna 5, and what we need
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([METRIC_NAME])
+        if spec.grid:
+            queue_grid_points(study, spec)
+        else:
+            _set_target(study, settings.trials)
+            if settings.enqueue_report:
+                enqueue_published(study, spec)
+        run = seed = None
+        if new_run:
+            run = study.user_attrs.get(RUNS_ATTR, 0) + 1
+            study.set_user_attr(RUNS_ATTR, run)
+            seed = run_seed(spec.seed, run)
+    study.sampler = make_sampler(spec, spec.seed if seed is None else seed)[0]
+    study.pruner = make_pruner(spec)[0]
+    return OpenStudy(study, study.user_attrs[SPEC_ATTR]["uid"], run, seed)
 
-    trials = study.get_trials(deepcopy=False)
-    settled = {point(t) for t in trials if t.state != TrialState.FAIL}
-    requeued = 0
-    for trial in trials:
-        if trial.state != TrialState.FAIL or point(trial) in settled \
-                or "grid_id" not in trial.system_attrs:
-            continue
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            system_attrs={k: trial.system_attrs[k] for k in ("grid_id", "search_space")}))
-        settled.add(point(trial))
-        requeued += 1
-    return requeued
+
+def _create_or_load(storage, settings: RunSettings) -> optuna.Study:
+    name = settings.study_name
+    if settings.join:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            raise StudyMismatch(f"no study {name!r} in {redact(settings.storage)}; make it "
+                                f"with optuna-search MODEL --study {name}") from None
+        if SPEC_ATTR not in study.user_attrs:
+            raise StudyMismatch(f"study {name!r} records no optuna-search settings (not made "
+                                "by optuna-search, or interrupted while being made: run the "
+                                "command that makes it again)")
+        return study
+    return optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                               load_if_exists=True)
 
 
-def enqueue_published(study: optuna.Study, settings: SearchSettings) -> int:
+def load_spec(storage_url: str, study_name: str) -> StudySpec:
+    """The spec a study was made with, for `optuna-search worker` (which never makes one)."""
+    storage = open_storage(storage_url, readonly=True)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise StudyMismatch(f"no study {study_name!r} in {redact(storage_url)}; make it with "
+                            f"optuna-search MODEL --study {study_name}") from None
+    spec = recorded_spec(study)
+    if spec is None:
+        raise StudyMismatch(f"study {study_name!r} records no optuna-search settings (not made "
+                            "by optuna-search, or interrupted while being made: run the "
+                            "command that makes it again)")
+    return spec
+
+
+def _set_target(study: optuna.Study, trials: int | None) -> None:
+    """--trials N is the study's target; without it the study keeps its own (new: 30)."""
+    current = study.user_attrs.get(TARGET_ATTR)
+    wanted = trials if trials is not None else (current or DEFAULT_TRIALS)
+    if wanted != current:
+        study.set_user_attr(TARGET_ATTR, wanted)
+
+
+def _point(trial: optuna.trial.FrozenTrial, names) -> tuple:
+    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    return tuple(params.get(name) for name in names)
+
+
+def _grid_tally(study: optuna.Study, names: list[str]) -> tuple[set, dict]:
+    """The grid points with a trial that is not FAIL, and each point's number of FAILs."""
+    settled, failures = set(), {}
+    for trial in study.get_trials(deepcopy=False):
+        point = _point(trial, names)
+        if trial.state == TrialState.FAIL:
+            failures[point] = failures.get(point, 0) + 1
+        else:
+            settled.add(point)
+    return settled, failures
+
+
+def queue_grid_points(study: optuna.Study, spec: StudySpec) -> int:
+    """Queue each grid point that has no trial yet (or whose trials all failed, with tries
+    left), once: the study is the one list of what remains. Returns how many were queued."""
+    names = list(spec.grid)
+    settled, failures = _grid_tally(study, names)
+    queued = 0
+    for point in spec.grid_points:
+        key = tuple(point[name] for name in names)
+        if key not in settled and failures.get(key, 0) < MAX_TRIES:
+            study.enqueue_trial(point)
+            queued += 1
+    return queued
+
+
+def enqueue_published(study: optuna.Study, spec: StudySpec) -> int:
     """Enqueue the report's top configurations that fit this space, once per study."""
-    rows = get_space(settings.model).enqueue_params(settings.space)
+    rows = get_space(spec.model).enqueue_params(spec.space)
     # A row that contradicts a --set value is another configuration, not a warm start.
-    rows = [{k: v for k, v in r.items() if k not in settings.fixed} for r in rows
-            if all(r.get(k, v) == v for k, v in settings.fixed.items())]
+    rows = [{k: v for k, v in r.items() if k not in spec.fixed} for r in rows
+            if all(r.get(k, v) == v for k, v in spec.fixed.items())]
     for row in rows:
         study.enqueue_trial(row, skip_if_exists=True)
     return len(rows)
 
 
-def make_objective(settings: SearchSettings, data, device) -> Objective:
-    """The objective of one process: data already on `device`, artifacts beside the storage."""
-    return Objective(ObjectiveSettings(
-        model=settings.model, space=get_space(settings.model), data=data, device=device,
-        seed=settings.seed, epochs=settings.fixed.get("epochs", settings.epochs),
-        fixed=settings.fixed, grid=settings.grid, space_kind=settings.space,
-        artifact_store=artifact_store(settings.storage),
-        checkpoint_dir=artifact_dir(settings.storage) / "checkpoints"))
-
-
-def run_search(settings: SearchSettings, out=None, data=None) -> int:
-    """Load the data once, open the study, run the trials; 0 on success, 130 on Ctrl-C.
-
-    `data` (a search.data.Dataset) skips the load: `reproduce` loads once for five studies.
-    With settings.workers > 1, worker processes run the trials (search.workers).
-    """
-    if settings.workers > 1:
-        from search.workers import run_workers
-        return run_workers(settings, out=out)
-    out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
-    logging.getLogger("optuna.study._optimize").addFilter(hide_interrupt_traceback)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if data is None:
-        data = make_dataset(settings.data, settings.data_dir, seed=settings.seed,
-                            val_size=settings.val_size, train_subset=settings.train_subset,
-                            test_subset=settings.test_subset)
-    device = pick_device(settings.device)
-    data = data.to(device)
-    study = open_study(settings)
-    print(f"study {settings.study_name!r} in {redact(settings.storage)}: "
-          f"{len(study.trials)} trials so far; data {data.describe()}; device {device}",
-          file=out, flush=True)
-    n_trials = settings.trials
-    if settings.grid:
-        left = remaining_grid_points(study, settings.grid)
-        n_trials = left if n_trials is None else min(n_trials, left)
-        if n_trials == 0:
-            print("every grid point is already done; nothing to run", file=out)
-            return print_summary(study, settings, out)
-        if requeue_failed_grid_points(study, settings.grid):
-            print("failed grid points are queued to run again", file=out)
-    if settings.enqueue_report:
-        print(f"enqueued {enqueue_published(study, settings)} of the report's published "
-              "configurations", file=out)
-
-    objective = make_objective(settings, data, device)
-    interrupts = Interrupts(study)
-    try:
-        with interrupts.installed():
-            study.optimize(interrupts.guard(objective), n_trials=n_trials,
-                           timeout=settings.timeout, catch=(Exception,),
-                           show_progress_bar=out is sys.stdout,
-                           callbacks=[lambda st, t: print_trial(st, t, out)])
-    except KeyboardInterrupt:
-        interrupts.requested = True
-    if interrupts.requested:
-        fail_if_running(study, interrupts.trial_ids)
-        print(f"interrupted; the unfinished trial is marked FAIL and nothing is left "
-              f"RUNNING. Resume with the same command (study {settings.study_name!r} in "
-              f"{redact(settings.storage)}).", file=sys.stderr)
-        return 130
-    return print_summary(study, settings, out)
-
-
-def list_studies(storage_url: str):
-    """One row per study: name, model, trials per state, best validation accuracy."""
-    import pandas as pd
-    storage = open_storage(storage_url, heartbeat=False)
-    rows = []
-    for name in optuna.get_all_study_names(storage=storage):
-        study = optuna.load_study(study_name=name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
-        complete = [t.value for t in trials if t.state == TrialState.COMPLETE]
-        row = {"study": name, "model": study.user_attrs.get("model", "?")}
-        for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"):
-            row[state.lower()] = sum(t.state.name == state for t in trials)
-        row["best_val_acc"] = round(max(complete), 4) if complete else None
-        rows.append(row)
-    return pd.DataFrame(rows)
+def grid_failures(study: optuna.Study, spec: StudySpec) -> list[dict[str, Any]]:
+    """Grid points that used up their tries without finishing: reported to the user."""
+    names = list(spec.grid or {})
+    settled, failures = _grid_tally(study, names)
+    return [dict(zip(names, key)) for key, n in failures.items()
+            if key not in settled and n >= MAX_TRIES]

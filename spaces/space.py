@@ -126,4 +126,23 @@ def _suggest_one(trial, name: str, options: tuple, kind: str):
         return trial.suggest_float(name, *_wide_range(name, options), log=True)
     if kind == "wide" and name in _UNIFORM:
         return trial.suggest_float(name, *_wide_range(name, options))
-    return trial.suggest_categorical(name, list(options))
+    return trial.suggest_categorical(name, _choices(trial, name, options))
+
+
+def _choices(trial, name: str, options: tuple) -> list:
+    """Numeric choices in ascending order, unless the trial's study recorded another order.
+
+    optuna-dashboard's slice and parallel-coordinate plots place a categorical choice at its
+    index, so ascending choices draw ascending axes. Optuna refuses the same choices in
+    another order within one study ("does not support dynamic value space"), so a study
+    begun before the choices were sorted keeps the order it recorded.
+    """
+    numeric = all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in options)
+    choices = sorted(options) if numeric else list(options)
+    study = getattr(trial, "study", None)  # a FixedTrial has none
+    for past in study.get_trials(deepcopy=False) if study is not None else ():
+        if name in past.distributions:
+            recorded = list(getattr(past.distributions[name], "choices", ()))
+            same = sorted(map(repr, recorded)) == sorted(map(repr, choices))
+            return recorded if same else choices
+    return choices

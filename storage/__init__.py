@@ -1,7 +1,15 @@
-"""Storage URL -> Optuna storage (SQLite by default, a journal file, PostgreSQL), with heartbeat
-and retry of trials whose worker died, and the artifact store that lives beside it."""
-from storage.open import (DEFAULT_STORAGE, StorageError, artifact_dir, artifact_store,
-                          check_url, open_storage, redact, sqlalchemy_url)
+"""Storage URL -> Optuna storage (SQLite by default, a journal file, PostgreSQL) that rides out
+outages of its database, with heartbeat and retry of trials whose worker died, the artifact
+store that lives beside it, a background writer for a running trial, and the lock that
+serialises the decisions about what runs next."""
+from storage.faults import StorageFailure, StorageFault, StorageUnavailable
+from storage.lock import study_lock
+from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, StorageError, artifact_dir,
+                          artifact_store, check_url, check_writable, open_storage, redact,
+                          sqlalchemy_url)
+from storage.writer import TrialWriter
 
-__all__ = ["DEFAULT_STORAGE", "StorageError", "artifact_dir", "artifact_store", "check_url",
-           "open_storage", "redact", "sqlalchemy_url"]
+__all__ = ["DEFAULT_PATIENCE_SECONDS", "DEFAULT_STORAGE", "StorageError", "StorageFailure",
+           "StorageFault", "StorageUnavailable", "TrialWriter", "artifact_dir", "artifact_store",
+           "check_url", "check_writable", "open_storage", "redact", "sqlalchemy_url",
+           "study_lock"]

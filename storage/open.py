@@ -1,12 +1,14 @@
 """Open the storage a URL names, after checking it, and find the artifact store beside it.
 
-- sqlite:///path.db (the default, ./optuna-search.db): an RDBStorage in WAL mode whose every
-  transaction starts with BEGIN IMMEDIATE and waits up to a minute for the write lock, so
-  several worker processes never fail "database is locked" and never take the same trial;
+- sqlite:///path.db (the default, ./optuna-search.db): an RDBStorage in WAL mode whose writers
+  start every transaction with BEGIN IMMEDIATE and wait up to a minute for the write lock, so
+  several worker processes never fail "database is locked" and never take the same trial
+  (storage/sqlite.py);
 - journal:///path.log (or a path ending in .log / .jsonl): Optuna's JournalStorage on a file,
   for several processes on one machine without a database;
 - postgresql://user:pass@host/db: an RDBStorage for studies shared by many machines.
-RDB storages run Optuna's heartbeat: a trial whose worker died is marked FAIL and retried
+RDB storages ride out outages of their database (storage/resilient.py) and run Optuna's
+heartbeat: a trial whose worker died is marked FAIL and retried
 (RetryHeartbeatStaleTrialCallback) with its intermediate values.
 """
 from __future__ import annotations
@@ -24,6 +26,11 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
+from storage.faults import (MIN_FREE_BYTES, PERMANENT, StorageFailure, StorageFault,
+                            classify)
+from storage.resilient import ResilientStorage
+from storage.sqlite import SQLiteSettings
+
 DEFAULT_STORAGE = "sqlite:///optuna-search.db"
 # A running trial writes a heartbeat every HEARTBEAT seconds; one silent for GRACE seconds is
 # taken for dead (FAIL) and retried. Read at each open, so tests and spawned workers can
@@ -33,7 +40,7 @@ GRACE_SECONDS = 90
 MAX_RETRY = 3
 SQLITE_BUSY_SECONDS = 60      # how long a writer waits for the lock before giving up
 PG_CONNECT_SECONDS = 5
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+DEFAULT_PATIENCE_SECONDS = 120.0  # how long a call waits out an outage of the storage
 _OPTUNA_TABLES = {"studies", "trials", "version_info"}
 
 
@@ -106,15 +113,23 @@ def _check_existing_file(kind: str, path: Path) -> None:
         except (ValueError, TypeError):
             raise StorageError(f"{path} is not an Optuna journal file") from None
         return
-    with open(path, "rb") as handle:
-        if handle.read(16) != _SQLITE_MAGIC:
-            raise StorageError(f"{path} is not an SQLite file, so not an Optuna storage")
+    # Only through SQLite itself, never a plain open(): SQLite's locks are POSIX locks, which a
+    # process drops on ALL its descriptors of a file when it closes any one of them. A process
+    # that already holds a storage on this file (a worker opening its study again, the
+    # dashboard beside a search) would lose its locks; another process closing its last
+    # connection would then take itself for the last user and delete the WAL under it
+    # ("disk I/O error"). SQLite defers closing a file whose locks other connections hold.
     try:  # read-only: checking must not write (not even a journal) into someone else's file
-        with sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True) as connection:
+        connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+        try:
             tables = {row[0] for row in connection.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        connection.close()
+        finally:
+            connection.close()
     except sqlite3.DatabaseError as error:
+        if "not a database" in str(error):
+            raise StorageError(f"{path} is not an SQLite file, so not an Optuna storage") \
+                from None
         raise StorageError(f"{path} is not a readable SQLite file ({error})") from None
     # Only some of Optuna's tables is fine: another process may be making them right now.
     if tables and not tables & _OPTUNA_TABLES:
@@ -123,14 +138,21 @@ def _check_existing_file(kind: str, path: Path) -> None:
                            "Optuna storage; name another file with --storage")
 
 
-def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True):
-    """The Optuna storage for `url` (checked first). Creates the SQLite/journal file."""
+def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True, readonly: bool = False,
+                 patience: float = DEFAULT_PATIENCE_SECONDS):
+    """The Optuna storage for `url` (checked first). Creates the SQLite/journal file.
+
+    An SQL storage is a ResilientStorage (storage/resilient.py): each call rides out an outage
+    of up to `patience` seconds, then raises StorageUnavailable; a full disk, read-only file
+    system, denied permission or corrupt file raises StorageFailure at once.
+    readonly: for commands that only look (dashboard, report, studies): SQLite readers take no
+    write lock, and there is no heartbeat (a reader never fails another process's trials)."""
     kind = check_url(url)
     if kind == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         return JournalStorage(JournalFileBackend(str(_local_path(url))))
     heartbeat_kwargs = {}
-    if heartbeat:
+    if heartbeat and not readonly:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
                                 message=".*(RetryHeartbeatStaleTrialCallback|heartbeat)")
         heartbeat_kwargs = dict(
@@ -138,20 +160,57 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True):
             grace_period=_env_seconds("OPTUNA_SEARCH_GRACE", GRACE_SECONDS),
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=MAX_RETRY, inherit_intermediate_values=True))
+    sqlite, path = None, None
     if kind == "sqlite":
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
+        path = _local_path(url).resolve()
+        sqlite = SQLiteSettings(path, readonly=readonly, busy_seconds=SQLITE_BUSY_SECONDS)
+        connect_args = {"timeout": SQLITE_BUSY_SECONDS}
     else:
-        engine_kwargs = {"connect_args": {"connect_timeout": PG_CONNECT_SECONDS},
-                         "pool_pre_ping": True}
+        # TCP keepalives: a connection whose server vanished without closing it (a machine
+        # lost, a network cut) is found dead in ~25 s instead of TCP's ~15 minutes.
+        connect_args = {"connect_timeout": PG_CONNECT_SECONDS, "keepalives": 1,
+                        "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
     try:
-        storage = optuna.storages.RDBStorage(sqlalchemy_url(url), engine_kwargs=engine_kwargs,
-                                             **heartbeat_kwargs)
+        return ResilientStorage(
+            sqlalchemy_url(url), name=str(path) if path else redact(url), patience=patience,
+            sqlite=sqlite, engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
+            **heartbeat_kwargs)
+    except StorageFault:
+        raise
     except Exception as error:
+        fault = classify(error, path)
+        if fault is not None and fault[0] == PERMANENT:
+            raise StorageFailure(f"storage {path or redact(url)}: {fault[1]}") from error
         raise StorageError(f"could not open storage {redact(url)!r}: "
                            f"{redact(str(error).splitlines()[0][:200])}") from None
-    if kind == "sqlite":
-        _serialize_sqlite_writers(storage.engine)
-    return storage
+
+
+def check_writable(url: str) -> None:
+    """Before the first trial: the storage file's folder and the artifact folder can be written
+    and have room. Raises StorageError (exit 2); creates nothing.
+
+    A PostgreSQL server's disk is the server's business: only the artifact folder is checked."""
+    folders = [artifact_dir(url)]
+    if _kind(url) in ("sqlite", "journal"):
+        path = _local_path(url)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise StorageError(f"storage {path} is not writable (read-only file system or "
+                               "no permission)")
+        folders.insert(0, path.parent)
+    for folder in folders:
+        existing = Path(folder).resolve()
+        while not existing.exists():  # a folder made later is made in its nearest parent
+            existing = existing.parent
+        if not os.access(existing, os.W_OK):
+            raise StorageError(f"{existing} is not writable (read-only file system or no "
+                               "permission)")
+        stats = os.statvfs(existing)
+        if stats.f_flag & os.ST_RDONLY:
+            raise StorageError(f"{existing} is on a read-only file system")
+        free = stats.f_bavail * stats.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise StorageError(f"no space left for the study in {existing} "
+                               f"({free // 1024} KiB free)")
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -177,35 +236,6 @@ def _env_seconds(name: str, default: int) -> int:
         return max(1, int(text)) if text else default
     except ValueError:
         raise StorageError(f"{name}={text!r} is not a whole number of seconds") from None
-
-
-def _serialize_sqlite_writers(engine) -> None:
-    """Make SQLite safe for several worker processes.
-
-    - WAL: readers (the dashboard) never block the writer; it persists in the file.
-    - synchronous=NORMAL: in WAL mode a crash can lose the last commit, never corrupt the file;
-      it saves an fsync per commit (a trial commits ~20 times).
-    - BEGIN IMMEDIATE: Optuna reads a trial's state, then writes it (popping a WAITING trial,
-      failing a stale one). pysqlite runs that read outside any transaction, so two workers
-      could both pop the same trial; and a read transaction that later writes fails at once
-      with "database is locked" when another process wrote in between (busy timeouts do not
-      apply to that upgrade). Taking the write lock at BEGIN makes each transaction atomic
-      and makes every waiter wait (up to SQLITE_BUSY_SECONDS) instead of failing.
-    """
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
-        dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened while Optuna made its tables lack the hooks above
 
 
 def artifact_dir(url: str) -> Path:

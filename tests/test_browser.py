@@ -91,3 +91,60 @@ def test_dashboard_shows_study_trials_and_first_layer_picture(tmp_path, browser)
         print(f"screenshot: {shot}")
     finally:
         server.stop()
+
+
+def test_a_30_trial_curve_figure_leaves_most_of_its_width_to_the_plot(tmp_path, browser,
+                                                                       monkeypatch):
+    """In a dashboard card (~600 px) and a full window, the legend sits below the plot."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from reports.page import write_plots
+    from test_reports import thirty_trial_study  # the fake-study helpers live there
+
+    url = f"sqlite:///{tmp_path / 'thirty.db'}"
+    thirty_trial_study(storage=url, name="thirty")
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-browser"))  # HTML only: faster
+    write_plots(url, "thirty", tmp_path / "figs")
+    for width in (600, 1400):  # pixels: a half-width dashboard card, a full window
+        browser.set_window_size(width, 560)
+        browser.get((tmp_path / "figs" / "curves_val_loss.html").as_uri())
+        WebDriverWait(browser, WAIT_SECONDS).until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, ".nsewdrag"))
+        boxes = browser.execute_script("""
+            const box = s => document.querySelector(s).getBoundingClientRect();
+            return {figure: box('.main-svg'), plot: box('.draglayer .nsewdrag'),  // the plot area
+                    legend: box('g.legend'),
+                    traces: document.querySelectorAll('g.scatterlayer g.trace').length};""")
+        share = boxes["plot"]["width"] / boxes["figure"]["width"]
+        assert share >= 0.6, (width, boxes)
+        assert boxes["figure"]["width"] >= 0.9 * width - 40, boxes   # it fills the window
+        assert boxes["legend"]["top"] >= boxes["plot"]["bottom"], boxes  # below, not beside
+        assert boxes["traces"] >= 30, boxes
+        print(f"{width} px window: plot area {share:.0%} of the figure's width")
+
+
+def test_dashboard_names_the_objective_and_shows_the_figures_in_reading_order(tmp_path,
+                                                                              browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from reports.dashboard_figures import register_dashboard_figures
+    from test_reports import thirty_trial_study
+
+    storage = f"sqlite:///{tmp_path / 'named.db'}"
+    study = thirty_trial_study(storage=storage, name="named")
+    ids = register_dashboard_figures(study)
+    server = DashboardServer(dashboard_app(storage), "127.0.0.1", 0).start()
+    try:
+        browser.set_window_size(1400, 2400)
+        browser.get(f"{server.url}/studies/{study._study_id}")
+        wait = WebDriverWait(browser, WAIT_SECONDS)
+        plots = lambda b: [e.get_attribute("id") for e in b.find_elements(  # noqa: E731
+            By.CSS_SELECTOR, "[id^='user-defined-plot:']")]
+        wait.until(lambda b: len(plots(b)) == len(ids))
+        assert plots(browser) == [f"user-defined-plot:{i}" for i in ids]  # in reading order
+        wait.until(lambda b: "val_acc" in b.find_element(By.TAG_NAME, "body").text)
+        assert "Objective 0" not in browser.find_element(By.TAG_NAME, "body").text
+    finally:
+        server.stop()

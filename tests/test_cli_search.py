@@ -19,16 +19,18 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import search.commands
 import search.objective
 import search.study
 from search.cli import main
+from search.settings import RunSettings, StudySpec
 from storage import artifact_dir
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds")
 TRIAL_ATTRS = ("config", "parameters", "curves", "epochs_run", "best_epoch", "max_train_acc",
                "max_val_acc", "avg_train_seconds", "avg_val_seconds")
 TEST_ATTRS = ("test_acc", "test_loss", "test_seconds")
-STUDY_ATTRS = ("model", "space", "fixed", "grid", "sampler", "pruner", "seed", "data")
+SPEC_KEYS = ("model", "space", "fixed", "grid", "epochs", "data", "seed", "sampler", "pruner")
 # number, state, val acc, epochs, seconds, then the parameters
 TRIAL_LINE = re.compile(r"^trial +(\d+) (COMPLETE|PRUNED|FAIL) +val_acc=(\S+) epochs=\d+ +"
                         r"[\d.]+s +batch_size=\d+ ")
@@ -70,11 +72,13 @@ def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
     url, folder, code, _ = three_trials
     assert code == 0
     study = load(url, "mlp")
-    assert set(STUDY_ATTRS) <= set(study.user_attrs)
-    assert study.user_attrs["model"] == "mlp" and study.user_attrs["space"] == "report"
-    sampler = study.user_attrs["sampler"]
-    assert sampler["name"] == "tpe" and sampler["seed"] == 0 and "n_startup_trials" in sampler
-    assert study.user_attrs["pruner"]["name"] == "median"
+    record = study.user_attrs["optuna_search"]  # the spec, written once
+    assert set(SPEC_KEYS) <= set(record["spec"])
+    assert record["spec"]["model"] == "mlp" and record["spec"]["space"] == "report"
+    assert record["spec"]["epochs"] == 2 and record["spec"]["seed"] == 0
+    assert record["sampler"]["name"] == "tpe" and "n_startup_trials" in record["sampler"]
+    assert record["pruner"]["name"] == "median"
+    assert study.user_attrs["target_trials"] == 3 and study.metric_names == ["val_acc"]
 
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2]
@@ -127,11 +131,11 @@ def test_studies_on_a_missing_file_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_running_again_adds_trials_to_the_same_study(tmp_path):
+def test_running_again_with_a_larger_target_adds_trials_to_the_same_study(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     assert optuna_search("mlp", url, "--trials", "1")[0] == 0
-    code, out, _ = optuna_search("mlp", url, "--trials", "1")
-    assert code == 0 and "1 trials so far" in out
+    code, out, _ = optuna_search("mlp", url, "--trials", "2")
+    assert code == 0 and "1 of 2 trials finished" in out
     assert optuna.get_all_study_names(storage=url) == ["mlp"]
     assert [t.number for t in load(url, "mlp").trials] == [0, 1]
 
@@ -161,12 +165,12 @@ def test_a_grid_runs_each_point_exactly_once_over_two_invocations(tmp_path):
 ])
 def test_the_reports_three_sweeps_parse(argv, name, fixed, grid, monkeypatch):
     seen = []
-    monkeypatch.setattr(search.study, "run_search", lambda settings: seen.append(settings) or 0)
+    monkeypatch.setattr(search.commands, "run_placed", lambda settings: seen.append(settings) or 0)
     assert run(*argv.split()) == (0, "", "")
     (settings,) = seen
-    assert (settings.study_name, settings.fixed, settings.grid) == (name, fixed, grid)
-    assert settings.trials is None  # every grid point not yet done
-    assert settings.storage == "sqlite:///optuna-search.db" and settings.epochs == 30
+    assert (settings.study_name, settings.spec.fixed, settings.spec.grid) == (name, fixed, grid)
+    assert settings.trials is None  # a grid runs every point not yet done
+    assert settings.storage == "sqlite:///optuna-search.db" and settings.spec.epochs == 30
 
 
 @pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"),
@@ -176,10 +180,10 @@ def test_each_sampler_and_pruner_runs_and_is_recorded(sampler, pruner, tmp_path)
     code, _, _ = optuna_search("mlp", url, "--trials", "1", "--sampler", sampler,
                                "--pruner", pruner, "--seed", "3")
     assert code == 0
+    record = load(url, "mlp").user_attrs["optuna_search"]
     study = load(url, "mlp")
-    assert study.user_attrs["sampler"]["name"] == sampler
-    assert study.user_attrs["sampler"]["seed"] == 3
-    assert study.user_attrs["pruner"]["name"] == pruner
+    assert record["sampler"]["name"] == sampler and record["spec"]["seed"] == 3
+    assert record["pruner"]["name"] == pruner
     assert study.trials[0].state == TrialState.COMPLETE
 
 
@@ -193,7 +197,7 @@ def test_the_wide_space_samples_lr_and_weight_decay_log_uniformly(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     assert optuna_search("mlp", url, "--trials", "1", "--space", "wide")[0] == 0
     study = load(url, "mlp")
-    assert study.user_attrs["space"] == "wide"
+    assert study.user_attrs["optuna_search"]["spec"]["space"] == "wide"
     lr = study.trials[0].distributions["lr"]
     assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
     assert (lr.low, lr.high) == (0.0001, 0.075)
@@ -202,7 +206,8 @@ def test_the_wide_space_samples_lr_and_weight_decay_log_uniformly(tmp_path):
 def test_a_diverging_trial_ends_pruned_and_says_why(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     code, out, _ = optuna_search("mlp", url, "--trials", "1", "--set", "lr=10", "--set",
-                                 "optimizer=sgd", epochs=2)
+                                 "optimizer=sgd", "--set", "activation=relu", "--set",
+                                 "batch_size=64", epochs=2)
     assert code == 0
     trial = load(url, "mlp").trials[0]
     assert trial.state == TrialState.PRUNED
@@ -221,36 +226,54 @@ def test_an_error_in_one_trial_fails_it_and_the_next_run_retries_that_point(
         return real_train(model, config, *args, **kwargs)
 
     url = f"sqlite:///{tmp_path}/s.db"
-    # Three points: with only two, GridSampler's random pick after the grid "ran out" could
-    # hit the failed point by chance; with seed 0 it picks a finished one.
     grid = ("--grid", "batch_size=1024,128,256", "--seed", "0")
     monkeypatch.setattr(search.objective, "train", out_of_memory_at_1024)
-    code, out, _ = optuna_search("mlp", url, *grid)
-    assert code == 0  # the study went on after the failure
+    code, out, err = optuna_search("mlp", url, *grid)
+    assert code == 1  # the study went on after each failure, then said which point failed
     study = load(url, "mlp-grid-batch_size")
-    states = {t.params["batch_size"]: t.state for t in study.trials}
-    assert states == {1024: TrialState.FAIL, 128: TrialState.COMPLETE, 256: TrialState.COMPLETE}
+    tries = [(t.params["batch_size"], t.state) for t in study.trials]
+    assert tries.count((1024, TrialState.FAIL)) == 3        # queued again, 3 tries in all
+    assert {(128, TrialState.COMPLETE), (256, TrialState.COMPLETE)} <= set(tries)
+    assert len(tries) == 5
     failed = next(t for t in study.trials if t.state == TrialState.FAIL)
     assert failed.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
     assert "FAIL" in out and "OutOfMemoryError" in out
+    assert "grid points that failed every try: batch_size=1024" in err
 
-    monkeypatch.setattr(search.objective, "train", real_train)  # the memory is there now:
-    # the failed point runs again, and only it
-    assert optuna_search("mlp", url, *grid)[0] == 0
-    study = load(url, "mlp-grid-batch_size")
-    assert [(t.params["batch_size"], t.state) for t in study.trials[3:]] == [
-        (1024, TrialState.COMPLETE)]
-    assert "nothing to run" in optuna_search("mlp", url, *grid)[1]
+    monkeypatch.setattr(search.objective, "train", real_train)  # the memory is there now,
+    # but the point used its tries: it stays FAIL and is reported, nothing reruns silently
+    code, out, err = optuna_search("mlp", url, *grid)
+    assert code == 1 and "nothing to run" in out and "batch_size=1024" in err
+    assert len(load(url, "mlp-grid-batch_size").trials) == 5
+
+
+def test_a_grid_point_that_fails_once_is_retried_in_the_same_run(tmp_path, monkeypatch):
+    real_train = search.objective.train
+    failures = []
+
+    def out_of_memory_once(model, config, *args, **kwargs):
+        if config.batch_size == 1024 and not failures:
+            failures.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+        return real_train(model, config, *args, **kwargs)
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    monkeypatch.setattr(search.objective, "train", out_of_memory_once)
+    assert optuna_search("mlp", url, "--grid", "batch_size=1024,128")[0] == 0
+    tries = [(t.params["batch_size"], t.state) for t in load(url, "mlp-grid-batch_size").trials]
+    assert sorted(tries) == [(128, TrialState.COMPLETE), (1024, TrialState.COMPLETE),
+                             (1024, TrialState.FAIL)]
 
 
 @pytest.mark.parametrize("other", ["mlpmixer", "mlp --space wide", "mlp --set optimizer=adam"])
 def test_a_study_made_for_one_model_refuses_another(other, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    search.study.open_study(search.study.SearchSettings(model="mlp", storage=url, study="s"))
+    search.study.open_study(RunSettings(spec=StudySpec(model="mlp", data="synthetic", epochs=1),
+                                        storage=url, study="s"))
     model, *options = other.split()
     code, out, err = optuna_search(model, url, "--study", "s", *options)
     assert code == 2
-    assert err.startswith("optuna-search: error: study 's' was made with model=mlp")
+    assert err.startswith("optuna-search: error: study 's' in ") and "other settings" in err
     assert err.count("\n") == 1
     assert load(url, "s").trials == []
 
@@ -278,7 +301,9 @@ def test_ctrl_c_leaves_no_running_trial_and_says_how_to_resume(tmp_path):
     assert "Resume with the same command" in stderr and "Traceback" not in stderr
     trials = load(f"sqlite:///{db}", "mlp").trials
     assert trials and all(t.state != TrialState.RUNNING for t in trials)
-    assert trials[-1].state == TrialState.FAIL
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    queued = [t for t in trials if t.state == TrialState.WAITING]  # resumes with the command
+    assert len(failed) == 1 and len(queued) == 1 and queued[0].params == failed[0].params
 
 
 def running_trials(db: Path) -> int:

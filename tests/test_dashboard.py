@@ -3,6 +3,7 @@ unharmed while the dashboard's API is polled on the same SQLite file."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -11,14 +12,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import optuna
+import plotly.graph_objects as go
 import pytest
 from optuna.trial import TrialState
 
+import search.dashboard
 from search.cli import main
-from search.dashboard import DashboardServer, _AppWhenStorageIsMade
+from search.dashboard import DashboardServer, _AppWhenStorageIsMade, dashboard_app
 from storage import open_storage
+
+from pg_server import pg_ctl, pg_ensure_running, pg_url  # noqa: F401 (a fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -248,10 +254,88 @@ def test_dashboard_beside_a_search_stops_when_the_search_is_interrupted(tmp_path
         if ending == "raises KeyboardInterrupt":
             raise KeyboardInterrupt
         return 130
-    monkeypatch.setattr("search.study.run_search", interrupted_search)
+    monkeypatch.setattr("search.commands.run_placed", interrupted_search)
     argv = ["mlp", "--data", "synthetic", "--storage", f"sqlite:///{tmp_path / 'x.db'}",
             "--dashboard", "--dashboard-port", str(port)]
     assert main(argv) == 130  # a KeyboardInterrupt outside optimize: main says so, 130
     assert served_during_search == [503]  # served, waiting for a storage never made
     assert not is_listening(port)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.postgres
+def test_the_dashboard_recovers_by_itself_after_a_database_outage(pg_url, tmp_path,
+                                                                 monkeypatch, caplog):
+    monkeypatch.setenv("OPTUNA_SEARCH_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setattr(search.dashboard, "DASHBOARD_PATIENCE_SECONDS", 2.0)
+    name = f"pytest-dashboard-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))
+    server = DashboardServer(search.dashboard.dashboard_app(pg_url), port=0).start()
+    root = server.url.rsplit("/dashboard", 1)[0]
+    try:
+        assert get(root + "/api/studies")[0] == 200
+        pg_ctl(pg_url, "stop")
+        status, body, _ = get(root + "/api/studies")     # waits 2 s for the database, fails
+        assert status == 500 and b"internal server error" in body
+        pg_ctl(pg_url, "start")
+        back = time.monotonic()
+        while get(root + "/api/studies")[0] != 200:     # nothing restarted, nothing reopened
+            assert time.monotonic() - back < 5, "still failing 5 s after the database is back"
+            time.sleep(0.1)
+        studies = get_json(root + "/api/studies")["study_summaries"]
+        assert name in [s["study_name"] for s in studies]
+    finally:
+        server.stop()
+        pg_ensure_running(pg_url)
+        optuna.delete_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))
+    failures = [r.getMessage() for r in caplog.records
+                if r.name == "optuna_dashboard._bottle_util" and r.levelno >= logging.ERROR]
+    assert len(failures) == 1 and "\n" not in failures[0], failures  # one line, no traceback
+    assert "unreachable for 2 s" in failures[0] and ":***@" in failures[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_dashboard_stops_on_sigint_and_sigterm_even_started_with_sigint_ignored(small_study,
+                                                                                signum):
+    """nohup and the background jobs of a non-interactive shell start it with SIGINT ignored;
+    Python then never raises KeyboardInterrupt unless the dashboard handles SIGINT itself."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "dashboard", "--storage", small_study,
+         "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        first_line = process.stdout.readline()             # printed once it serves
+        assert "http://127.0.0.1:" in first_line, first_line + process.stderr.read()
+        port = int(first_line.split()[2].rsplit(":", 1)[1].split("/")[0])
+        assert is_listening(port)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:                         # never leave a server running
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "dashboard stopped" in out and "Traceback" not in err, err
+    assert not is_listening(port)
+
+
+def test_the_studys_figures_arrive_in_reading_order_without_emptied_ones(small_study):
+    """optuna-dashboard 0.21 lists saved figures from a set: the server sorts them by id."""
+    from optuna_dashboard import save_plotly_graph_object
+    from reports.dashboard_figures import register_dashboard_figures
+    study = optuna.load_study(study_name="watched", storage=small_study)
+    for stale in ("optimization_history", "zz-old", "param_importances"):  # older versions'
+        save_plotly_graph_object(study, go.Figure(), graph_object_id=stale)
+    ids = register_dashboard_figures(study)                # empties the stale ones
+    server = DashboardServer(dashboard_app(small_study), port=0).start()
+    try:
+        root = server.url.rsplit("/dashboard", 1)[0]
+        for _ in range(3):  # every answer in the same order (a set's order changes by process)
+            detail = get_json(f"{root}/api/studies/{study._study_id}?after=0")
+            served = [g["id"] for g in detail["plotly_graph_objects"]]
+            assert served == ids == ["01-curves_val_acc", "02-curves_train_acc",
+                                     "03-curves_val_loss", "04-curves_train_loss"]
+        status, body, kind = get(f"{root}/api/studies/{study._study_id + 99}")
+        assert status == 404 and kind == "application/json"  # errors pass through untouched
+    finally:
+        server.stop()

@@ -25,20 +25,31 @@ def test_storage_frames_are_recognised():
 
 
 def test_an_interrupt_in_a_storage_call_is_raised_when_the_call_has_returned():
-    interrupts = Interrupts(study=None)
-    interrupts._in_objective = True
-    with interrupts.installed():
+    interrupts = Interrupts()
+    with interrupts.installed(), pytest.raises(KeyboardInterrupt), interrupts.raising():
         interrupts._handle(signal.SIGINT, frame_inside("sqlalchemy.orm.session"))  # deferred
         assert interrupts.requested
-        with pytest.raises(KeyboardInterrupt):
-            deadline = time.monotonic() + 2
-            while time.monotonic() < deadline:  # the trainer's own code: raised here, soon
-                sum(range(1000))
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:  # the trainer's own code: raised here, soon
+            sum(range(1000))
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_an_interrupt_while_training_is_raised_at_once():
-    interrupts = Interrupts(study=None)
-    interrupts._in_objective = True
-    with interrupts.installed(), pytest.raises(KeyboardInterrupt):
+    interrupts = Interrupts()
+    with interrupts.installed(), pytest.raises(KeyboardInterrupt), interrupts.raising():
         interrupts._handle(signal.SIGTERM, frame_inside("search.trainer"))
+
+
+def test_outside_a_raising_region_an_interrupt_is_only_noted_and_a_second_is_ignored():
+    interrupts = Interrupts()
+    with interrupts.installed():
+        interrupts._handle(signal.SIGINT, frame_inside("search.run"))
+        interrupts._handle(signal.SIGTERM, frame_inside("search.run"))
+        assert interrupts.requested
+        started = time.monotonic()
+        interrupts.sleep(30)  # returns at once: an interrupt is pending
+        assert time.monotonic() - started < 1
+        with pytest.raises(KeyboardInterrupt):  # a region entered afterwards raises at once
+            with interrupts.raising():
+                pass

@@ -6,11 +6,14 @@ from __future__ import annotations
 import io
 import random
 import re
+import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
@@ -61,11 +64,18 @@ def fake_trial(model: str, rng: random.Random, state=TrialState.COMPLETE, epochs
         intermediate_values={e + 1: v for e, v in enumerate(val)})
 
 
+def record_settings(study: optuna.Study, model: str, grid=None) -> None:
+    """What search/study.py records: the spec the study was made with, in one attribute."""
+    study.set_user_attr("optuna_search", {"spec": {"model": model, "grid": grid}})
+
+
 def make_study(model: str, complete: int, pruned: int = 0, storage=None, name="s",
                grid=None, **chosen) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    study.set_user_attr("model", model)
-    study.set_user_attr("grid", grid)
+    with warnings.catch_warnings():  # "set_metric_names is experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_acc"])  # as the search names its objective
+    record_settings(study, model, grid)
     rng = random.Random(complete * 100 + pruned)
     for _ in range(complete):
         study.add_trial(fake_trial(model, rng, **chosen))
@@ -99,7 +109,7 @@ def test_table_has_the_best_min_8_complete_trials_sorted_by_max_val_acc(complete
 
 def test_rows_are_ranked_on_validation_never_on_test():
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("model", "resnet18")
+    record_settings(study, "resnet18")
     rng = random.Random(0)
     study.add_trial(fake_trial("resnet18", rng, test_acc=0.99))  # best on test only
     study.add_trial(fake_trial("resnet18", rng, test_acc=0.01))
@@ -140,37 +150,104 @@ def test_a_study_without_complete_trials_is_a_report_error():
 
 # ---- figures ---------------------------------------------------------------------------
 
-def test_curve_figures_have_one_trace_per_trial_named_by_what_varies():
+def test_curve_figures_have_one_trace_per_trial_labelled_by_number():
     study = make_study("mlp", 3, pruned=1)
     figures = learning_curves(study)
     assert list(figures) == ["curves_train_loss", "curves_val_loss", "curves_train_acc",
                              "curves_val_acc"]
     for figure in figures.values():
-        assert len(figure.data) == len(study.trials) == 4
+        per_trial = [t for t in figure.data if t.x != (None,)]  # not the legend-only entry
+        assert sorted(int(t.name[1:].split()[0]) for t in per_trial) == [0, 1, 2, 3]
     trial = study.trials[0]
-    trace = figures["curves_val_acc"].data[0]
+    trace = next(t for t in figures["curves_val_acc"].data if t.name.startswith("#0 "))
     assert list(trace.y) == trial.user_attrs["curves"]["val_acc"]
     assert list(trace.x) == [1, 2, 3]
-    assert trace.name.startswith("#0 ")
+    assert trace.name == f"#0 ({trial.user_attrs['max_val_acc']:.3f})"
+
+
+def thirty_trial_study(storage=None, name="s") -> optuna.Study:
+    """30 trials as a search leaves them: 24 complete (one diverged to loss ~600), 6 pruned."""
+    study = make_study("resnet18", 23, storage=storage, name=name, epochs=5)
+    rng = random.Random(3)
+    for epochs in (1, 2, 2, 3, 1, 2):
+        study.add_trial(fake_trial("resnet18", rng, TrialState.PRUNED, epochs=epochs))
+    diverged = fake_trial("resnet18", random.Random(7), epochs=5, val_acc=[0.1] * 5)
+    diverged.user_attrs["curves"]["val_loss"] = [50.0, 150.0, 300.0, 450.0, 600.0]
+    study.add_trial(diverged)
+    return study
+
+
+def test_best_five_in_colour_the_rest_grey_underneath_with_parameters_on_hover():
+    study = thirty_trial_study()
+    best = top_table(study, top=5)["trial"].tolist()          # ranked like the table
+    figure = learning_curves(study)["curves_val_acc"]
+    coloured = [t for t in figure.data if t.showlegend and t.x != (None,)]
+    grey = [t for t in figure.data if not t.showlegend]
+    assert [int(t.name[1:].split()[0]) for t in sorted(coloured, key=lambda t: t.legendrank)] \
+        == best
+    assert len({t.line.color for t in coloured}) == 5          # five distinct colours
+    assert len(grey) == len(study.trials) - 5 and len({t.line.color for t in grey}) == 1
+    assert all(t.line.width < min(c.line.width for c in coloured) for t in grey)
+    first_coloured = min(figure.data.index(t) for t in coloured)
+    assert all(figure.data.index(t) < first_coloured for t in grey)   # drawn underneath
+    others = [t for t in figure.data if t.x == (None,)]          # one legend entry for them
+    assert len(others) == 1 and others[0].name == f"other trials ({len(grey)})"
+    trial = study.trials[best[0]]
+    hover = coloured[-1].hovertemplate                         # the best, drawn last
+    assert hover.startswith(f"<b>#{trial.number}</b>")
+    assert all(f"{k}=" in hover for k in trial.params)
+    assert "pruned" in next(t.hovertemplate for t in grey
+                            if study.trials[int(t.name[1:])].state == TrialState.PRUNED)
+
+
+def test_every_figure_has_units_a_legend_below_and_no_study_name():
+    study = thirty_trial_study(name="my-study-7")
+    for name, figure in study_figures(study).items():
+        layout = figure.layout
+        assert "my-study-7" not in (layout.title.text or ""), name
+        if name.startswith(("curves", "patch")):
+            assert layout.legend.orientation == "h" and layout.legend.yanchor == "bottom"
+            assert layout.xaxis.title.text in ("epoch", "patch size (pixels)")
+            assert re.search(r"\((cross-entropy|fraction|count|seconds)\)",
+                             layout.yaxis.title.text), (name, layout.yaxis.title.text)
+        if name == "optimization_history":
+            assert layout.legend.orientation == "h"
+
+
+def test_loss_axis_turns_logarithmic_only_past_a_100x_range():
+    figures = learning_curves(thirty_trial_study())
+    assert figures["curves_val_loss"].layout.yaxis.type == "log"      # 1.5 .. 600
+    assert figures["curves_train_loss"].layout.yaxis.type is None     # 1.6 .. 2.0: linear
+    assert figures["curves_val_acc"].layout.yaxis.type is None        # never for accuracy
+
+
+def test_optuna_figures_name_the_objective_val_acc():
+    figures = study_figures(make_study("resnet18", 4))
+    history = figures["optimization_history"]
+    assert history.data[0].name == "val_acc" and history.layout.yaxis.title.text == "val_acc"
+    for name in ("optimization_history", "param_importances", "parallel_coordinate"):
+        assert "Objective Value" not in figures[name].to_json(), name
+    assert "val_acc" in figures["parallel_coordinate"].to_json()
 
 
 def test_grid_legend_names_the_grid_value():
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("model", "mlp")
-    study.set_user_attr("grid", {"activation": ["relu", "sigmoid", "tanh"]})
+    record_settings(study, "mlp", {"activation": ["relu", "sigmoid", "tanh"]})
     rng = random.Random(1)
     for activation in ("relu", "sigmoid", "tanh"):
         study.add_trial(fake_trial("mlp", rng, activation=activation, batch_size=128,
                                    optimizer="adamw", lr=0.001, momentum=0.9,
                                    weight_decay=0.001))
-    names = [t.name for t in learning_curves(study)["curves_train_loss"].data]
+    traces = learning_curves(study)["curves_train_loss"].data
+    names = [t.name for t in sorted(traces, key=lambda t: t.legendrank)]  # legend order
     assert names == ["activation=relu", "activation=sigmoid", "activation=tanh"]
+    assert len({t.line.color for t in traces}) == 3                      # every point coloured
 
 
 def test_patch_size_figures_only_when_patch_size_varies():
     assert patch_size_figures(make_study("mlpmixer", 3)) == {}
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("model", "mlpmixer")
+    record_settings(study, "mlpmixer")
     rng = random.Random(2)
     for patch, params, seconds in [(4, 2188298, 28.5), (8, 2175818, 26.8), (16, 2310938, 26.2)]:
         study.add_trial(fake_trial("mlpmixer", rng, patch_size=patch, parameters=params,
@@ -196,14 +273,18 @@ def test_resnet18_kernels_are_64_rgb_tiles_of_3x3_on_an_8x8_grid():
     weight = np.random.default_rng(0).normal(size=(64, 3, 3, 3))
     rgb = pictures.tiles("resnet18", weight)
     assert rgb.shape == (64, 3, 3, 3)
-    flat = rgb.flatten(1)  # each kernel is min-max scaled on its own
-    assert np.allclose(flat.min(1).values, 0) and np.allclose(flat.max(1).values, 1)
+    flat = rgb.reshape(64, -1)  # each kernel is min-max scaled on its own
+    assert np.allclose(flat.min(1), 0) and np.allclose(flat.max(1), 1)
     assert pictures.tiles("resnet18", weight, grayscale=True).shape == (64, 1, 3, 3)
-    side = 8 * (3 + pictures.PADDING) + pictures.PADDING       # 8 tiles a row and column
-    assert pictures.grid_image("resnet18", weight).shape == (3, side, side)
+    scale = pictures.tile_scale(8, 3)
+    step = 3 * scale + pictures.GAP                      # one tile and the gap after it
+    image = pictures.picture("resnet18", weight)
+    assert image.shape == (8 * step + pictures.GAP, 8 * step + pictures.GAP, 3)
+    first = image[pictures.GAP:pictures.GAP + 3 * scale:scale,
+                  pictures.GAP:pictures.GAP + 3 * scale:scale]        # kernel 0, one pixel each
+    assert np.array_equal(first, np.round(rgb[0].transpose(1, 2, 0) * 255))
     png = Image.open(io.BytesIO(pictures.picture_png("resnet18", weight)))
-    scale = pictures.TILE_PIXELS // 3
-    assert png.size == (side * scale, side * scale)
+    assert np.array_equal(np.asarray(png.convert("RGB")), image)
 
 
 @pytest.mark.parametrize("embed_dim, patch, grid, rows, columns",
@@ -212,18 +293,38 @@ def test_mixer_token_mixing_picture_has_embed_dim_half_tiles_on_the_token_grid(
         embed_dim, patch, grid, rows, columns):
     weight = np.random.default_rng(0).normal(size=(embed_dim // 2, (32 // patch) ** 2))
     assert pictures.tiles("mlpmixer", weight).shape == (embed_dim // 2, 1, grid, grid)
-    step = grid + pictures.PADDING    # every row of the picture is full: 16 x 8 for 128
-    assert pictures.grid_image("mlpmixer", weight).shape == (
-        3, rows * step + pictures.PADDING, columns * step + pictures.PADDING)
+    step = grid * pictures.tile_scale(columns, grid) + pictures.GAP  # every row is full
+    assert pictures.picture("mlpmixer", weight).shape == (
+        rows * step + pictures.GAP, columns * step + pictures.GAP, 3)
     # row 0 drawn on the grid is the weight row reshaped row-major
     row = weight[0].reshape(grid, grid)
-    drawn = pictures.tiles("mlpmixer", weight)[0, 0].numpy()
+    drawn = pictures.tiles("mlpmixer", weight)[0, 0]
     assert np.allclose(drawn, (row - row.min()) / (row.max() - row.min()), atol=1e-6)
 
 
 def test_mlp_rows_are_32x32_rgb_tiles():
     weight = np.random.default_rng(0).normal(size=(512, 3 * 32 * 32))
     assert pictures.tiles("mlp", weight).shape == (pictures.MLP_TILES, 3, 32, 32)
+
+
+@pytest.mark.parametrize("model, shape, grayscale", [
+    ("resnet18", (64, 3, 3, 3), False), ("resnet18", (64, 3, 3, 3), True),
+    ("mlpmixer", (128, 64), False), ("mlpmixer", (64, 16), False), ("mlpmixer", (32, 4), False),
+    ("mlp", (512, 3 * 32 * 32), False)])
+def test_every_picture_is_at_least_512_wide_with_a_dark_off_grey_separator(model, shape,
+                                                                            grayscale):
+    weight = np.random.default_rng(1).normal(size=shape)
+    image = pictures.picture(model, weight, grayscale).astype(int)
+    assert image.shape[1] >= pictures.MIN_WIDTH == 512
+    separator = np.round(np.array(pictures.SEPARATOR) * 255)
+    gap, t = pictures.GAP, pictures.tiles(model, weight, grayscale)
+    scale = pictures.tile_scale(pictures.grid_columns(len(t)), t.shape[-1])
+    edge = gap + t.shape[-1] * scale                      # the first tile's right edge
+    assert (image[:gap] == separator).all() and (image[:, :gap] == separator).all()
+    assert (image[:, edge:edge + gap] == separator).all()  # the gap after the first column
+    inside = image[gap:edge, gap:edge].reshape(-1, 3)
+    assert not (inside == separator).all(axis=1).any()    # off the grey scale: never a tile's
+    assert separator.max() < 100                          # dark, not white
 
 
 def study_with_weights(tmp_path, url: str, model: str, shape: tuple, name="s"):
@@ -302,8 +403,44 @@ def test_cli_report_to_file_and_plots_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     written = sorted(p.name for p in (tmp_path / "figs").iterdir())
     assert "curves_val_acc.html" in written and "parallel_coordinate.html" in written
-    assert ("curves_val_acc.png" in written) or "kaleido is not installed" in out
+    assert ("curves_val_acc.png" in written) or "PNG copies of the plotly figures skipped" in out
     assert "first-layer pictures skipped" in out   # fake trials have no weights stored
+
+
+def test_plots_folder_holds_one_plotly_js_and_opens_offline(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study_with_weights(tmp_path, url, "mlp", (512, 3 * 32 * 32), name="mlp")
+    out = tmp_path / "figs"
+    write_plots(url, "mlp", out)
+    assert [p.name for p in out.rglob("*.js")] == ["plotly.min.js"]       # once per folder
+    assert "plotly.js v" in (out / "plotly.min.js").read_text()[:300]
+    pages = sorted(out.glob("*.html"))
+    assert len(pages) == 8                       # 4 curves, 3 Optuna figures, 1 picture
+    for page in pages:
+        text = page.read_text()
+        sources = re.findall(r"<(?:script|img)[^>]*\bsrc=[\"']([^\"']+)", text)
+        assert sources and not any(re.match(r"(https?:)?//", s) for s in sources), page
+        assert all((out / s).is_file() for s in sources), (page, sources)  # beside it
+        assert page.stat().st_size < 300_000, page   # bytes: no embedded plotly.js, no PNG
+    picture = out / "first_layer_rows_trial3.html"
+    assert "src='first_layer_rows_trial3.png'" in picture.read_text()
+
+
+def test_png_copies_are_valid_pngs_of_the_set_size_from_one_browser(tmp_path):
+    from reports.png import PNG_HEIGHT, PNG_WIDTH, missing_renderer, write_pngs
+    reason = missing_renderer()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PNG export must work in CI: {reason}")
+        pytest.skip(reason)
+    figures = study_figures(thirty_trial_study())
+    paths = write_pngs(figures, tmp_path)
+    assert [p.name for p in paths] == [f"{name}.png" for name in figures]
+    for path in paths:
+        with Image.open(path) as png:
+            png.verify()                              # a whole, valid PNG
+        with Image.open(path) as png:
+            assert (png.format, png.size) == ("PNG", (PNG_WIDTH, PNG_HEIGHT)), path
 
 
 def test_end_to_end_mlp_search_then_report_plots_and_dashboard(tmp_path, capsys):
@@ -316,11 +453,118 @@ def test_end_to_end_mlp_search_then_report_plots_and_dashboard(tmp_path, capsys)
     assert main(["plots", "mlp", "-o", str(tmp_path / "figs"), "--storage", url]) == 0
     best = optuna.load_study(study_name="mlp", storage=url).best_trial
     png = tmp_path / "figs" / f"first_layer_rows_trial{best.number}.png"
-    assert Image.open(png).size[0] > 100               # read back from the artifact store
+    assert Image.open(png).size[0] >= 512              # read back from the artifact store
     study = optuna.load_study(study_name="mlp", storage=url)
+    saved = saved_figure_ids(study)
+    assert saved == ["01-curves_val_acc", "02-curves_train_acc", "03-curves_val_loss",
+                     "04-curves_train_loss"]                     # registered by the search
+    assert register_dashboard_figures(study) == saved             # fixed ids overwrite
+    assert saved_figure_ids(study) == saved
+
+
+def saved_figure_ids(study: optuna.Study) -> list[str]:
+    """The ids of the non-empty figures saved for optuna-dashboard, sorted."""
     system = study._storage.get_study_system_attrs(study._study_id)
-    saved = {k.split(":")[2] for k in system if k.startswith("dashboard:plot_data:")}
-    assert {"curves_val_acc", "optimization_history"} <= saved   # registered by _finish
-    assert sorted(register_dashboard_figures(study)) == sorted(saved)  # fixed ids overwrite
-    again = study._storage.get_study_system_attrs(study._study_id)
-    assert {k.split(":")[2] for k in again if k.startswith("dashboard:plot_data:")} == saved
+    return sorted({k.split(":")[2] for k, v in system.items()
+                   if k.startswith("dashboard:plot_data:") and v})
+
+
+def test_dashboard_figures_in_reading_order_without_the_dashboards_own_panels(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = optuna.create_study(study_name="mixer", storage=url, direction="maximize")
+    record_settings(study, "mlpmixer")
+    rng = random.Random(2)
+    for patch in (4, 8, 16):
+        study.add_trial(fake_trial("mlpmixer", rng, patch_size=patch))
+    from optuna_dashboard import save_plotly_graph_object
+    for old in ("optimization_history", "param_importances", "curves_val_acc"):  # older ids
+        save_plotly_graph_object(study, learning_curves(study)["curves_val_acc"],
+                                 graph_object_id=old)
+    ids = register_dashboard_figures(study)
+    assert ids == ["01-curves_val_acc", "02-curves_train_acc", "03-curves_val_loss",
+                   "04-curves_train_loss", "05-patch_parameters", "06-patch_train_seconds",
+                   "07-patch_val_seconds"]
+    assert saved_figure_ids(study) == ids == sorted(ids)   # the older ones are emptied
+
+
+def test_reproduction_page_renders_its_markdown_with_tables_as_tables():
+    from reports.reproduction import _markdown, _page
+    table = _markdown(pd.DataFrame({"lr": [0.001, 0.01], "max val acc": [0.5, 0.25]}))
+    md = ["# optuna-search: the report reproduced", "", "Study `mlp<1>` & <b>x</b>.", "",
+          table, ""]
+    figure = learning_curves(make_study("mlp", 2))["curves_val_acc"]
+    page = _page(md, {"fig04_curves_val_acc": figure}, {}, {})
+    assert "<pre" not in page and "<h1>optuna-search: the report reproduced</h1>" in page
+    assert "<table>" in page and page.count("<tr>") == 3 and "<td" in page
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<code>mlp&lt;1&gt;</code>" in page  # text
+    assert page.count("plotly.js v") == 1 and not re.search(r"<script[^>]*\bsrc=", page)
+
+
+# ---- reading without torch -------------------------------------------------------------
+
+NO_TORCH = "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+
+
+def run_python(code: str, tmp_path) -> subprocess.CompletedProcess:
+    # no Chromium: PNG copies are skipped with a note, so these runs take seconds
+    env = {**os.environ, "BROWSER_PATH": str(tmp_path / "no-browser")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_the_reading_library_calls_never_import_torch(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study_with_weights(tmp_path, url, "mlp", (512, 3 * 32 * 32), name="mlp")
+    code = f"""import sys
+from reports.page import render_report, write_plots
+from reports.studies import list_studies
+from reports.dashboard_figures import register_dashboard_figures
+from search.dashboard import dashboard_app
+from search.errors import DataError, StudyMismatch
+import optuna
+assert list(list_studies({url!r})["study"]) == ["mlp"]
+assert "<table" in render_report({url!r}, "mlp", fmt="html")
+written = write_plots({url!r}, "mlp", {str(tmp_path / "figs")!r})
+assert any(p.name == "first_layer_rows_trial3.png" for p in written.paths), written
+register_dashboard_figures(optuna.load_study(study_name="mlp", storage={url!r}))
+dashboard_app({url!r})
+{NO_TORCH}
+"""
+    done = run_python(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_list_studies_counts_trials_per_state(tmp_path):
+    from reports.studies import list_studies
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study("mlp", 3, pruned=2, storage=url, name="a")
+    make_study("resnet18", 1, storage=url, name="b")
+    table = list_studies(url)
+    assert list(table["study"]) == ["a", "b"] and list(table["model"]) == ["mlp", "resnet18"]
+    assert list(table["complete"]) == [3, 1] and list(table["pruned"]) == [2, 0]
+    best = max(t.value for t in optuna.load_study(study_name="a", storage=url).trials
+               if t.value is not None)
+    assert table["best_val_acc"][0] == round(best, 4)
+
+
+@pytest.mark.parametrize("command", ["studies", "report", "plots", "dashboard"])
+def test_reading_commands_start_without_torch(tmp_path, command):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study("mlp", 2, storage=url, name="mlp")
+    argv = {"studies": ["studies"], "report": ["report", "mlp"],
+            "plots": ["plots", "mlp", "-o", str(tmp_path / "figs")],
+            "dashboard": ["dashboard", "--port", "0"]}[command]
+    code = f"""import runpy, sys
+import search.dashboard
+def ctrl_c(self):  # the dashboard serves until Ctrl-C: press it at once
+    raise KeyboardInterrupt
+search.dashboard.DashboardServer.serve_forever = ctrl_c
+sys.argv = ["optuna-search", *{argv!r}, "--storage", {url!r}]
+try:
+    runpy.run_module("search.cli", run_name="__main__")
+except SystemExit as end:
+    assert end.code == 0, end.code
+{NO_TORCH}
+"""
+    done = run_python(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -208,3 +208,23 @@ def test_grid_suggests_only_the_grid_parameters():
     config = get_space("resnet18").suggest(trial, fixed={"optimizer": "adam"},
                                            grid={"lr": [0.1, 0.01]})
     assert (config.lr, config.optimizer, config.batch_size) == (0.1, "adam", Config().batch_size)
+
+
+def test_numeric_choices_are_suggested_in_ascending_order_but_a_studys_own_order_is_kept():
+    """optuna-dashboard draws a categorical choice at its index: ascending choices, ascending
+    axes. A study begun with another order keeps it (Optuna refuses a reordering)."""
+    space = get_space("resnet18")
+    study = optuna.create_study()
+    study.optimize(lambda trial: space.suggest(trial).lr, n_trials=3)
+    distributions = study.trials[0].distributions
+    for name in ("batch_size", "lr", "weight_decay"):
+        choices = list(distributions[name].choices)
+        assert choices == sorted(choices) and set(choices) == set(space.lists[name]), name
+    assert list(distributions["optimizer"].choices) == list(space.lists["optimizer"])
+
+    older = optuna.create_study()  # made by a version that suggested the lists as written
+    older.optimize(lambda trial: trial.suggest_categorical("lr", list(space.lists["lr"])),
+                   n_trials=1)
+    older.optimize(lambda trial: space.suggest(trial).lr, n_trials=3)
+    assert all(t.state.name == "COMPLETE" for t in older.trials)  # no "dynamic value space"
+    assert {t.distributions["lr"].choices for t in older.trials} == {space.lists["lr"]}

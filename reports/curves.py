@@ -1,0 +1,116 @@
+"""Learning curves: training/validation loss and accuracy against epoch, one line per trial.
+
+A search's best k trials (ranked like the table: max val acc of the complete trials) are drawn
+in colour and named in the legend as `#N (max val acc)`; every other trial is a thin grey line
+underneath, with one legend entry for all of them (clicking it hides them). A grid's points
+are all coloured and named by their grid value (`activation=relu`), as in the report's
+Figures 1-12. Hovering any line shows its trial number, the epoch, the value and the
+trial's parameters. Pruned and failed trials are dotted. A loss axis turns logarithmic
+when one trial's loss is over 100 times another's (a diverged trial at ~600).
+"""
+from __future__ import annotations
+
+import math
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+
+from reports.style import (BEST_COLOURS, OTHERS_GREY, log_axis_if_wide, metric_name, short,
+                           tidy)
+from reports.table import ranked_trials, study_setting
+
+CURVES = {  # figure name -> (user_attrs["curves"] key, title, y-axis title with unit)
+    "train_loss": ("train_loss", "training loss", "loss (cross-entropy)"),
+    "val_loss": ("val_loss", "validation loss", "loss (cross-entropy)"),
+    "train_acc": ("train_acc", "training accuracy", "accuracy (fraction)"),
+    "val_acc": ("val_acc", "validation accuracy", "accuracy (fraction)"),
+}
+BEST_K = 5  # trials drawn in colour in a search
+
+
+def curve_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Every trial with at least one epoch of curves (pruned ones too), in trial order."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("curves", {}).get("val_acc")]
+
+
+def coloured_trials(study: optuna.Study, trials: list[FrozenTrial],
+                    best_k: int = BEST_K) -> dict[int, str]:
+    """Trial number -> legend name, for the trials drawn in colour, in legend order.
+
+    A search: its best `best_k` complete trials, best first, as `#N (0.533)`.
+    A grid: every point (up to one per colour), in trial order, named by its grid value.
+    """
+    grid = study_setting(study, "grid") or {}
+    if grid:
+        varying = [k for k in grid if len({repr(t.params.get(k)) for t in trials}) > 1]
+        names = {}
+        for t in trials[:len(BEST_COLOURS)]:
+            name = " ".join(f"{k}={short(t.params[k])}" for k in varying if k in t.params)
+            if t.state != TrialState.COMPLETE:
+                name += f" ({t.state.name.lower()})"
+            names[t.number] = name.strip() or f"#{t.number}"
+        return names
+    plotted = {t.number for t in trials}
+    best = [t for t in ranked_trials(study) if t.number in plotted]
+    best_k = min(best_k, len(BEST_COLOURS))
+    return {t.number: f"#{t.number} ({t.user_attrs.get('max_val_acc', t.value):.3f})"
+            for t in best[:best_k]}
+
+
+def learning_curves(study: optuna.Study, best_k: int = BEST_K) -> dict[str, go.Figure]:
+    """Four figures (train/val loss and accuracy against epoch), one trace per trial."""
+    trials = curve_trials(study)
+    coloured = coloured_trials(study, trials, best_k)
+    others = [t for t in trials if t.number not in coloured]
+    by_number = {t.number: t for t in trials}
+    epochs = max((len(t.user_attrs["curves"]["val_acc"]) for t in trials), default=1)
+    grid = bool(study_setting(study, "grid"))
+    legend_title = ("" if grid or not coloured else
+                    f"best {len(coloured)} by max {metric_name(study)} (hover a line for its "
+                    "parameters)")
+    figures = {}
+    for name, (key, title, y_title) in CURVES.items():
+        figure = go.Figure()
+        for t in others:  # grey first, so the coloured lines are drawn over them
+            figure.add_trace(_trace(t, key, title, color=OTHERS_GREY, width=1, markers=False,
+                                    name=f"#{t.number}", showlegend=False))
+        if others:  # one legend entry that shows or hides every grey line
+            figure.add_trace(go.Scatter(x=[None], y=[None], mode="lines", legendgroup="others",
+                                        showlegend=True, hoverinfo="skip",
+                                        name=f"other trials ({len(others)})", legendrank=999,
+                                        line=dict(color=OTHERS_GREY, width=1)))
+        ranked = list(coloured.items())
+        for rank in reversed(range(len(ranked))):  # the best trial is drawn last, on top
+            number, label = ranked[rank]
+            figure.add_trace(_trace(by_number[number], key, title,
+                                    color=BEST_COLOURS[rank], width=2.2, markers=True,
+                                    name=label, showlegend=True, legendrank=rank + 1))
+        tidy(figure, title, "epoch", y_title, legend_title)
+        figure.update_xaxes(tick0=1, dtick=max(1, math.ceil(epochs / 15)))  # <= ~15 ticks
+        if "loss" in key:
+            log_axis_if_wide(figure, [v for t in trials for v in t.user_attrs["curves"]
+                                      .get(key, [])])
+        figures[f"curves_{name}"] = figure
+    return figures
+
+
+def _trace(trial: FrozenTrial, key: str, title: str, *, color: str, width: float,
+           markers: bool, name: str, showlegend: bool, legendrank: int = 1000) -> go.Scatter:
+    values = trial.user_attrs["curves"].get(key, [])
+    complete = trial.state == TrialState.COMPLETE
+    return go.Scatter(
+        x=list(range(1, len(values) + 1)), y=list(values), name=name,
+        mode="lines+markers" if markers else "lines", marker=dict(size=5),
+        line=dict(color=color, width=width, dash="solid" if complete else "dot"),
+        legendgroup=None if showlegend else "others", showlegend=showlegend,
+        legendrank=legendrank, hovertemplate=_hover(trial, title))
+
+
+def _hover(trial: FrozenTrial, title: str) -> str:
+    """`#N (pruned)`, `epoch 3: validation loss 1.234`, then one parameter a line."""
+    state = "" if trial.state == TrialState.COMPLETE else f" ({trial.state.name.lower()})"
+    params = "<br>".join(f"{k}={short(v)}" for k, v in trial.params.items())
+    return (f"<b>#{trial.number}</b>{state}<br>epoch %{{x}}: {title} %{{y:.4g}}"
+            f"<br>{params}<extra></extra>")

@@ -1,0 +1,242 @@
+"""Placing runners: the run loop (search/run.py) in this process, in N local processes
+(`--workers N`), or on a Ray cluster (`--ray`, search/ray_cluster.py). The study holds the
+target and the queue; a launcher only starts runners, relays what they print, and reports.
+
+Local processes are started with "spawn" (CUDA cannot be forked). Each loads the data once
+(the parent loaded it first, so a bad source fails before anything is written and a decode
+fills the cache once) and prints one line per finished trial through the parent, prefixed
+by its number ("[w2] trial  17 COMPLETE ..."). GPUs go out round-robin through
+CUDA_VISIBLE_DEVICES. Ctrl-C / SIGTERM reach every process: each fails its running trial,
+queues it again and exits. When the parent dies by any signal, SIGKILL included, its children
+get SIGTERM from the kernel (Linux's parent-death signal; elsewhere a watchdog thread notices
+within a second) and do the same: no orphan keeps running trials unseen.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from dataclasses import dataclass, field
+
+import optuna
+import torch
+
+from search.errors import USER_ERRORS
+from search.interrupts import hide_interrupt_traceback
+from search.progress import print_summary
+from search.run import RunResult, is_done, load_data, progress_line, run_process
+from search.settings import RunSettings
+from search.study import grid_failures, open_study
+from storage import redact
+
+POLL_SECONDS = 0.2      # how often the parent looks at its workers while no line arrives
+PARENT_CHECK_SECONDS = 1.0
+
+
+@dataclass
+class Outcome:
+    """What the runners of one launch reported, merged."""
+    errors: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    storage_errors: list[str] = field(default_factory=list)   # the storage is gone
+    interrupted: bool = False
+    killed: list[tuple[int, int]] = field(default_factory=list)   # (worker, signal)
+    timed_out: bool = False
+
+    def add(self, result: RunResult) -> None:
+        self.interrupted |= result.interrupted
+        self.timed_out |= result.timed_out
+        if result.stopped:
+            self.stopped.append(result.stopped)
+        if result.storage_error:
+            self.storage_errors.append(result.storage_error)
+
+
+def quiet_optuna() -> None:
+    """Our own line per trial instead of Optuna's log; no notes on experimental features."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").addFilter(hide_interrupt_traceback)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def run_search(settings: RunSettings, out=None, data=None) -> int:
+    """Run a search to its target; 0 when done, 130 when interrupted, 1 when runners failed.
+
+    `data` (a search.data.Dataset) skips the load: `reproduce` loads once for five studies.
+    """
+    out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
+    quiet_optuna()
+    if data is None:
+        data = load_data(settings)
+    study = open_study(settings, new_run=False).study
+    where = f"study {settings.study_name!r} in {redact(settings.storage)}"
+    print(f"{where}: {progress_line(study, settings)}; data {data.describe()}",
+          file=out, flush=True)
+    if is_done(study, settings):
+        print("every grid point is already done; nothing to run" if settings.spec.grid else
+              "the study's target is met; nothing to run (a larger --trials extends it)",
+              file=out)
+        return report(Outcome(), study, settings, out)
+
+    outcome = Outcome()
+    if settings.ray:
+        from search.ray_cluster import run_on_ray
+        del data  # each actor loads its own copy
+        run_on_ray(settings, out, outcome)
+    elif settings.workers > 1:
+        del data  # each worker loads its own copy
+        run_local_processes(settings, out, outcome)
+    else:
+        outcome.add(run_process(settings, out, data))
+    return report(outcome, study, settings, out)
+
+
+def report(outcome: Outcome, study: optuna.Study, settings: RunSettings, out) -> int:
+    """The summary, and the exit status: 130 interrupted, 1 something failed, else 0."""
+    if outcome.storage_errors:  # every worker lost it: one line says it for all
+        print(f"optuna-search: error: {outcome.storage_errors[0]}", file=sys.stderr)
+        return 1  # the summary would wait for the storage once more: it says nothing new
+    for error in dict.fromkeys(outcome.errors):  # the same error from N workers: once
+        print(f"optuna-search: error: {error}", file=sys.stderr)
+    for index, signum in outcome.killed:
+        print(f"optuna-search: worker {index} was killed (signal {signum}); its trial is "
+              "failed and queued again once its heartbeat is overdue", file=sys.stderr)
+    print_summary(study, settings, out)
+    if outcome.interrupted:
+        print(f"interrupted; unfinished trials are marked FAIL and queued again, nothing is "
+              f"left RUNNING. Resume with the same command (study {settings.study_name!r} in "
+              f"{redact(settings.storage)}).", file=sys.stderr)
+        return 130
+    for message in dict.fromkeys(outcome.stopped):
+        print(f"optuna-search: stopped: {message}", file=sys.stderr)
+    exhausted = grid_failures(study, settings.spec) if settings.spec.grid else []
+    if exhausted:
+        points = "; ".join(",".join(f"{k}={v}" for k, v in p.items()) for p in exhausted)
+        print(f"optuna-search: grid points that failed every try: {points} (see their "
+              "fail_reason in `optuna-search report --include-pruned`)", file=sys.stderr)
+    if outcome.timed_out:
+        print("--timeout reached: no new trial was started after it", file=out)
+    failed = outcome.errors or outcome.killed or outcome.stopped or exhausted
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------ local processes
+
+def gpu_assignment(workers: int, device: str = "auto") -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each worker: the visible GPUs round-robin; None on the CPU."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return [None] * workers
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = ([v.strip() for v in visible.split(",") if v.strip()] if visible
+           else [str(i) for i in range(torch.cuda.device_count())])
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
+def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
+    """settings.workers processes of the run loop; returns when all have exited."""
+    gpus = gpu_assignment(settings.workers, settings.device)
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    processes = [context.Process(target=worker_main, name=f"optuna-search-w{i}",
+                                 args=(settings, i, gpus[i], os.getpid(), messages))
+                 for i in range(settings.workers)]
+
+    def forward(signum, _frame):
+        outcome.interrupted = True
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.start()
+        while any(p.is_alive() for p in processes):
+            _relay(messages, out, outcome, timeout=POLL_SECONDS)
+        while _relay(messages, out, outcome, timeout=0):  # lines sent just before exiting
+            pass
+        for process in processes:
+            process.join()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    outcome.killed += [(i, -p.exitcode) for i, p in enumerate(processes)
+                       if p.exitcode is not None and p.exitcode < 0 and not outcome.interrupted]
+
+
+def _relay(messages, out, outcome: Outcome, timeout: float) -> bool:
+    """Handle one message from a worker; False when none came."""
+    try:
+        kind, index, payload = (messages.get(timeout=timeout) if timeout
+                                else messages.get_nowait())
+    except queue.Empty:
+        return False
+    if kind == "line":
+        print(f"[w{index}] {payload}", file=out, flush=True)
+    elif kind == "error":
+        outcome.errors.append(f"worker {index}: {payload}")
+    elif kind == "result":
+        outcome.add(payload)
+    return True
+
+
+class _Lines:
+    """A text stream that sends each finished line to the parent (the loop writes here)."""
+
+    def __init__(self, messages, index: int):
+        self.messages, self.index, self.buffer = messages, index, ""
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self.messages.put(("line", self.index, line))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def worker_main(settings: RunSettings, index: int, gpu: str | None, parent: int,
+                messages) -> None:
+    """One local worker process: the run loop, its lines and result sent to the parent."""
+    if gpu is not None:  # before anything touches CUDA in this fresh (spawned) process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    messages.cancel_join_thread()  # a dead parent must not keep this process from exiting
+    die_with_parent(parent)
+    quiet_optuna()
+    try:
+        result = run_process(settings, _Lines(messages, index))
+        messages.put(("result", index, result))
+    except USER_ERRORS as error:
+        messages.put(("error", index, str(error)))
+    except Exception as error:  # unexpected: say so in one line, the details on stderr
+        traceback.print_exc()
+        messages.put(("error", index, f"{type(error).__name__}: {error}"))
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM to this process when its parent dies (the loop then fails, requeues, exits)."""
+    try:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the watchdog below does it, within 1 s
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            threading.Event().wait(PARENT_CHECK_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if os.getppid() != parent:  # died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()

@@ -1,0 +1,111 @@
+"""The one settings object of a run, resolved once at parse time.
+
+- `StudySpec`: what a study is made of (model, space, --set values, grid, epochs, data and its
+  options, seed, sampler, pruner). It is written into the study once, in one write, and every
+  process that joins the study reads it back from there: a study never mixes two of them.
+- `RunSettings`: the spec plus what only this run decides (storage, study name, the trial
+  target, device, workers, time-out, Ray, ...).
+
+Nothing here imports torch or optuna: the command line resolves settings before anything heavy
+is imported or anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_TRIALS = 30     # the target of a new study when --trials is not given
+DEFAULT_EPOCHS = 30
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    model: str
+    space: str = "report"
+    fixed: dict[str, Any] = field(default_factory=dict)   # --set values, never `epochs`
+    grid: dict[str, list] | None = None
+    epochs: int = DEFAULT_EPOCHS
+    data: str = "cifar10"                                 # the source as named when made
+    train_subset: int | None = None
+    test_subset: int | None = None
+    val_size: int = 5000
+    seed: int = 0
+    sampler: str = "tpe"
+    pruner: str = "median"
+
+    def __post_init__(self):
+        if "epochs" in self.fixed:  # one place holds the epochs: the spec's own field
+            raise ValueError("StudySpec.fixed must not hold epochs; use StudySpec.epochs")
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-able dict (tuples become lists), as stored in the study."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "StudySpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        fixed = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in (values.get("fixed") or {}).items()}
+        return cls(**{**values, "fixed": fixed})
+
+    def differences(self, other: "StudySpec") -> list[str]:
+        """`name: ours vs theirs` for every field that differs (comparing JSON forms)."""
+        mine, theirs = self.as_json(), other.as_json()
+        return [f"{name} {_show(mine[name])} (asked) vs {_show(theirs[name])} (study)"
+                for name in mine if mine[name] != theirs[name]]
+
+    @property
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid's values, in a fixed order."""
+        points: list[dict[str, Any]] = [{}]
+        for name, values in (self.grid or {}).items():
+            points = [{**point, name: value} for point in points for value in values]
+        return points if self.grid else []
+
+    def default_study_name(self) -> str:
+        """resnet18; a grid gets its own: resnet18-optimizer=adam-grid-lr."""
+        if not self.grid:
+            return self.model
+        parts = [self.model, *(f"{k}={_show(v)}" for k, v in sorted(self.fixed.items())),
+                 "grid-" + "-".join(sorted(self.grid))]
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    spec: StudySpec
+    storage: str
+    study: str | None = None          # None: the spec's default name
+    trials: int | None = None         # the study's target; None: keep the study's (new: 30)
+    data_path: str | None = None      # where this machine loads the data from; None: spec.data
+    data_dir: str = "data"            # where torchvision's cifar10 lives
+    device: str = "auto"
+    workers: int = 1
+    timeout: float | None = None
+    enqueue_report: bool = False
+    ray: str | None = None            # None, "local", "auto" or HOST:PORT
+    gpus_per_trial: float | None = None
+    join: bool = False                # `optuna-search worker`: the study must exist
+    storage_patience: float = 120.0   # seconds a storage outage is ridden out (storage/)
+
+    @property
+    def study_name(self) -> str:
+        return self.study or self.spec.default_study_name()
+
+    @property
+    def data_source(self) -> str:
+        return self.data_path or self.spec.data
+
+    def replace(self, **changes: Any) -> "RunSettings":
+        return dataclasses.replace(self, **changes)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_show(v) for v in value)
+    if isinstance(value, dict):
+        return ";".join(f"{k}={_show(v)}" for k, v in value.items()) or "{}"
+    return "none" if value is None else str(value)

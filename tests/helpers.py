@@ -1,0 +1,98 @@
+"""Shared by the tests that run real searches: short trials, a subprocess runner, and
+conditions read from an SQLite study (tests wait on conditions, never on fixed sleeps)."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+REPO = Path(__file__).resolve().parents[1]
+# The MLP with 16 hidden units on 100 synthetic images: a trial takes a fraction of a second.
+TINY = ["--data", "synthetic", "--train-subset", "100", "--test-subset", "100",
+        "--val-size", "50", "--set", "hidden_sizes=16", "--sampler", "random",
+        "--pruner", "none"]
+# The heartbeat every second, a trial silent for 4 s is dead: faults resolve within seconds.
+FAST_HEARTBEAT = {"OPTUNA_SEARCH_HEARTBEAT": "1", "OPTUNA_SEARCH_GRACE": "4"}
+
+
+def load(db: Path, study: str = "mlp") -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
+
+
+def states(db: Path, study: str = "mlp") -> list[str]:
+    return [t.state.name for t in load(db, study).get_trials()]
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db) as connection:
+        return connection.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def query(db: Path, sql: str, default=None):
+    """One value from the study file, or `default` while it (or its tables) is not there."""
+    if not Path(db).exists():
+        return default
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as connection:
+            row = connection.execute(sql).fetchone()
+        return row[0] if row else default
+    except sqlite3.OperationalError:  # tables not made yet, or locked for a moment
+        return default
+
+
+def finished(db: Path) -> int:
+    return query(db, "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')", 0)
+
+
+def running_with_an_epoch(db: Path) -> int:
+    return query(db, "SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN "
+                     "trial_intermediate_values v ON v.trial_id = t.trial_id "
+                     "WHERE t.state = 'RUNNING'", 0)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 120, what: str = "") -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what or condition}")
+
+
+def run_cli(argv: list[str], code: str = "", cwd: Path = REPO, **env) -> subprocess.Popen:
+    """optuna-search in a subprocess of its own session, after `code` (a monkeypatch)."""
+    script = f"import sys\n{code}\nfrom search.cli import main\nsys.exit(main(sys.argv[1:]))"
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-c", script, *argv], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": path, **env},
+                            start_new_session=True)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of a process's children (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().split(")")[-1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found

@@ -1,0 +1,63 @@
+"""The PostgreSQL server of OPTUNA_SEARCH_PG_URL, for tests that stop and restart it.
+
+Without the URL such tests skip, except under CI=true, where they fail. Restarting needs the
+local cluster serving the URL's port and the right to run pg_ctlcluster (root, as in CI).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import optuna
+import pytest
+
+from storage import open_storage
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = os.environ.get("OPTUNA_SEARCH_PG_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but OPTUNA_SEARCH_PG_URL is not set (see .ci/run)")
+        pytest.skip("no PostgreSQL server: set OPTUNA_SEARCH_PG_URL")
+    return url
+
+
+def pg_cluster(url: str) -> list[str]:
+    """[version, name] of the local cluster serving `url` (found by its port)."""
+    port = str(urlsplit(url).port or 5432)
+    listed = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)
+    for line in listed.stdout.splitlines():
+        version, name, cluster_port, *_ = line.split()
+        if cluster_port == port:
+            return [version, name]
+    pytest.fail(f"no local PostgreSQL cluster on port {port}: cannot restart it")
+
+
+def pg_ctl(url: str, action: str) -> float:
+    """pg_ctlcluster VERSION NAME start|stop|restart (it waits); returns the seconds it took."""
+    started = time.monotonic()
+    subprocess.run(["pg_ctlcluster", *pg_cluster(url), action], check=True, timeout=120,
+                   capture_output=True)
+    return time.monotonic() - started
+
+
+def pg_ensure_running(url: str) -> None:
+    """After a test that stopped the server, whatever happened: start it (no error if up)."""
+    subprocess.run(["pg_ctlcluster", *pg_cluster(url), "start"], capture_output=True,
+                   timeout=120)
+
+
+@pytest.fixture
+def pg_study(pg_url):
+    """(storage, a fresh study) on the server; afterwards the server is running and the study
+    gone."""
+    store = open_storage(pg_url, heartbeat=True)
+    name = f"pytest-storage-{uuid.uuid4().hex[:8]}"
+    yield store, optuna.create_study(study_name=name, storage=store)
+    pg_ensure_running(pg_url)
+    optuna.delete_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))

@@ -1,0 +1,197 @@
+"""search.launch: --workers N and `optuna-search worker` place the one run loop in local
+processes; the study alone decides what runs. A killed parent takes its children with it, and
+random kills of workers over three launchers never run a grid point twice."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import time
+from collections import Counter
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from helpers import (FAST_HEARTBEAT, TINY, alive, children_of, finished, integrity, load,
+                     query, run_cli, running_with_an_epoch, wait_until)
+from search import launch
+from search.cli import main
+
+TRIAL_LINE = re.compile(r"^\[w(\d+)\] trial +(\d+) (\w+)", re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_eight_workers_run_200_trials_on_sqlite_without_losing_or_repeating_one(tmp_path, capfd):
+    db = tmp_path / "load.db"
+    started = time.perf_counter()
+    code = main(["mlp", "--workers", "8", "--trials", "200", "--epochs", "1",
+                 "--storage", f"sqlite:///{db}", *TINY])
+    seconds = time.perf_counter() - started
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    trials = load(db).get_trials()
+    assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 200}
+    assert sorted(t.number for t in trials) == list(range(200))
+    assert all(t.user_attrs["epochs_run"] == 1 and "test_acc" in t.user_attrs for t in trials)
+    # One line per finished trial, prefixed by its worker; every worker took part.
+    lines = TRIAL_LINE.findall(out)
+    assert sorted(int(number) for _, number, _ in lines) == list(range(200))
+    assert {worker for worker, _, _ in lines} == {str(i) for i in range(8)}
+    assert "locked" not in out + err and "Traceback" not in err
+    assert integrity(db) == "ok"
+    print(f"8 workers x 200 trials: {seconds:.1f} s")
+
+
+def test_workers_run_each_grid_point_once_and_a_second_run_nothing(tmp_path, capfd):
+    db = tmp_path / "grid.db"
+    grid = ["--grid", "activation=relu,sigmoid,tanh", "--grid", "batch_size=64,128"]
+    command = ["mlp", "--workers", "3", "--epochs", "1", "--storage", f"sqlite:///{db}",
+               "--study", "grid", *TINY, *grid]
+    assert main(command) == 0
+    trials = load(db, "grid").get_trials()
+    points = Counter((t.params["activation"], t.params["batch_size"]) for t in trials)
+    assert len(points) == 6 and set(points.values()) == {1}
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    capfd.readouterr()
+    assert main(command) == 0
+    assert "every grid point is already done" in capfd.readouterr().out
+    assert len(load(db, "grid").get_trials()) == 6
+
+
+def test_a_grid_search_and_a_worker_side_by_side_run_each_point_once(tmp_path):
+    db = tmp_path / "side.db"
+    url = f"sqlite:///{db}"
+    grid = run_cli(["mlp", "--grid", "activation=relu,sigmoid,tanh", "--epochs", "20",
+                    "--storage", url, "--study", "side", *TINY])
+    wait_until(lambda: query(db, "SELECT COUNT(*) FROM trials WHERE state = 'WAITING'", 0) > 0,
+               what="the grid points queued")
+    worker = run_cli(["worker", "side", "--storage", url])
+    for process in (grid, worker):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    trials = load(db, "side").get_trials()
+    assert sorted(t.params["activation"] for t in trials) == ["relu", "sigmoid", "tanh"]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_worker_joins_a_study_with_the_settings_it_was_made_with(tmp_path, capsys):
+    db = tmp_path / "join.db"
+    url = f"sqlite:///{db}"
+    assert main(["mlp", "--trials", "1", "--epochs", "1", "--storage", url, *TINY,
+                 "--set", "activation=tanh"]) == 0
+    capsys.readouterr()
+    # No model, space, --set or data options given: the study's are used; --trials 3 makes
+    # the study's target 3, so the worker runs the 2 that are missing.
+    assert main(["worker", "mlp", "--storage", url, "--trials", "3"]) == 0
+    out = capsys.readouterr().out
+    trials = load(db).get_trials()
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials[1:]:
+        config = trial.user_attrs["config"]
+        assert config["activation"] == "tanh" and config["hidden_sizes"] == [16]
+        assert trial.user_attrs["epochs_run"] == 1
+    assert "100 train / 50 val / 100 test" in out
+    assert len(re.findall(r"^trial +\d+ COMPLETE", out, re.MULTILINE)) == 2
+
+
+def test_gpus_are_handed_out_round_robin(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert launch.gpu_assignment(5) == ["0", "1", "0", "1", "0"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5")  # only these are ours to use
+    assert launch.gpu_assignment(4) == ["2", "3", "5", "2"]
+    assert launch.gpu_assignment(2, device="cpu") == [None, None]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert launch.gpu_assignment(2) == [None, None]
+
+
+def test_a_parent_killed_outright_takes_its_workers_with_it_and_the_command_completes(tmp_path):
+    db = tmp_path / "orphans.db"
+    command = ["mlp", "--workers", "2", "--trials", "4", "--epochs", "40", "--storage",
+               f"sqlite:///{db}", *TINY, "--set", "batch_size=16"]
+    parent = run_cli(command)
+    wait_until(lambda: running_with_an_epoch(db) >= 2, what="both workers training")
+    workers = children_of(parent.pid)
+    assert len(workers) >= 2
+    parent.kill()
+    assert parent.wait(timeout=60) == -signal.SIGKILL
+    killed_at = time.monotonic()
+    wait_until(lambda: not any(alive(pid) for pid in workers), seconds=5,
+               what="no child alive 5 s after its parent was killed")
+    assert time.monotonic() - killed_at < 5
+    trials = load(db).get_trials()
+    assert TrialState.RUNNING not in {t.state for t in trials}  # failed and queued again
+    again = run_cli(command)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    trials = load(db).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert integrity(db) == "ok"
+
+
+def running_pids(db) -> list[int]:
+    """The pids of the processes running trials that have reported an epoch and may still be
+    killed without using up their point's tries (the chaos test wants every point done)."""
+    rows = []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as connection:
+            rows = connection.execute(
+                "SELECT t.trial_id, (SELECT value_json FROM trial_user_attributes u WHERE "
+                "u.trial_id = t.trial_id AND u.key = 'run'), (SELECT value_json FROM "
+                "trial_system_attributes s WHERE s.trial_id = t.trial_id AND s.key = "
+                "'retry_history') FROM trials t WHERE t.state = 'RUNNING' AND EXISTS (SELECT 1 "
+                "FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id)").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [json.loads(run)["pid"] for _, run, history in rows
+            if run and len(json.loads(history or "[]")) < 1]
+
+
+@pytest.mark.slow
+def test_chaos_random_kills_over_three_launchers_never_run_a_grid_point_twice(tmp_path):
+    db = tmp_path / "chaos.db"
+    url = f"sqlite:///{db}"
+    grid = ["--grid", "activation=relu,sigmoid,tanh", "--grid", "lr=0.1,0.01,0.001,0.0001"]
+    commands = [["mlp", *grid, "--epochs", "25", "--storage", url, "--study", "chaos", *TINY,
+                 "--workers", "2"],
+                ["worker", "chaos", "--storage", url, "--workers", "2"],
+                ["worker", "chaos", "--storage", url]]
+    launchers = [run_cli(commands[0], **FAST_HEARTBEAT)]
+    wait_until(lambda: query(db, "SELECT COUNT(*) FROM trials", 0) >= 12, what="the grid queued")
+    launchers += [run_cli(c, **FAST_HEARTBEAT) for c in commands[1:]]
+    rng, kills, restarts = random.Random(0), 0, 0
+    deadline = time.monotonic() + 600
+    while kills < 10 and time.monotonic() < deadline:
+        victims = running_pids(db)
+        if victims:
+            victim = rng.choice(victims)
+            try:
+                os.kill(victim, signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                pass
+            time.sleep(rng.uniform(0.2, 1.0))  # spread the kills over the run
+        for index, process in enumerate(launchers):  # a scheduler restarts what died
+            if process.poll() is not None and finished(db) < 12:
+                launchers[index] = run_cli(commands[index], **FAST_HEARTBEAT)
+                restarts += 1
+        time.sleep(0.05)
+    assert kills == 10
+    wait_until(lambda: all(p.poll() is not None for p in launchers) or finished(db) >= 12,
+               seconds=600, what="the grid to finish")
+    for process in launchers:
+        process.communicate(timeout=300)
+    trials = load(db, "chaos").get_trials()
+    complete = Counter((t.params["activation"], t.params["lr"]) for t in trials
+                       if t.state == TrialState.COMPLETE)
+    assert len(complete) == 12 and set(complete.values()) == {1}   # each point exactly once
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert integrity(db) == "ok"
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    print(f"chaos: {kills} kills, {restarts} launcher restarts, {len(trials)} trials "
+          f"({failed} FAIL, 12 COMPLETE)")

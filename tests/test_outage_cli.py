@@ -1,0 +1,127 @@
+"""A search on PostgreSQL whose server restarts, or stops for longer than --storage-patience,
+end to end (issue 16). Needs OPTUNA_SEARCH_PG_URL and pg_ctlcluster (tests/pg_server.py).
+
+Trials are short: the MLP with 16 hidden units on 100 synthetic images, a few ms per epoch.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from storage import open_storage
+
+from pg_server import pg_ctl, pg_ensure_running, pg_url  # noqa: F401 (a fixture)
+
+pytestmark = [pytest.mark.postgres,
+              ]
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--data", "synthetic", "--train-subset", "100", "--test-subset", "100",
+        "--val-size", "50", "--set", "hidden_sizes=16", "--sampler", "random",
+        "--pruner", "none"]
+
+
+@pytest.fixture
+def study_name(pg_url, tmp_path, monkeypatch):
+    """A fresh study name; artifacts in tmp_path; the server running and the study gone after."""
+    monkeypatch.setenv("OPTUNA_SEARCH_ARTIFACTS", str(tmp_path / "artifacts"))
+    name = f"pytest-outage-{uuid.uuid4().hex[:8]}"
+    yield name
+    pg_ensure_running(pg_url)
+    try:
+        optuna.delete_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))
+    except KeyError:
+        pass
+
+
+def search(argv: list[str], **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "search.cli", *argv], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name,
+                             storage=open_storage(url, heartbeat=False)).get_trials()
+
+
+def wait_mid_trial(url: str, name: str, running: int, process: subprocess.Popen,
+                   epochs: int = 3, seconds: float = 120) -> None:
+    """Until `running` trials are RUNNING with at least `epochs` reported epochs each."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            busy = [t for t in trials(url, name) if t.state == TrialState.RUNNING
+                    and len(t.intermediate_values) >= epochs]
+            if len(busy) >= running:
+                return
+        except KeyError:  # the study is not made yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{running} trials never ran at once")
+
+
+def assert_contiguous_and_complete(trial: optuna.trial.FrozenTrial, epochs: int) -> None:
+    assert trial.state == TrialState.COMPLETE, (trial.number, trial.state)
+    assert sorted(trial.intermediate_values) == list(range(1, epochs + 1)), trial.number
+
+
+def test_a_server_restart_mid_trial_does_not_stop_a_two_worker_search(pg_url, study_name):
+    epochs = 150
+    process = search(["mlp", "--workers", "2", "--trials", "4", "--epochs", str(epochs),
+                      "--storage", pg_url, "--study", study_name, *TINY])
+    wait_mid_trial(pg_url, study_name, running=2, process=process)
+    outage = pg_ctl(pg_url, "restart")
+    out, err = process.communicate(timeout=600)
+    done = trials(pg_url, study_name)
+    print(f"restart took {outage:.1f} s; exit {process.returncode}; {len(err.splitlines())} "
+          f"lines on stderr; trials (number, state, epochs reported): "
+          f"{[(t.number, t.state.name, len(t.intermediate_values)) for t in done]}")
+    assert process.returncode == 0, err[-3000:]
+    assert len(done) == 4, [(t.number, t.state.name) for t in done]  # no duplicated trial
+    for trial in done:
+        assert_contiguous_and_complete(trial, epochs)
+    assert "Traceback" not in err
+
+
+def test_a_server_down_past_the_patience_is_one_line_exit_1_and_the_same_command_resumes(
+        pg_url, study_name):
+    epochs = 100
+    heartbeat = {"OPTUNA_SEARCH_HEARTBEAT": "1", "OPTUNA_SEARCH_GRACE": "2"}
+    argv = ["mlp", "--trials", "2", "--epochs", str(epochs), "--storage", pg_url,
+            "--study", study_name, "--storage-patience", "3", *TINY]
+    process = search(argv, **heartbeat)
+    wait_mid_trial(pg_url, study_name, running=1, process=process)
+    interrupted = next(t for t in trials(pg_url, study_name) if t.state == TrialState.RUNNING)
+    pg_ctl(pg_url, "stop")
+    stopped = time.monotonic()
+    try:
+        out, err = process.communicate(timeout=120)
+    finally:
+        waited = time.monotonic() - stopped
+        pg_ctl(pg_url, "start")
+    lines = err.strip().splitlines()
+    print(f"exit {process.returncode} after {waited:.1f} s; {len(lines)} lines on stderr")
+    assert process.returncode == 1 and len(lines) == 1, err[-3000:]
+    assert "unreachable" in lines[0] and ":***@" in lines[0]
+    assert waited < 3 + 30
+
+    time.sleep(3)  # past the 2 s grace period: the silent trial is taken for dead
+    again = search(argv, **heartbeat)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    done = trials(pg_url, study_name)
+    states = {t.number: t.state for t in done}
+    assert TrialState.RUNNING not in states.values(), states
+    assert states[interrupted.number] == TrialState.FAIL
+    retry = next(t for t in done if t.system_attrs.get("failed_trial") == interrupted.number)
+    assert_contiguous_and_complete(retry, epochs)
+    assert sum(state == TrialState.COMPLETE for state in states.values()) >= 2
