@@ -30,6 +30,7 @@ WEIGHT_ARTIFACT = "first_layer.npy"
 PICTURE_ARTIFACT = "first_layer.png"
 GRAY_PICTURE_ARTIFACT = "first_layer_gray.png"  # ResNet18 only
 INTERRUPT_FLUSH_SECONDS = 2.0   # Ctrl-C: how long the last epochs may take to land
+PRUNE_WAIT_SECONDS = 1.0        # how long an epoch waits for its writes before the pruner
 LAND_MARGIN_SECONDS = 5.0       # beyond the storage's patience, for the writes in the queue
 
 
@@ -92,8 +93,12 @@ class Objective:
             report_new_epochs(result)
             writer.set_user_attr("curves", result.curves())  # live in the dashboard
             # The pruner compares this trial's epochs, read from the storage, with the other
-            # trials': judge only once they have landed there.
-            return writer.pending() == 0 and trial.should_prune()
+            # trials': judge only once they have landed there (milliseconds, unless the
+            # storage is away: then training goes on and the next epoch is judged).
+            if not writer.flush(timeout=PRUNE_WAIT_SECONDS):
+                return False
+            stored = trial.study._storage.get_trial(trial._trial_id)  # trial.should_prune()
+            return trial.study.pruner.prune(trial.study, stored)      # reads its own cache
 
         failure = None
         try:

@@ -81,8 +81,9 @@ def budget_suffix(budget: dict) -> str:
         return ""
     if all(budget[k] == BUDGETS["small"][k] for k in IDENTITY_KEYS):
         return "-small"
-    return "-" + "-".join(f"{k.replace('_subset', '')}{budget[k] or 'all'}"
-                          for k in IDENTITY_KEYS)
+    labels = {"epochs": "epochs", "train_subset": "train", "test_subset": "test",
+              "val_size": "val"}
+    return "-" + "-".join(f"{labels[k]}{budget[k] or 'all'}" for k in IDENTITY_KEYS)
 
 
 def search_settings(experiment: Experiment, settings: ReproduceSettings) -> RunSettings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from search.arguments import build_parser, study_spec
 from search.cli import main
 from search.reproduce import EXPERIMENTS, BUDGETS, ReproduceSettings, search_settings
 
@@ -18,11 +19,19 @@ def trial_counts(db: str) -> dict[str, int]:
             for name in optuna.get_all_study_names(storage=storage)}
 
 
-def test_study_names_match_the_single_commands():
-    settings = ReproduceSettings()
-    names = [search_settings(e, settings).study_name for e in EXPERIMENTS]
+def test_the_full_budget_uses_the_single_commands_names_and_others_their_own():
+    names = [search_settings(e, ReproduceSettings(budget="full")).study_name
+             for e in EXPERIMENTS]
     assert names == ["mlp-grid-activation", "resnet18-optimizer=adam-grid-lr",
                      "mlpmixer-grid-patch_size", "resnet18", "mlpmixer"]
+    small = [search_settings(e, ReproduceSettings()).study_name for e in EXPERIMENTS]
+    assert small == [f"{name}-small" for name in names]  # a study never mixes two budgets
+    custom = search_settings(EXPERIMENTS[3], ReproduceSettings(epochs=3)).study_name
+    assert custom == "resnet18-epochs3-train500-test500-val250"
+    # the single command's own spec is the full budget's: the same study, either way
+    full = search_settings(EXPERIMENTS[1], ReproduceSettings(budget="full")).spec
+    assert full == study_spec(build_parser().parse_args(
+        "resnet18 --set optimizer=adam --grid lr=0.1,0.01,0.001,0.0001,0.00001".split()))
 
 
 def test_small_budget_is_small_and_full_is_the_reports():
@@ -37,8 +46,11 @@ def test_reproduce_writes_the_report_and_resumes(tmp_path, capsys):
     argv = ["reproduce", "-o", str(out), "--storage", f"sqlite:///{db}", *TINY]
     assert main(argv) == 0
     counts = trial_counts(str(db))
-    assert counts == {"mlp-grid-activation": 3, "resnet18-optimizer=adam-grid-lr": 5,
-                      "mlpmixer-grid-patch_size": 3, "resnet18": 2, "mlpmixer": 2}
+    suffix = "-epochs1-train40-test40-val30"  # the budget this test asked for
+    assert counts == {f"mlp-grid-activation{suffix}": 3,
+                      f"resnet18-optimizer=adam-grid-lr{suffix}": 5,
+                      f"mlpmixer-grid-patch_size{suffix}": 3, f"resnet18{suffix}": 2,
+                      f"mlpmixer{suffix}": 2}
 
     report = (out / "REPORT.md").read_text()
     for e in EXPERIMENTS:
