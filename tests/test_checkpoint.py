@@ -373,7 +373,9 @@ def test_a_sigkilled_process_is_resumed_by_the_next_one(tmp_path):
             killed.kill()
     reported = [int(line.split()[1]) for line in killed.stdout.read().split("\n") if line]
     kept = torch.load(checkpoint, weights_only=True)["state"]["epoch"] - 1
-    assert 1 <= kept <= 3 and reported[:kept] == list(range(1, kept + 1))
+    # The file may land before the killed process printed its epoch: it is at most one ahead.
+    assert 1 <= kept <= 3 and reported == list(range(1, len(reported) + 1))
+    assert kept <= len(reported) + 1
 
     resumed = run_child("resumed", checkpoint, tmp_path / "resumed.json")
     reference = run_child("reference", checkpoint, tmp_path / "reference.json")
