@@ -7,10 +7,10 @@ evaluates the validation set and hands the run so far to `on_epoch`, which may a
 the end (also when stopped early), and evaluates the test set once with them. A NaN or infinite
 loss raises `Diverged` naming the epoch. On CUDA it trains in bf16 autocast with channels_last
 and fused optimizers; on the CPU in bf16 autocast where the CPU has native bf16, else in fp32,
-deterministically either way. The loop reads GPU values back
-once per epoch (plus one finiteness check every 100 steps). With a `Checkpoint`
-(search/checkpoint.py) it saves the whole training state off the critical path, between any
-two steps, and a run that finds one resumes it exactly: same curves, same random numbers.
+deterministically either way. The loop reads GPU values back once per epoch (plus one
+finiteness check every 100 steps). With a `Checkpoint` (search/checkpoint.py) it saves the
+whole training state off the critical path, between any two steps, and a run that finds one
+resumes it exactly: same curves, same random numbers.
 """
 from __future__ import annotations
 
