@@ -32,6 +32,8 @@ from typing import Any, Mapping
 
 import torch
 
+from search.interrupts import keep_signals_off_this_thread
+
 log = logging.getLogger(__name__)
 FORMAT = 1
 
@@ -134,6 +136,7 @@ class Checkpoint:
         return True
 
     def _write(self, blob: dict, best: dict | None, copied) -> None:
+        keep_signals_off_this_thread()   # Ctrl-C and SIGTERM are the main thread's
         try:
             if copied is not None:
                 copied.synchronize()
@@ -153,7 +156,10 @@ class Checkpoint:
     def flush(self) -> None:
         """Wait for the write in flight, if any (and warn once if a write failed)."""
         if self._writer is not None:
-            self._writer.join()
+            try:
+                self._writer.join()
+            except RuntimeError:  # Ctrl-C interrupted its start(): it never ran, or it runs
+                pass              # now and finishes by itself (not a daemon)
             self._writer = None
         self._report_failure()
 

@@ -311,6 +311,16 @@ def test_a_write_failing_midway_leaves_no_partial_file(data, tmp_path, monkeypat
     assert len(caplog.records) == 1
 
 
+def test_ctrl_c_while_a_write_starts_stays_a_keyboard_interrupt(data, tmp_path, monkeypatch):
+    """Ctrl-C inside Thread.start(): flush() must not turn it into "cannot join thread"."""
+    class StartInterrupted(threading.Thread):
+        def start(self):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(search.checkpoint.threading, "Thread", StartInterrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh(), SMALL, data, checkpoint=Checkpoint(tmp_path / "t.pt", every_seconds=0))
+
+
 def test_a_negative_interval_is_refused_with_one_clear_line():
     for bad in (-1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"^the checkpoint interval must be 0 \(after "
