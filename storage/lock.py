@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from storage.open import _kind, artifact_dir
+from storage.schema import advisory_key
 
 LOCK_FOLDER = ".locks"
 
@@ -55,12 +56,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def advisory_key(study_name: str) -> int:
-    """A signed 64-bit key (PostgreSQL's bigint) for the study's name."""
-    digest = hashlib.sha256(b"optuna-search:" + study_name.encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 @contextlib.contextmanager
 def _advisory_lock(storage, study_name: str) -> Iterator[None]:
     """A transaction of its own, open while the block runs; its end (or the connection's, if
@@ -72,7 +67,7 @@ def _advisory_lock(storage, study_name: str) -> Iterator[None]:
         connection = storage.engine.connect()
         try:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
-                               {"key": advisory_key(study_name)})
+                               {"key": advisory_key("study:" + study_name)})
         except BaseException:
             connection.close()
             raise
@@ -88,3 +83,4 @@ def _advisory_lock(storage, study_name: str) -> Iterator[None]:
             connection.close()
         except Exception:  # the server went away meanwhile, and took the lock with it
             connection.invalidate()
+

@@ -37,7 +37,7 @@ DEFAULT_STORAGE = "sqlite:///optuna-search.db"
 # shorten them through the environment.
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 90
-MAX_RETRY = 3
+MAX_RETRY = 2            # a trial runs 3 times at most: the first try and 2 retries (search/run.py)
 SQLITE_BUSY_SECONDS = 60      # how long a writer waits for the lock before giving up
 PG_CONNECT_SECONDS = 5
 DEFAULT_PATIENCE_SECONDS = 120.0  # how long a call waits out an outage of the storage

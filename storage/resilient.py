@@ -41,7 +41,8 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.faults import PERMANENT, StorageFailure, StorageUnavailable, classify
-from storage.sqlite import SQLiteSettings, schema_lock
+from storage.schema import schema_lock, server_schema_lock
+from storage.sqlite import SQLiteSettings
 
 T = TypeVar("T")
 FIRST_BACKOFF_SECONDS = 0.1
@@ -70,7 +71,9 @@ class ResilientStorage(RDBStorage):
         self.display_name, self.patience, self.sqlite = name, patience, sqlite
         self.path = sqlite.path if sqlite else None
         self._local = threading.local()
-        with schema_lock(self.path):  # several processes may make a new file's tables at once
+        # Several processes (an array of Slurm tasks, a Job's pods) may make a new database's
+        # tables at once: one at a time, or all but one fail ("type studydirection exists").
+        with schema_lock(self.path), server_schema_lock(url, kwargs.get("engine_kwargs")):
             super().__init__(url, **kwargs)
         if sqlite:
             sqlite.install(self.engine)

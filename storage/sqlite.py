@@ -1,13 +1,9 @@
-"""SQLite made safe for several processes: one maker of a new file's tables, writers that take
-the write lock at BEGIN, readers that never take it."""
+"""SQLite made safe for several processes: writers that take the write lock at BEGIN, readers
+that never take it (one maker of a new file's tables: storage/schema.py)."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -48,28 +44,3 @@ class SQLiteSettings:
             connection.exec_driver_sql(begin)
 
         engine.dispose()  # connections opened while Optuna made its tables lack the hooks
-
-
-@contextlib.contextmanager
-def schema_lock(path: Path | None) -> Iterator[None]:
-    """Hold an OS lock on the file's folder while Optuna opens the file.
-
-    Opening makes any missing table and stamps the schema version; two processes doing that at
-    once on a new file crash ("table studies already exists", "UNIQUE constraint failed:
-    alembic_version"). The lock is on the folder, not the file: SQLite's own locks on the file
-    are POSIX locks, which this process would drop by closing any other descriptor of it.
-    Nothing is created. Where the folder cannot be opened (no read permission) there is no lock.
-    """
-    if path is None:
-        yield
-        return
-    try:
-        folder = os.open(Path(path).resolve().parent, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(folder)  # closing releases the lock

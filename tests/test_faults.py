@@ -297,3 +297,19 @@ def test_a_postgresql_port_that_never_answers_gives_up_in_seconds(capsys):
         line = refused(["worker", "mlp", "--storage", url], capsys)
         assert time.monotonic() - started < PG_CONNECT_SECONDS + 5
     assert "could not open storage" in line and "secret" not in line
+
+
+def test_ctrl_c_at_any_moment_of_the_first_seconds_is_one_line_and_exit_130(tmp_path):
+    """Imports (torch, optuna: seconds) run inside main()'s handler: no traceback, ever."""
+    db = tmp_path / "early.db"
+    for delay in (0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 1.8, 2.5, 3.5):
+        search = run_cli(["mlp", "--trials", "2", "--epochs", "50", "--storage",
+                          f"sqlite:///{db}", *TINY])
+        time.sleep(delay)  # a moment of the start-up, not a condition: any moment must do
+        search.send_signal(signal.SIGINT)
+        out, err = search.communicate(timeout=120)
+        assert search.returncode == 130, (delay, err[-2000:])
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (delay, err)
+        if db.exists():
+            assert "RUNNING" not in states(db)
+            assert integrity(db) == "ok"

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 import storage.open
 from storage import (StorageError, StorageFailure, StorageUnavailable, check_writable,
-                     open_storage)
+                     open_storage, sqlalchemy_url)
 from storage.resilient import CLAIMED_KEY
 
 from pg_server import pg_ctl, pg_study, pg_url  # noqa: F401 (fixtures)
@@ -120,6 +120,36 @@ def test_eight_processes_make_one_new_file_at_once(tmp_path):
     names = set(optuna.get_all_study_names(storage=f"sqlite:///{db}"))
     assert names == {f"study-{i}" for i in range(8)}
     assert integrity(db) == "ok"
+
+
+@pytest.mark.postgres
+def test_eight_processes_make_one_new_postgresql_database_s_tables_at_once(pg_url, tmp_path):
+    """An array of Slurm tasks or a Job's pods starting together on a new database."""
+    import sqlalchemy
+    database = f"optuna_search_race_{os.getpid()}"
+    server = sqlalchemy.create_engine(sqlalchemy_url(pg_url), isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {database}"))
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {database}"))
+    url = pg_url.rsplit("/", 1)[0] + "/" + database
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        processes = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, url, str(go),
+                                       str(i)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for i in range(8)]
+        for process in processes:
+            assert process.stdout.readline() == "ready\n", process.stderr.read()
+        go.touch()
+        errors = [process.communicate(timeout=120)[1] for process in processes]
+        assert [process.returncode for process in processes] == [0] * 8, errors
+        names = set(optuna.get_all_study_names(storage=open_storage(url, readonly=True)))
+        assert names == {f"study-{i}" for i in range(8)}
+    finally:
+        with server.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {database} "
+                                               "WITH (FORCE)"))
+        server.dispose()
 
 
 def test_a_reader_never_blocks_a_writer(tmp_path, short_busy_timeout):

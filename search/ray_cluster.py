@@ -1,0 +1,205 @@
+"""Trials on a Ray cluster (`--ray`, the optional extra `optuna-search[ray]`).
+
+    optuna-search resnet18 --ray local --workers 4 --gpus-per-trial 0.25   # a cluster for this run
+    optuna-search resnet18 --ray auto --workers 16 --storage postgresql://...   # `ray start` one
+
+Ray only places runners: one long-lived actor per slot (`--workers N` of them) runs the run
+loop (search/run.py) in its process, loading the data once, until the study's target is met.
+Optuna stays the source of truth: the storage holds the target, the queue and every result;
+its samplers and pruners and optuna-dashboard work as without Ray (no Ray Tune).
+- An actor (or its node) that dies is restarted by Ray and runs the loop again; its trial is
+  failed and queued again through the heartbeat, like any worker that dies.
+- Ctrl-C / SIGTERM to this process: every actor gets SIGTERM on its own node, fails its running
+  trial, queues it again and returns; then the actors are ended and, with `--ray local`, the
+  cluster is stopped. Nothing is left RUNNING, no Ray process is left behind.
+- Several machines need a storage they all reach (PostgreSQL) and, for checkpoints and
+  pictures, a shared artifact folder (OPTUNA_SEARCH_ARTIFACTS).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Iterator
+
+from search.errors import UsageError
+from search.run import RunResult, run_process
+from search.settings import RunSettings
+from storage.open import _kind
+
+RAY_MISSING = "--ray needs Ray: pip install 'optuna-search[ray]'"
+CONNECT_SECONDS = 20        # an address that does not answer is bad input within this
+STOP_SECONDS = 60           # after SIGTERM, how long actors get to fail their trial and return
+ACTOR_RESTARTS = 3          # per slot: an actor (or node) that dies comes back this often
+POLL_SECONDS = 0.2
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@contextlib.contextmanager
+def connected(settings: RunSettings, err=None) -> Iterator[None]:
+    """Connect to (or, for `local`, start) the Ray cluster before anything is written;
+    every problem is a UsageError (exit 2). Disconnects (and stops a local cluster) after."""
+    err = err or sys.stderr
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError(RAY_MISSING)
+    address = settings.ray
+    local_file = _kind(settings.storage) in ("sqlite", "journal")
+    if address not in ("local", "auto"):
+        host, port = _host_port(address)
+        if local_file and host not in LOOPBACK:
+            raise UsageError(f"{settings.storage} is a file on this machine; Ray at {address} "
+                             "runs trials on other machines: use --storage postgresql://...")
+        try:  # a quick TCP check: a clear line in seconds instead of Ray's long retries
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError as error:
+            raise UsageError(f"no Ray cluster at {address} ({error.strerror or error}); "
+                             "start one with `ray start --head`, or use --ray local") from None
+    import ray
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                 configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise UsageError(f"could not connect to Ray at {address}: "
+                         f"{str(error).splitlines()[0][:200]}") from None
+    try:
+        _check_cluster(settings, local_file, err)
+        yield
+    finally:
+        ray.shutdown()  # with --ray local this stops the cluster started above
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--ray {address!r}: use local, auto or HOST:PORT")
+    return host, int(port)
+
+
+def _check_cluster(settings: RunSettings, local_file: bool, err) -> None:
+    import ray
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if local_file and len(nodes) > 1:
+        raise UsageError(f"the Ray cluster has {len(nodes)} machines, but {settings.storage} is "
+                         "a file on this one: use --storage postgresql://...")
+    if len(nodes) > 1 and not os.environ.get("OPTUNA_SEARCH_ARTIFACTS"):
+        print("warning: OPTUNA_SEARCH_ARTIFACTS is not set: each machine keeps its checkpoints "
+              "and pictures in ./optuna-search-artifacts, so a retry on another machine starts "
+              "from epoch 0 and reports miss pictures; point it at a shared folder", file=err)
+    gpus = gpus_per_actor(settings)
+    most = max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0)
+    if gpus > most:
+        raise UsageError(f"--gpus-per-trial {gpus:g}: no machine of the Ray cluster has that "
+                         f"many GPUs (at most {most:g})")
+
+
+def gpus_per_actor(settings: RunSettings) -> float:
+    """--gpus-per-trial, else a whole GPU where the cluster has one, else none."""
+    if settings.gpus_per_trial is not None:
+        return settings.gpus_per_trial
+    import ray
+    return 1.0 if settings.device != "cpu" and ray.cluster_resources().get("GPU", 0) else 0.0
+
+
+class Runner:
+    """One slot: the run loop in this actor's process (made a Ray actor in run_on_ray)."""
+
+    def __init__(self, settings: RunSettings, index: int):
+        self.settings, self.index = settings, index
+
+    def run(self, lines) -> RunResult:
+        import ray
+        from search.launch import quiet_optuna
+        quiet_optuna()
+        # Where this process is (again, after a restart): the driver signals it to stop.
+        lines.put(("where", self.index, (ray.get_runtime_context().get_node_id(), os.getpid())))
+        return run_process(self.settings, _QueueLines(lines, self.index))
+
+
+class _QueueLines:
+    """A text stream that sends each finished line to the driver through a Ray queue."""
+
+    def __init__(self, lines, index: int):
+        self.lines, self.index, self.buffer = lines, index, ""
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *done, self.buffer = self.buffer.split("\n")
+        for line in done:
+            self.lines.put(("line", self.index, line))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _signal(pid: int, signum: int) -> None:
+    """Runs on the actor's node (a Ray task pinned there): signal the actor's process."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def run_on_ray(settings: RunSettings, out, outcome) -> None:
+    """settings.workers actors running the loop; returns when all have returned."""
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    lines = Queue()
+    actor = ray.remote(num_cpus=1, num_gpus=gpus_per_actor(settings),
+                       max_restarts=ACTOR_RESTARTS, max_task_retries=-1)(Runner)
+    slot = settings.replace(workers=1)  # each actor is one worker; Ray shares out the cores
+    actors = [actor.remote(slot, i) for i in range(settings.workers)]
+    running = {actors[i].run.remote(lines): i for i in range(len(actors))}
+    signal_on = ray.remote(num_cpus=0)(_signal)
+    stopping = threading.Event()
+
+    def stop(signum, _frame):
+        outcome.interrupted = True
+        stopping.set()
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    where: dict[int, tuple[str, int]] = {}  # slot -> (node id, pid) of its actor's process
+    try:
+        asked_at = None
+        while running:
+            done, _ = ray.wait(list(running), timeout=POLL_SECONDS)
+            for ref in done:
+                index = running.pop(ref)
+                try:
+                    outcome.add(ray.get(ref))
+                except ray.exceptions.RayError as error:
+                    outcome.errors.append(f"Ray worker {index}: {str(error).splitlines()[0]}")
+            _relay(lines, out, where)
+            if stopping.is_set() and asked_at is None:
+                asked_at = time.monotonic()
+                for index in running.values():  # each actor's process, on its own node
+                    if index in where:
+                        node, pid = where[index]
+                        signal_on.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                            node, soft=False)).remote(pid, signal.SIGTERM)
+            if asked_at is not None and time.monotonic() - asked_at > STOP_SECONDS:
+                outcome.errors.append("Ray workers did not stop within "
+                                      f"{STOP_SECONDS} s; ended them")
+                break
+        _relay(lines, out, where)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for each in actors:
+            ray.kill(each, no_restart=True)
+
+
+def _relay(lines, out, where: dict) -> None:
+    for kind, index, payload in lines.get_nowait_batch(lines.qsize()):
+        if kind == "where":
+            where[index] = payload
+        else:
+            print(f"[r{index}] {payload}", file=out, flush=True)

@@ -1,0 +1,151 @@
+"""search.ray_cluster: the run loop in Ray actors on a local Ray cluster. Two actors run at
+once, a killed actor's trial comes back and the study meets its target, Ctrl-C leaves nothing
+RUNNING and no Ray process, and bad --ray input is one line, exit 2, nothing written.
+
+Needs the `ray` extra: skipped where Ray is absent, required under CI=true.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
+                     running_with_an_epoch, wait_until)
+
+if os.environ.get("CI") != "true":
+    pytest.importorskip("ray")
+RAY = ["--ray", "local", "--workers", "2"]
+
+
+def ray_processes() -> set[int]:
+    """Pids of Ray's own processes on this machine (raylet, GCS, workers)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+            if any(name in command for name in (b"raylet", b"gcs_server", b"ray::",
+                                                 b"default_worker.py", b"dashboard/agent")):
+                found.add(int(entry.name))
+    return found
+
+
+def overlapping(trials) -> bool:
+    """Whether two trials of different processes ran at the same time."""
+    spans = [(t.datetime_start, t.datetime_complete, t.user_attrs["run"]["pid"])
+             for t in trials if t.datetime_complete]
+    return any(a[2] != b[2] and a[0] < b[1] and b[0] < a[1] for a in spans for b in spans)
+
+
+@pytest.mark.slow
+def test_two_actors_run_trials_at_once_and_share_the_target(tmp_path):
+    db = tmp_path / "ray.db"
+    before = ray_processes()
+    search = run_cli(["mlp", *RAY, "--trials", "4", "--epochs", "40", "--storage",
+                      f"sqlite:///{db}", *TINY], cwd=tmp_path)
+    out, err = search.communicate(timeout=600)
+    assert search.returncode == 0, err[-3000:]
+    trials = load(db).get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) + \
+        [t.state for t in trials].count(TrialState.PRUNED) == 4 and len(trials) == 4
+    assert len({t.user_attrs["run"]["pid"] for t in trials}) == 2 and overlapping(trials)
+    assert "[r0] trial" in out and "[r1] trial" in out
+    wait_until(lambda: not (ray_processes() - before), seconds=30, what="Ray to stop")
+
+
+@pytest.mark.slow
+def test_a_killed_actor_comes_back_and_the_study_meets_its_target(tmp_path):
+    db = tmp_path / "ray.db"
+    search = run_cli(["mlp", *RAY, "--trials", "3", "--epochs", "40", "--storage",
+                      f"sqlite:///{db}", *TINY, "--set", "batch_size=16"], cwd=tmp_path,
+                     **FAST_HEARTBEAT)
+    wait_until(lambda: running_with_an_epoch(db) >= 1, what="an actor training")
+    victim = next(t for t in load(db).get_trials() if t.state == TrialState.RUNNING)
+    os.kill(victim.user_attrs["run"]["pid"], signal.SIGKILL)
+    out, err = search.communicate(timeout=600)
+    assert search.returncode == 0, err[-3000:]
+    trials = load(db).get_trials()
+    assert finished(db) == 3
+    assert next(t for t in trials if t.number == victim.number).state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry.params == victim.params
+    assert integrity(db) == "ok"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_actor_leaves_nothing_running_and_no_ray_process(tmp_path):
+    db = tmp_path / "ray.db"
+    before = ray_processes()
+    search = run_cli(["mlp", *RAY, "--trials", "6", "--epochs", "2000", "--storage",
+                      f"sqlite:///{db}", *TINY], cwd=tmp_path)
+    wait_until(lambda: running_with_an_epoch(db) >= 2, what="both actors training")
+    search.send_signal(signal.SIGINT)
+    out, err = search.communicate(timeout=120)
+    assert search.returncode == 130, err[-3000:]
+    assert "Resume with the same command" in err and "Traceback" not in err
+    states = [t.state for t in load(db).get_trials()]
+    assert TrialState.RUNNING not in states
+    assert states.count(TrialState.FAIL) == 2 and states.count(TrialState.WAITING) == 2
+    wait_until(lambda: not (ray_processes() - before), seconds=30, what="no Ray process left")
+    assert integrity(db) == "ok"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+BAD_RAY = {
+    "unreachable address": ["--ray", f"127.0.0.1:{free_port()}"],
+    "no cluster to join": ["--ray", "auto"],
+    "not an address": ["--ray", "somewhere"],
+    "no GPU fraction": ["--ray", "local", "--gpus-per-trial", "0"],
+    "a GPU and a half": ["--ray", "local", "--gpus-per-trial", "1.5"],
+    "gpus without ray": ["--gpus-per-trial", "0.5"],
+    "sqlite on a remote cluster": ["--ray", "10.1.2.3:6379"],
+}
+
+
+@pytest.mark.parametrize("argv", BAD_RAY.values(), ids=BAD_RAY.keys())
+def test_bad_ray_input_is_one_line_exit_2_within_30_s_and_writes_nothing(tmp_path, argv):
+    started = time.monotonic()
+    search = run_cli(["mlp", *argv, "--storage", f"sqlite:///{tmp_path / 's.db'}", *TINY],
+                     cwd=tmp_path, RAY_ADDRESS="")
+    out, err = search.communicate(timeout=60)
+    assert time.monotonic() - started < 30
+    assert search.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("optuna-search: error: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_more_gpus_than_any_machine_has_is_bad_input(tmp_path):
+    search = run_cli(["mlp", "--ray", "local", "--gpus-per-trial", "1", "--device", "cpu",
+                      "--storage", f"sqlite:///{tmp_path / 's.db'}", *TINY], cwd=tmp_path)
+    out, err = search.communicate(timeout=120)
+    assert search.returncode == 2 and "GPUs" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_ray_installed_the_line_names_the_extra(tmp_path):
+    code = ("import sys\nsys.modules['ray'] = None  # as if the extra were not installed\n"
+            "from search.cli import main\n"
+            f"sys.exit(main(['mlp', '--ray', 'local', '--storage', "
+            f"'sqlite:///{tmp_path / 's.db'}']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "pip install 'optuna-search[ray]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
