@@ -48,8 +48,14 @@ def patch_size_figures(study: optuna.Study) -> dict[str, go.Figure]:
     if frame.empty or frame["patch size"].nunique() < 2:
         return {}
     means = frame.groupby("patch size").mean(numeric_only=True).sort_index()
+    # Trials that trained side by side on one device (--workers, --gpus-per-trial) measured
+    # shared time: the seconds figures say so.
+    shared = max((t.user_attrs.get("timing_shared_by", 1) for t in ranked_trials(study)),
+                 default=1)
     figures = {}
     for name, (attr, title, y_title) in PATCH_FIGURES.items():
+        if attr != "parameters" and shared > 1:
+            title += f" (measured with up to {shared} trials sharing a device)"
         # Sizes as text make a category axis with one bar each, in numeric order (sort_index)
         figure = go.Figure(go.Bar(x=[str(int(p)) for p in means.index], y=means[attr].tolist(),
                                   text=[f"{v:,.0f}" if attr == "parameters" else f"{v:.2f}"

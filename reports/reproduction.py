@@ -42,10 +42,19 @@ def grid_table(study, key: str) -> pd.DataFrame:
                      "epochs run": a.get("epochs_run"), "parameters": a.get("parameters"),
                      "max train acc": a.get("max_train_acc"), "max val acc": a.get("max_val_acc"),
                      "test acc": a.get("test_acc"), "test loss": a.get("test_loss"),
-                     "avg train s/epoch": a.get("avg_train_seconds"),
+                     "avg train s/epoch": a.get("avg_train_seconds"),  # warm-up apart:
+                     "first epoch s": a.get("first_epoch_seconds"),   # autotuning, caches
                      "avg val s": a.get("avg_val_seconds"),
-                     "note": (a.get("diverged") or "")[:60]})
+                     "note": _note(a)})
     return pd.DataFrame(rows)
+
+
+def _note(attrs: dict) -> str:
+    """Why a row is special: diverged, or timed while sharing its device with other trials."""
+    if attrs.get("diverged"):
+        return attrs["diverged"][:60]
+    shared = attrs.get("timing_shared_by", 1)
+    return f"timed with {shared} trials sharing a device" if shared > 1 else ""
 
 
 def gap(frame: pd.DataFrame) -> float | None:
@@ -84,7 +93,7 @@ def _cell(column: str, value) -> str:
         return f"{int(value):,}"
     if isinstance(value, float) and ("acc" in column or "loss" in column):
         return f"{value:.4f}"
-    if isinstance(value, float) and column.startswith("avg"):
+    if isinstance(value, float) and (column.startswith("avg") or column.endswith(" s")):
         return f"{value:.2f}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
+from search.checkpoint import check_every_seconds
 from search.errors import UsageError
 from spaces import MODEL_NAMES, ConfigError, apply_overrides, get_space, parse_value
 from spaces.defaults import parse_assignment
@@ -60,6 +61,23 @@ def seconds(text: str) -> float:
     return value
 
 
+def checkpoint_seconds(text: str) -> float:
+    try:
+        return check_every_seconds(float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error) if "interval" in str(error)
+                                         else f"{text!r} is not a number of seconds") from None
+
+
+def add_checkpoints(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint-every", type=checkpoint_seconds, default=60.0,
+                   metavar="SECONDS",
+                   help="save a running trial's state at most this often, off the training "
+                        "loop, so a killed trial's retry loses at most this much training; "
+                        "0: after every epoch (default 60; none on a journal file, which has "
+                        "no heartbeat to retry from)")
+
+
 def add_patience(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-patience", type=seconds, default=DEFAULT_PATIENCE_SECONDS,
                    metavar="SECONDS",
@@ -111,6 +129,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="first run the report's published top configurations that fit")
     add_placement(p)
     add_patience(p)
+    add_checkpoints(p)
     p.add_argument("--dashboard", action="store_true",
                    help="serve optuna-dashboard on 127.0.0.1 while the search runs")
     p.add_argument("--dashboard-port", type=port_number, default=8080, metavar="PORT",
@@ -183,6 +202,7 @@ def build_parser() -> Parser:
                    help="stop starting trials after this many seconds")
     add_placement(p)
     add_patience(p)
+    add_checkpoints(p)
 
     p = commands.add_parser("dashboard", help="watch the studies in a browser (optuna-dashboard)",
                             description="Serve optuna-dashboard on a storage and its artifacts. "
@@ -286,4 +306,5 @@ def run_settings(args, spec: StudySpec, join: bool = False) -> RunSettings:
         data_path=args.data if join else None, data_dir=args.data_dir, device=args.device,
         workers=args.workers, timeout=args.timeout,
         enqueue_report=getattr(args, "enqueue_report", False), ray=args.ray,
-        gpus_per_trial=args.gpus_per_trial, join=join, storage_patience=args.storage_patience)
+        gpus_per_trial=args.gpus_per_trial, join=join, storage_patience=args.storage_patience,
+        checkpoint_every=args.checkpoint_every)

@@ -144,8 +144,12 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
     gpus = gpu_assignment(settings.workers, settings.device)
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
+    # Timings of trials that share a device (a GPU, or the CPU's cores) are not those of one
+    # trial alone: each trial records how many shared it, and reports say so.
+    shared = [gpus.count(gpu) if gpu is not None else settings.workers for gpu in gpus]
     processes = [context.Process(target=worker_main, name=f"optuna-search-w{i}",
-                                 args=(settings, i, gpus[i], os.getpid(), messages))
+                                 args=(settings.replace(device_shared_by=shared[i]), i, gpus[i],
+                                       os.getpid(), messages))
                  for i in range(settings.workers)]
 
     def forward(signum, _frame):

@@ -48,6 +48,8 @@ class ObjectiveSettings:
     artifact_store: Any = None        # optuna artifact store, or None to skip pictures
     checkpoint_dir: Path | None = None
     study_uid: str = "study"          # a checkpoint belongs to one study of one storage
+    checkpoint_every: float | None = 0.0   # seconds between saves; None: no checkpoints
+    device_shared_by: int = 1         # trials training on this device at once (timings)
 
 
 class Objective:
@@ -55,15 +57,20 @@ class Objective:
         self.s = settings
 
     @classmethod
-    def for_run(cls, spec, storage_url: str, study_uid: str, data: Dataset,
-                device: torch.device) -> "Objective":
-        """The objective of one process: data already on `device`, artifacts beside the
-        storage. `spec` is the study's StudySpec."""
+    def for_run(cls, settings, study_uid: str, data: Dataset, device: torch.device,
+                retries: bool) -> "Objective":
+        """The objective of one process (settings: its RunSettings): data already on
+        `device`, artifacts beside the storage. `retries`: the storage has a heartbeat, so a
+        killed trial is retried and checkpoints are worth writing."""
+        spec = settings.spec
         return cls(ObjectiveSettings(
             model=spec.model, space=get_space(spec.model), data=data, device=device,
             seed=spec.seed, epochs=spec.epochs, fixed=spec.fixed, grid=spec.grid,
-            space_kind=spec.space, artifact_store=artifact_store(storage_url),
-            checkpoint_dir=artifact_dir(storage_url) / "checkpoints", study_uid=study_uid))
+            space_kind=spec.space, artifact_store=artifact_store(settings.storage),
+            checkpoint_dir=artifact_dir(settings.storage) / "checkpoints",
+            study_uid=study_uid,
+            checkpoint_every=settings.checkpoint_every if retries else None,
+            device_shared_by=settings.device_shared_by))
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.s
@@ -153,8 +160,12 @@ class Objective:
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("max_train_acc", max(curves["train_acc"]))
         trial.set_user_attr("max_val_acc", max(curves["val_acc"]))
-        trial.set_user_attr("avg_train_seconds", float(np.mean(curves["train_seconds"])))
-        trial.set_user_attr("avg_val_seconds", float(np.mean(curves["val_seconds"])))
+        # Per-epoch means without the warm-up epochs (the first one autotunes kernels and
+        # fills caches; so does the first after a resume), which are kept apart.
+        trial.set_user_attr("avg_train_seconds", result.steady_train_seconds)
+        trial.set_user_attr("avg_val_seconds", result.steady_val_seconds)
+        trial.set_user_attr("first_epoch_seconds", result.first_epoch_seconds)
+        trial.set_user_attr("timing_shared_by", self.s.device_shared_by)
         if result.test_acc is not None:
             trial.set_user_attr("test_acc", result.test_acc)
             trial.set_user_attr("test_loss", result.test_loss)
@@ -181,11 +192,12 @@ class Objective:
 
     def _checkpoint_path(self, trial: optuna.Trial) -> Checkpoint | None:
         """One checkpoint per original trial, so a retry of a killed trial finds it."""
-        if self.s.checkpoint_dir is None:
+        if self.s.checkpoint_dir is None or self.s.checkpoint_every is None:
             return None
         path = checkpoint_path(self.s.checkpoint_dir, self.s.study_uid, trial.study,
                                trial.study._storage.get_trial(trial._trial_id))
-        return Checkpoint(path, every_seconds=0, identity={"study": self.s.study_uid})
+        return Checkpoint(path, every_seconds=self.s.checkpoint_every,
+                          identity={"study": self.s.study_uid})
 
     @staticmethod
     def _cleanup(checkpoint: Checkpoint | None) -> None:

@@ -76,7 +76,9 @@ def run_process(settings: RunSettings, out, data=None) -> RunResult:
         except KeyboardInterrupt:
             return RunResult(interrupted=True)
         opened = open_study(settings)
-        objective = Objective.for_run(settings.spec, settings.storage, opened.uid, data, device)
+        objective = Objective.for_run(
+            settings, opened.uid, data, device,
+            retries=_heartbeat_interval(opened.study._storage) is not None)
         gc.freeze()  # the data and libraries: the per-trial gc.collect skips them (~0.2 s)
         try:
             result = run_trials(opened, settings, objective, out, interrupts)

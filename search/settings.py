@@ -90,6 +90,8 @@ class RunSettings:
     gpus_per_trial: float | None = None
     join: bool = False                # `optuna-search worker`: the study must exist
     storage_patience: float = 120.0   # seconds a storage outage is ridden out (storage/)
+    checkpoint_every: float = 60.0    # seconds between a trial's checkpoints; 0: every epoch
+    device_shared_by: int = 1         # trials sharing this process's device (timings say so)
 
     @property
     def study_name(self) -> str:

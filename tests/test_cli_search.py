@@ -97,6 +97,9 @@ def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
                 stored = artifact_dir(url) / attrs[f"artifact:{name}"]
                 assert stored.is_file() and stored.stat().st_size > 0
     assert artifact_dir(url) == folder / "s.db-artifacts"
+    # checkpoints every 60 s: these short trials wrote none, and no file is left behind
+    checkpoints = folder / "s.db-artifacts" / "checkpoints"
+    assert not checkpoints.exists() or list(checkpoints.iterdir()) == []
 
 
 def test_progress_shows_each_trial_then_the_best_and_the_report_command(three_trials):
@@ -360,3 +363,26 @@ def test_cuda_without_a_gpu_is_bad_input(tmp_path, monkeypatch):
     code, _, err = run("mlp", "--data", "synthetic", "--device", "cuda")
     assert code == 2 and err.count("\n") == 1 and "cuda" in err.lower()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", ["mlp --checkpoint-every -1", "mlp --checkpoint-every soon",
+                                  "mlp --storage-patience -5", "mlp --storage-patience later",
+                                  "mlp --set schedule=sometimes"])
+def test_bad_intervals_and_schedules_are_one_line_exit_2(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(*argv.split())
+    assert code == 2 and err.count("\n") == 1 and err.startswith("optuna-search: error: ")
+    assert os.listdir(tmp_path) == []
+
+
+def test_timings_keep_the_first_epoch_apart_and_say_when_a_device_was_shared(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert optuna_search("mlp", url, "--trials", "2", "--workers", "2", epochs=3)[0] == 0
+    for trial in load(url, "mlp").trials:
+        attrs = trial.user_attrs
+        if trial.state != TrialState.COMPLETE:
+            continue
+        seconds = attrs["curves"]["train_seconds"]
+        assert attrs["first_epoch_seconds"] == seconds[0]
+        assert attrs["avg_train_seconds"] == pytest.approx(sum(seconds[1:]) / len(seconds[1:]))
+        assert attrs["timing_shared_by"] == 2  # two workers on this machine's cores
