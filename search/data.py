@@ -7,13 +7,16 @@ Decoded image folders are cached in ~/.cache/optuna-search (never beside the sou
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
 import shutil
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from search.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CLASSES = 10          # the models' outputs: CIFAR-10's classes
 CACHE_VERSION = 1
 
 
@@ -48,6 +52,7 @@ class Dataset:
     classes: list[str]
     source: str
     _stats: tuple | None = None   # per-channel (mean, std) of train, computed once
+    fingerprint: str = ""         # of the source's content (content_fingerprint), for studies
 
     def to(self, device) -> "Dataset":
         """The data on `device`: itself when it is there already (a study moves it once per
@@ -55,8 +60,9 @@ class Dataset:
         if same_device(self.train.x.device, device):
             return self
         mean, std = self.normalisation()   # where the data is now: no float copy on a GPU
-        return Dataset(self.train.to(device), self.val.to(device), self.test.to(device),
-                       self.classes, self.source, (mean.to(device), std.to(device)))
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
+                                   test=self.test.to(device),
+                                   _stats=(mean.to(device), std.to(device)))
 
     def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std of the training images (0..255), computed once."""
@@ -93,16 +99,20 @@ def cache_dir() -> Path:
 
 # ---------------------------------------------------------------- sources -> (train, test, classes)
 
-def load_source(source: str, data_dir: str | Path = "data") -> tuple[Images, Images, list[str]]:
+def load_source(source: str, data_dir: str | Path = "data",
+                say: Callable[[str], None] | None = None
+                ) -> tuple[Images, Images, list[str]]:
     if source == "synthetic":
         return synthetic()
     if source == "cifar10":
+        if say is not None:
+            say(f"loading CIFAR-10 from {data_dir}/ (torchvision; downloaded the first time)")
         return _torchvision_cifar10(Path(data_dir))
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data source {source!r} does not exist; use cifar10, synthetic, "
                         "a folder with train/<class>/ and test/<class>/, or such a .tar.gz")
-    return _cached_image_folder(path)
+    return _cached_image_folder(path, say)
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0
@@ -156,10 +166,15 @@ def _fingerprint(path: Path) -> str:
             f"{max((s.st_mtime_ns for s in stats), default=0)}")
 
 
-def _cached_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
+def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
+                         ) -> tuple[Images, Images, list[str]]:
     key = hashlib.sha256(f"{CACHE_VERSION}|{path.resolve()}|{_fingerprint(path)}"
                          .encode()).hexdigest()[:16]
     cached = cache_dir() / f"images-{key}.pt"
+    if say is not None:
+        say(f"loading {path}: " + (f"decoded images from the cache {cached}" if cached.exists()
+                                   else f"decoding every image once (cached in {cache_dir()}; "
+                                        "CIFAR-10 takes 10-20 s)"))
     if cached.exists():
         try:
             blob = torch.load(cached, weights_only=True)
@@ -238,13 +253,24 @@ def balanced_subset(labels: torch.Tensor, n: int, generator: torch.Generator) ->
 
 def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed: int = 0,
                  val_size: int = 5000, train_subset: int | None = None,
-                 test_subset: int | None = None) -> Dataset:
+                 test_subset: int | None = None,
+                 say: Callable[[str], None] | None = None) -> Dataset:
     """Load a source and hold out a seeded, class-balanced validation set disjoint from train.
 
     val_size is capped at a tenth of the training images (45,000 / 5,000 on CIFAR-10).
     train_subset keeps a class-balanced part of the remaining training images.
+    `say` gets a line before a long load and one after it (what, how many, seconds).
     """
-    train, test, classes = load_source(source, data_dir)
+    started = time.perf_counter()
+    train, test, classes = load_source(source, data_dir, say)
+    if len(classes) != CLASSES:
+        raise DataError(f"{source} has {len(classes)} classes ({', '.join(classes[:12])}"
+                        f"{', ...' if len(classes) > 12 else ''}); the models classify "
+                        f"{CLASSES} (CIFAR-10): give a data set with {CLASSES} class folders")
+    fingerprint = content_fingerprint(train, test, classes)
+    if say is not None:
+        say(f"data {source}: {len(train) + len(test):,} images, {len(classes)} classes, "
+            f"ready in {time.perf_counter() - started:.1f} s (content {fingerprint})")
     generator = torch.Generator().manual_seed(seed)
     n_val = min(val_size, len(train) // 10)
     val_index = balanced_subset(train.y, n_val, generator)
@@ -260,7 +286,18 @@ def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed:
         train_index = train_index[pick]
     if test_subset is not None:
         test = test.take(balanced_subset(test.y, min(test_subset, len(test)), generator))
-    return Dataset(train.take(train_index), train.take(val_index), test, classes, source)
+    return Dataset(train.take(train_index), train.take(val_index), test, classes, source,
+                   fingerprint=fingerprint)
+
+
+def content_fingerprint(train: Images, test: Images, classes: list[str]) -> str:
+    """A short hash of every image, label and class name (about 0.1 s for CIFAR-10): a study
+    records it, so a run on other data is refused, wherever the data lies on a machine."""
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in (train.x, train.y, test.x, test.y):
+        digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))
+    digest.update("\0".join(classes).encode())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- the device-resident loader

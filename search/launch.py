@@ -31,7 +31,8 @@ import torch
 from search.errors import USER_ERRORS
 from search.interrupts import hide_interrupt_traceback
 from search.progress import print_summary
-from search.run import RunResult, is_done, load_data, progress_line, run_process
+from search.run import (RunResult, is_done, load_data, progress_line, run_process,
+                        with_loaded_data)
 from search.settings import RunSettings
 from search.study import grid_failures, open_study
 from storage import redact
@@ -74,7 +75,8 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
     out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
     quiet_optuna()
     if data is None:
-        data = load_data(settings)
+        data = load_data(settings, say=lambda line: print(line, file=out, flush=True))
+    settings = with_loaded_data(settings, data)
     study = open_study(settings, new_run=False).study
     where = f"study {settings.study_name!r} in {redact(settings.storage)}"
     print(f"{where}: {progress_line(study, settings)}; data {data.describe()}",

@@ -23,8 +23,8 @@ from search.models import build, first_layer_weight, parameter_count
 from search.trainer import Diverged, TrainResult, train
 from spaces import get_space
 from spaces.space import Space
-from storage import (DEFAULT_PATIENCE_SECONDS, StorageFault, StorageUnavailable, TrialWriter,
-                     artifact_dir, artifact_store)
+from storage import (DEFAULT_PATIENCE_SECONDS, StorageFailure, StorageFault,
+                     StorageUnavailable, TrialWriter, artifact_dir, artifact_store)
 
 WEIGHT_ARTIFACT = "first_layer.npy"
 PICTURE_ARTIFACT = "first_layer.png"
@@ -123,16 +123,20 @@ class Objective:
             trial.set_user_attr("diverged", str(error))
             # The curves of the finished epochs are already stored by on_epoch; say how many.
             trial.set_user_attr("epochs_run", len(reported))
+            reason = f"diverged: {error}"
+            del model  # the raised exception's traceback keeps this frame, not the model
             self._cleanup(checkpoint)
-            raise optuna.TrialPruned(f"diverged: {error}") from None
+            raise optuna.TrialPruned(reason) from None
         except Exception as error:
             # Out of memory (batch 1024 on a small GPU) or any other error: fail this trial
             # with its reason, give the memory back, and let the study go on.
             _land(writer)
-            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:500])
+            reason = f"{type(error).__name__}: {error}"
+            trial.set_user_attr("fail_reason", reason[:500])
             # Its traceback holds train()'s frame, so the model, gradients and optimizer
             # state: drop it, and clean up outside this block, or the memory stays taken.
-            failure = error.with_traceback(None)
+            failure = (BrokenDevice(reason) if broken_device(error)
+                       else error.with_traceback(None))
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM: the trial ends FAIL and is queued again (search/run.py); its
             # retry resumes from the checkpoint, so it stays.
@@ -147,7 +151,8 @@ class Objective:
             self._cleanup(checkpoint)
             raise failure
         self._save_summary(trial, result)
-        self._save_first_layer(trial, model)
+        self._save_first_layer(trial, model)  # the best epoch's weights, pruned or not
+        del model  # a raised TrialPruned's traceback keeps this frame, not the model
         self._cleanup(checkpoint)
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs[-1].epoch}")
@@ -185,9 +190,13 @@ class Objective:
                 paths.append(save_first_layer_picture(
                     self.s.model, weight, Path(folder) / GRAY_PICTURE_ARTIFACT, grayscale=True))
             for path in paths:
-                artifact_id = optuna.artifacts.upload_artifact(
-                    artifact_store=self.s.artifact_store, file_path=str(path),
-                    study_or_trial=trial)
+                try:
+                    artifact_id = optuna.artifacts.upload_artifact(
+                        artifact_store=self.s.artifact_store, file_path=str(path),
+                        study_or_trial=trial)
+                except OSError as error:  # a full or read-only disk: no trial can finish
+                    raise StorageFailure(f"artifacts {getattr(error, 'filename', None) or ''}"
+                                         f": {error.strerror or error}") from None
                 trial.set_user_attr(f"artifact:{path.name}", artifact_id)
 
     def _checkpoint_path(self, trial: optuna.Trial) -> Checkpoint | None:
@@ -206,6 +215,20 @@ class Objective:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class BrokenDevice(RuntimeError):
+    """A CUDA error other than out of memory (a device-side assert, an illegal address): the
+    process's CUDA context is broken and every later trial in it would fail too."""
+
+
+def broken_device(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return False  # this trial's batch was too big: the next trial may well fit
+    text = f"{type(error).__name__}: {error}"
+    return type(error).__name__ == "AcceleratorError" or any(
+        mark in text for mark in ("CUDA error", "device-side assert", "CUBLAS_STATUS",
+                                  "CUDNN_STATUS", "illegal memory access"))
 
 
 def _land(writer: TrialWriter) -> None:

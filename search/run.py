@@ -29,8 +29,9 @@ import torch
 from optuna.trial import TrialState
 
 from search.data import make_dataset
+from search.errors import StudyMismatch
 from search.interrupts import Interrupts, keep_signals_off_this_thread
-from search.objective import Objective, sweep_checkpoints
+from search.objective import BrokenDevice, Objective, sweep_checkpoints
 from search.progress import print_trial
 from search.settings import RunSettings
 from search.study import MAX_TRIES, TARGET_ATTR, OpenStudy, open_study
@@ -73,6 +74,7 @@ def run_process(settings: RunSettings, out, data=None) -> RunResult:
                 if device.type == "cpu" and settings.workers > 1:  # share the cores
                     torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
                 data = (data if data is not None else load_data(settings)).to(device)
+            settings = with_loaded_data(settings, data)  # the parent's, or the study's
         except KeyboardInterrupt:
             return RunResult(interrupted=True)
         opened = open_study(settings)
@@ -90,12 +92,25 @@ def run_process(settings: RunSettings, out, data=None) -> RunResult:
     return result
 
 
-def load_data(settings: RunSettings):
+def load_data(settings: RunSettings, say=None):
     """The data set of this run, split as the study's spec says (search/data.py)."""
     spec = settings.spec
     return make_dataset(settings.data_source, settings.data_dir, seed=spec.seed,
                         val_size=spec.val_size, train_subset=spec.train_subset,
-                        test_subset=spec.test_subset)
+                        test_subset=spec.test_subset, say=say)
+
+
+def with_loaded_data(settings: RunSettings, data) -> RunSettings:
+    """The settings once the data is loaded: a new spec records the data's content; a spec
+    that has it (a study being joined) must find the same content, wherever it lies."""
+    spec = settings.spec
+    if not spec.data_content:
+        return settings.replace(spec=spec.with_data(data.fingerprint))
+    if data.fingerprint != spec.data_content:
+        raise StudyMismatch(f"the data at {settings.data_source} (content {data.fingerprint}) "
+                            f"is not the data study {settings.study_name!r} was made with "
+                            f"({spec.data} of content {spec.data_content})")
+    return settings
 
 
 def run_trials(opened: OpenStudy, settings: RunSettings, objective, out,
@@ -106,6 +121,10 @@ def run_trials(opened: OpenStudy, settings: RunSettings, objective, out,
         _loop(opened, settings, objective, out, interrupts, result)
     except StorageFault as fault:
         result.storage_error = str(fault)
+    except BrokenDevice as failure:
+        result.stopped = (f"the device failed ({str(failure)[:200]}); its CUDA context is "
+                          "unusable, so this process stopped; the trial is queued again and "
+                          "the same command resumes in a new process")
     result.interrupted = interrupts.requested
     return result
 
@@ -222,7 +241,7 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
     Raises StorageFault when the storage is gone: the trial is failed with that reason if
     the storage still answers within a few seconds, else its heartbeat stops and the next
     process that claims a trial takes it for dead and queues it again."""
-    value, state, interrupted = None, TrialState.FAIL, False
+    value, state, interrupted, broken = None, TrialState.FAIL, False, False
     with _heartbeat(study._storage, trial._trial_id):
         try:
             with interrupts.raising():
@@ -239,6 +258,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
         except StorageFault as fault:
             _fail_quickly(study, trial, str(fault))
             raise
+        except BrokenDevice:  # this process's GPU is unusable: another process runs the trial
+            broken = interrupted = True
         except Exception:  # the objective recorded its reason (fail_reason) already
             pass
     try:
@@ -248,6 +269,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
     frozen = study._storage.get_trial(trial._trial_id)
     if state == TrialState.FAIL and (interrupted or settings.spec.grid):
         retry_callback()(study, frozen)
+    if broken:
+        raise BrokenDevice(frozen.user_attrs.get("fail_reason", "a CUDA error"))
     return frozen
 
 

@@ -28,6 +28,7 @@ class StudySpec:
     grid: dict[str, list] | None = None
     epochs: int = DEFAULT_EPOCHS
     data: str = "cifar10"                                 # the source as named when made
+    data_content: str = ""     # fingerprint of the data's content (search/data.py), once loaded
     train_subset: int | None = None
     test_subset: int | None = None
     val_size: int = 5000
@@ -52,10 +53,18 @@ class StudySpec:
         return cls(**{**values, "fixed": fixed})
 
     def differences(self, other: "StudySpec") -> list[str]:
-        """`name: ours vs theirs` for every field that differs (comparing JSON forms)."""
+        """`name: ours vs theirs` for every field that differs (comparing JSON forms).
+
+        Where both know the data's content, the path it was read from does not matter (other
+        machines, other folders): its content does."""
         mine, theirs = self.as_json(), other.as_json()
+        same_place = {"data"} if mine["data_content"] and theirs["data_content"] else set()
         return [f"{name} {_show(mine[name])} (asked) vs {_show(theirs[name])} (study)"
-                for name in mine if mine[name] != theirs[name]]
+                for name in mine if mine[name] != theirs[name] and name not in same_place]
+
+    def with_data(self, fingerprint: str) -> "StudySpec":
+        """This spec once its data is loaded: with the content's fingerprint."""
+        return dataclasses.replace(self, data_content=fingerprint)
 
     @property
     def grid_points(self) -> list[dict[str, Any]]:
