@@ -10,7 +10,10 @@ data, --trials 0) gets one line on stderr and exit status 2, before anything is 
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from typing import Sequence
 
 USAGE_ERROR = 2
@@ -21,9 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Imported here, inside the handler: Ctrl-C during the imports (a second or more)
         # is an interrupt like any other.
-        from search.arguments import build_parser
-        from search.commands import COMMANDS, command_search
-        from search.errors import USER_ERRORS
+        with _imports_interruptible():
+            from search.arguments import build_parser
+            from search.commands import COMMANDS, command_search
+            from search.errors import USER_ERRORS
         try:
             args = build_parser().parse_args(argv)
             handler = COMMANDS.get(args.command, command_search)
@@ -37,6 +41,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `optuna-search ... | head`: the reader has what it wanted
         sys.stderr.close()
         return 0
+
+
+@contextlib.contextmanager
+def _imports_interruptible():
+    """Ctrl-C while a library loads is an interrupt, even where the library turns it into
+    an ImportError (numpy's compiled core cannot be loaded twice in one process)."""
+    interrupted = []
+
+    def note(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are the main thread's; a caller in another thread handles its own
+        return
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    except Exception:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -317,3 +317,10 @@ def test_ctrl_c_at_any_moment_of_the_first_seconds_is_one_line_and_exit_130(tmp_
         if db.exists():  # interrupted before or after the study was made: nothing RUNNING
             assert query(db, "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'", 0) == 0
             assert integrity(db) == "ok"
+    # However far it got (a file with some tables, a study without its spec, a trial
+    # queued again), the same command completes the study.
+    again = run_cli(["mlp", "--trials", "2", "--epochs", "50", "--storage", f"sqlite:///{db}",
+                     *TINY])
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-2000:]
+    assert query(db, "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')") == 2
