@@ -157,8 +157,9 @@ def test_chaos_random_kills_over_three_launchers_never_run_a_grid_point_twice(tm
     db = tmp_path / "chaos.db"
     url = f"sqlite:///{db}"
     grid = ["--grid", "activation=relu,sigmoid,tanh", "--grid", "lr=0.1,0.01,0.001,0.0001"]
-    commands = [["mlp", *grid, "--epochs", "25", "--storage", url, "--study", "chaos", *TINY,
-                 "--workers", "2"],
+    # Trials of a few seconds (60 epochs of 16-image batches): long enough to be killed in.
+    commands = [["mlp", *grid, "--epochs", "60", "--storage", url, "--study", "chaos", *TINY,
+                 "--set", "batch_size=16", "--workers", "2"],
                 ["worker", "chaos", "--storage", url, "--workers", "2"],
                 ["worker", "chaos", "--storage", url]]
     launchers = [run_cli(commands[0], **FAST_HEARTBEAT)]
@@ -166,7 +167,7 @@ def test_chaos_random_kills_over_three_launchers_never_run_a_grid_point_twice(tm
     launchers += [run_cli(c, **FAST_HEARTBEAT) for c in commands[1:]]
     rng, kills, restarts = random.Random(0), 0, 0
     deadline = time.monotonic() + 600
-    while kills < 10 and time.monotonic() < deadline:
+    while kills < 10 and time.monotonic() < deadline and finished(db) < 12:
         victims = running_pids(db)
         if victims:
             victim = rng.choice(victims)
