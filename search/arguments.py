@@ -78,6 +78,12 @@ def add_checkpoints(p: argparse.ArgumentParser) -> None:
                         "no heartbeat to retry from)")
 
 
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="one line per finished trial (for logs): no progress bars, no line per "
+                        "epoch")
+
+
 def add_patience(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-patience", type=seconds, default=DEFAULT_PATIENCE_SECONDS,
                    metavar="SECONDS",
@@ -130,6 +136,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     add_placement(p)
     add_patience(p)
     add_checkpoints(p)
+    add_quiet(p)
     p.add_argument("--dashboard", action="store_true",
                    help="serve optuna-dashboard on 127.0.0.1 while the search runs")
     p.add_argument("--dashboard-port", type=port_number, default=8080, metavar="PORT",
@@ -203,6 +210,7 @@ def build_parser() -> Parser:
     add_placement(p)
     add_patience(p)
     add_checkpoints(p)
+    add_quiet(p)
 
     p = commands.add_parser("dashboard", help="watch the studies in a browser (optuna-dashboard)",
                             description="Serve optuna-dashboard on a storage and its artifacts. "
@@ -307,4 +315,4 @@ def run_settings(args, spec: StudySpec, join: bool = False) -> RunSettings:
         workers=args.workers, timeout=args.timeout,
         enqueue_report=getattr(args, "enqueue_report", False), ray=args.ray,
         gpus_per_trial=args.gpus_per_trial, join=join, storage_patience=args.storage_patience,
-        checkpoint_every=args.checkpoint_every)
+        checkpoint_every=args.checkpoint_every, quiet=args.quiet)

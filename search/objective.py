@@ -20,6 +20,7 @@ from reports.pictures import save_first_layer_picture
 from search.checkpoint import Checkpoint
 from search.data import Dataset
 from search.models import build, first_layer_weight, parameter_count
+from search.progress import Progress
 from search.trainer import Diverged, TrainResult, train
 from spaces import get_space
 from spaces.space import Space
@@ -55,6 +56,7 @@ class ObjectiveSettings:
 class Objective:
     def __init__(self, settings: ObjectiveSettings):
         self.s = settings
+        self.progress = Progress(quiet=True, tty=False)  # the run loop gives its own
 
     @classmethod
     def for_run(cls, settings, study_uid: str, data: Dataset, device: torch.device,
@@ -97,6 +99,8 @@ class Objective:
                     reported.add(e.epoch)
 
         def on_epoch(result: TrainResult) -> bool:
+            last = result.epochs[-1]
+            self.progress.epoch_done(last.epoch, config.epochs, last.val_acc)
             report_new_epochs(result)
             writer.set_user_attr("curves", result.curves())  # live in the dashboard
             # The pruner compares this trial's epochs, read from the storage, with the other
@@ -108,9 +112,11 @@ class Objective:
             return trial.study.pruner.prune(trial.study, stored)      # reads its own cache
 
         failure = None
+        self.progress.trial_started(trial.number, config.epochs)
         try:
             result = train(model, config, s.data, device=s.device, seed=s.seed,
-                           on_epoch=on_epoch, checkpoint=checkpoint)
+                           on_epoch=on_epoch, on_step=self.progress.step,
+                           checkpoint=checkpoint)
             report_new_epochs(result)  # a retry whose checkpoint held every epoch trains none
             _land(writer)
         except (StorageFault, optuna.exceptions.UpdateFinishedTrialError):

@@ -1,7 +1,16 @@
-"""What a search prints: one line per finished trial, and a summary at the end."""
+"""What a search prints while it runs, and its summary at the end.
+
+On a terminal: a bar over the study (finished trials of its target, with an ETA from the epochs
+finished in this run, not from whole trials) and a bar over the running trial (its steps, the
+epoch, the latest val acc, its ETA); each finished trial is one line above them. Anywhere else
+(a log file, a pipe, a worker's lines to its parent): plain lines without carriage returns, one
+per epoch and one per trial. `--quiet`: one line per trial only. Accuracies show 4 decimals
+everywhere.
+"""
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import optuna
@@ -10,17 +19,148 @@ from tqdm import tqdm
 
 from storage import DEFAULT_STORAGE, redact
 
+ACCURACY = "{:.4f}"
 
-def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out=sys.stdout) -> None:
+
+class Progress:
+    def __init__(self, out=None, quiet: bool = False, tty: bool | None = None):
+        self.out = sys.stdout if out is None else out
+        self.quiet = quiet
+        isatty = getattr(self.out, "isatty", lambda: False)
+        self.bars = (isatty() if tty is None else tty) and not quiet
+        self.study_bar: tqdm | None = None
+        self.trial_bar: tqdm | None = None
+        self.target = self.epochs = self.finished = 0
+        self.best: float | None = None
+        self.trial_number: int | None = None
+        self.epoch = 0                   # epochs finished by the running trial
+        self.epoch_seconds: list[float] = []   # every epoch finished in this run: the ETAs
+        self._epoch_started = time.monotonic()
+
+    # ------------------------------------------------------------------ the study
+    def study(self, finished: int, target: int, epochs: int, best: float | None) -> None:
+        """The study as it stands when this process starts running trials."""
+        self.finished, self.target, self.epochs, self.best = finished, target, epochs, best
+        if self.bars and self.study_bar is None:
+            self.study_bar = tqdm(total=target, initial=min(finished, target), file=self.out,
+                                  unit="trial", dynamic_ncols=True, position=0,
+                                  desc=f"study: {min(finished, target)}/{target} trials",
+                                  bar_format="{desc} |{bar}|")
+            self._study_text()
+
+    def _study_text(self) -> None:
+        if self.study_bar is None:
+            return
+        parts = [f"study: {min(self.finished, self.target)}/{self.target} trials"]
+        eta = self.study_eta()
+        if eta is not None:
+            parts.append(f"ETA {duration(eta)}")
+        if self.best is not None:
+            parts.append(f"best val_acc {ACCURACY.format(self.best)}")
+        self.study_bar.set_description_str(", ".join(parts), refresh=True)
+
+    def study_eta(self) -> float | None:
+        """Seconds left: the epochs the target still needs at this run's seconds per epoch
+        (pruned trials end early, so it errs on the long side)."""
+        if not self.epoch_seconds:
+            return None
+        left = max(0, self.target - self.finished) * self.epochs - self.epoch
+        return max(0.0, left) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+
+    # ------------------------------------------------------------------ one trial
+    def trial_started(self, number: int, epochs: int, first_epoch: int = 1) -> None:
+        self.trial_number, self.epoch = number, first_epoch - 1
+        self._epoch_started = time.monotonic()
+        if self.bars:
+            self.trial_bar = tqdm(total=epochs, initial=self.epoch, file=self.out,
+                                  unit="epoch", dynamic_ncols=True, position=1, leave=False,
+                                  desc=self._trial_text(first_epoch), bar_format="{desc} |{bar}| {percentage:3.0f}% "
+                                             "[{elapsed}<{remaining}]")
+            self.trial_bar.set_description_str(self._trial_text(first_epoch))
+
+    def step(self, epoch: int, step: int, steps: int) -> None:
+        """After each training step (host integers only: no GPU sync)."""
+        bar = self.trial_bar
+        if bar is None:
+            return
+        if bar.unit != "step":  # from epochs to steps, once their number is known
+            bar.unit, bar.total = "step", bar.total * steps
+            bar.n = bar.last_print_n = (epoch - 1) * steps
+            bar.set_description_str(self._trial_text(epoch), refresh=False)
+        bar.update((epoch - 1) * steps + step - bar.n)
+
+    def epoch_done(self, epoch: int, epochs: int, val_acc: float) -> None:
+        seconds = time.monotonic() - self._epoch_started
+        self._epoch_started = time.monotonic()
+        self.epoch_seconds.append(seconds)
+        self.epoch, self._val_acc = epoch, val_acc
+        if self.trial_bar is not None:
+            if self.trial_bar.unit != "step":
+                self.trial_bar.update(epoch - self.trial_bar.n)
+            self.trial_bar.set_description_str(self._trial_text(min(epoch + 1, epochs)))
+            self._study_text()
+        elif not self.quiet:
+            eta = (epochs - epoch) * seconds
+            self.line(f"trial {self.trial_number:>3} epoch {epoch}/{epochs} val_acc="
+                      f"{ACCURACY.format(val_acc)} {seconds:.1f}s/epoch"
+                      + (f", trial ETA {duration(eta)}" if epoch < epochs else "")
+                      + (f", study ETA {duration(self.study_eta())}"
+                         if self.study_eta() else ""))
+
+    def _trial_text(self, epoch: int) -> str:
+        text = f"trial {self.trial_number}: epoch {epoch}/{self.epochs}"
+        if getattr(self, "_val_acc", None) is not None and self.epoch:
+            text += f", val_acc {ACCURACY.format(self._val_acc)}"
+        return text
+
+    def trial_finished(self, trial: optuna.trial.FrozenTrial, finished: int,
+                       best: float | None) -> None:
+        if self.trial_bar is not None:
+            self.trial_bar.close()
+            self.trial_bar = None
+        self._val_acc, self.epoch = None, 0
+        self.finished, self.best = finished, best
+        self.line(trial_line(trial))
+        if self.study_bar is not None:
+            self.study_bar.n = min(finished, self.target)
+            self._study_text()
+
+    # ------------------------------------------------------------------ plain lines
+    def line(self, text: str) -> None:
+        """A line above the bars (or just a line)."""
+        if self.bars:
+            tqdm.write(text, file=self.out)
+        else:
+            print(text, file=self.out, flush=True)
+
+    def close(self) -> None:
+        for bar in (self.trial_bar, self.study_bar):
+            if bar is not None:
+                bar.close()
+        self.trial_bar = self.study_bar = None
+
+
+def duration(seconds: float | None) -> str:
+    """12s, 4m05s, 3h12m."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def trial_line(trial: optuna.trial.FrozenTrial) -> str:
     """One line per finished trial: number, state, val acc, seconds, parameters."""
-    value = f"{trial.value:.4f}" if trial.value is not None else "  -   "
+    value = ACCURACY.format(trial.value) if trial.value is not None else "  -   "
     seconds = (trial.duration.total_seconds() if trial.duration else 0.0)
     params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     reason = trial.user_attrs.get("diverged") or trial.user_attrs.get("fail_reason") or ""
     epochs = trial.user_attrs.get("epochs_run", "?")
-    line = (f"trial {trial.number:>3} {trial.state.name:<8} val_acc={value} epochs={epochs} "
+    return (f"trial {trial.number:>3} {trial.state.name:<8} val_acc={value} epochs={epochs} "
             f"{seconds:7.1f}s  {params}{'  (' + reason[:100] + ')' if reason else ''}")
-    tqdm.write(line, file=out)  # keeps Optuna's progress bar (on stderr) intact
 
 
 def _short(value: Any) -> str:
@@ -39,8 +179,9 @@ def print_summary(study: optuna.Study, settings, out) -> int:
         return 0
     best = study.best_trial
     test = best.user_attrs.get("test_acc")
-    print(f"best: trial {best.number} val_acc={best.value:.4f}"
-          f"{f' test_acc={test:.4f}' if test is not None else ''} {best.params}", file=out)
+    print(f"best: trial {best.number} val_acc={ACCURACY.format(best.value)}"
+          f"{' test_acc=' + ACCURACY.format(test) if test is not None else ''} {best.params}",
+          file=out)
     storage = ("" if settings.storage == DEFAULT_STORAGE
                else f" --storage {redact(settings.storage)}")
     print(f"table: optuna-search report {settings.study_name} --top 8{storage}", file=out)

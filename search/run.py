@@ -32,7 +32,7 @@ from search.data import make_dataset
 from search.errors import StudyMismatch
 from search.interrupts import Interrupts, keep_signals_off_this_thread
 from search.objective import BrokenDevice, Objective, sweep_checkpoints
-from search.progress import print_trial
+from search.progress import Progress
 from search.settings import RunSettings
 from search.study import MAX_TRIES, TARGET_ATTR, OpenStudy, open_study
 from search.trainer import pick_device
@@ -81,11 +81,13 @@ def run_process(settings: RunSettings, out, data=None) -> RunResult:
         objective = Objective.for_run(
             settings, opened.uid, data, device,
             retries=_heartbeat_interval(opened.study._storage) is not None)
+        objective.progress = progress = Progress(out, quiet=settings.quiet)
         gc.freeze()  # the data and libraries: the per-trial gc.collect skips them (~0.2 s)
         try:
-            result = run_trials(opened, settings, objective, out, interrupts)
+            result = run_trials(opened, settings, objective, progress, interrupts)
         finally:
             gc.unfreeze()  # matters when several runs share one process (tests, reproduce)
+            progress.close()
         if not (result.interrupted or result.timed_out or result.stopped
                 or result.storage_error):  # the study is done: what no retry will read goes
             sweep_checkpoints(objective.s.checkpoint_dir, opened.uid, opened.study)
@@ -113,12 +115,12 @@ def with_loaded_data(settings: RunSettings, data) -> RunSettings:
     return settings
 
 
-def run_trials(opened: OpenStudy, settings: RunSettings, objective, out,
+def run_trials(opened: OpenStudy, settings: RunSettings, objective, progress: Progress,
                interrupts: Interrupts) -> RunResult:
     """Claim and run trials until the study needs no more from this process."""
     result = RunResult()
     try:
-        _loop(opened, settings, objective, out, interrupts, result)
+        _loop(opened, settings, objective, progress, interrupts, result)
     except StorageFault as fault:
         result.storage_error = str(fault)
     except BrokenDevice as failure:
@@ -129,11 +131,13 @@ def run_trials(opened: OpenStudy, settings: RunSettings, objective, out,
     return result
 
 
-def _loop(opened: OpenStudy, settings: RunSettings, objective, out, interrupts: Interrupts,
-          result: RunResult) -> None:
+def _loop(opened: OpenStudy, settings: RunSettings, objective, progress: Progress,
+          interrupts: Interrupts, result: RunResult) -> None:
     study = opened.study
     started = time.monotonic()
     said_waiting = False
+    t = tally(study, settings)
+    progress.study(t.finished, t.target, settings.spec.epochs, _best(study))
     while not interrupts.requested:
         if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
             result.timed_out = True
@@ -145,8 +149,8 @@ def _loop(opened: OpenStudy, settings: RunSettings, objective, out, interrupts: 
         if claimed == WAIT:
             if not said_waiting:
                 running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-                print(f"waiting: {running} trial(s) still running elsewhere; one that dies "
-                      "comes back here as a retry", file=out, flush=True)
+                progress.line(f"waiting: {running} trial(s) still running elsewhere; one "
+                              "that dies comes back here as a retry")
                 said_waiting = True
             interrupts.sleep(_wait_seconds(study))
             continue
@@ -154,7 +158,7 @@ def _loop(opened: OpenStudy, settings: RunSettings, objective, out, interrupts: 
         claimed.set_user_attr("run", {"run": opened.run, "sampler_seed": opened.sampler_seed,
                                       "host": socket.gethostname(), "pid": os.getpid()})
         frozen = run_one(study, claimed, objective, interrupts, settings)
-        print_trial(study, frozen, out)
+        progress.trial_finished(frozen, tally(study, settings).finished, _best(study))
         if frozen.state in FINISHED:
             result.finished.append(frozen.number)
             result.failures_in_a_row = 0
@@ -324,6 +328,11 @@ def _heartbeat(storage, trial_id: int):
         # A beat may be waiting out an outage (up to the storage's patience): don't wait
         # for it; the thread is a daemon and ends with its retry.
         thread.join(timeout=HEARTBEAT_JOIN_SECONDS)
+
+
+def _best(study: optuna.Study) -> float | None:
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return max(values) if values else None
 
 
 def _heartbeat_interval(storage) -> int | None:

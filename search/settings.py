@@ -101,6 +101,7 @@ class RunSettings:
     storage_patience: float = 120.0   # seconds a storage outage is ridden out (storage/)
     checkpoint_every: float = 60.0    # seconds between a trial's checkpoints; 0: every epoch
     device_shared_by: int = 1         # trials sharing this process's device (timings say so)
+    quiet: bool = False               # one line per trial, no bars or epoch lines
 
     @property
     def study_name(self) -> str:
