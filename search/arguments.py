@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-from search.checkpoint import check_every_seconds
 from search.errors import UsageError
 from spaces import MODEL_NAMES, ConfigError, apply_overrides, get_space, parse_value
 from spaces.defaults import parse_assignment
@@ -62,6 +61,7 @@ def seconds(text: str) -> float:
 
 
 def checkpoint_seconds(text: str) -> float:
+    from search.checkpoint import check_every_seconds  # torch: only when the option is given
     try:
         return check_every_seconds(float(text))
     except ValueError as error:

@@ -151,10 +151,10 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     lines = Queue()
-    actor = ray.remote(num_cpus=1, num_gpus=gpus,
-                       max_restarts=ACTOR_RESTARTS, max_task_retries=-1)(Runner)
     gpus = gpus_per_actor(settings)
     shared = max(1, round(1 / gpus)) if 0 < gpus < 1 else 1  # 0.25: four trials per GPU
+    actor = ray.remote(num_cpus=1, num_gpus=gpus,
+                       max_restarts=ACTOR_RESTARTS, max_task_retries=-1)(Runner)
     # each actor is one worker (Ray shares out the cores), its timings shared as said
     slot = settings.replace(workers=1, device_shared_by=shared)
     actors = [actor.remote(slot, i) for i in range(settings.workers)]

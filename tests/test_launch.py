@@ -21,7 +21,7 @@ from helpers import (FAST_HEARTBEAT, TINY, alive, children_of, finished, integri
 from search import launch
 from search.cli import main
 
-TRIAL_LINE = re.compile(r"^\[w(\d+)\] trial +(\d+) (\w+)", re.MULTILINE)
+TRIAL_LINE = re.compile(r"^\[w(\d+)\] trial +(\d+) (COMPLETE|PRUNED|FAIL)", re.MULTILINE)
 
 
 @pytest.mark.slow
