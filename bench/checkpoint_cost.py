@@ -125,7 +125,7 @@ def main(argv=None) -> int:
                 seconds[variant] += run(variant, build(args.model, config), config, data,
                                         device, Path(folder))
     none = statistics.median(seconds["none"])
-    print(f"\n| checkpoint | s/epoch (median) | ratio to none |\n|---|---:|---:|")
+    print("\n| checkpoint | s/epoch (median) | ratio to none |\n|---|---:|---:|")
     for variant, values in seconds.items():
         value = statistics.median(values)
         print(f"| {variant} | {value:.3f} | {value / none:.3f} |")

@@ -14,7 +14,6 @@ within a second) and do the same: no orphan keeps running trials unseen.
 from __future__ import annotations
 
 import ctypes
-import logging
 import multiprocessing
 import os
 import queue
@@ -22,15 +21,13 @@ import signal
 import sys
 import threading
 import traceback
-import warnings
 from dataclasses import dataclass, field
 
 import optuna
 import torch
 
 from search.errors import USER_ERRORS
-from search.interrupts import hide_interrupt_traceback
-from search.progress import print_summary
+from search.progress import print_summary, quiet_optuna
 from search.run import (RunResult, is_done, load_data, progress_line, run_process,
                         with_loaded_data)
 from search.settings import RunSettings
@@ -58,13 +55,6 @@ class Outcome:
             self.stopped.append(result.stopped)
         if result.storage_error:
             self.storage_errors.append(result.storage_error)
-
-
-def quiet_optuna() -> None:
-    """Our own line per trial instead of Optuna's log; no notes on experimental features."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("optuna").addFilter(hide_interrupt_traceback)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def run_search(settings: RunSettings, out=None, data=None) -> int:

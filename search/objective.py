@@ -130,7 +130,7 @@ class Objective:
             # The curves of the finished epochs are already stored by on_epoch; say how many.
             trial.set_user_attr("epochs_run", len(reported))
             reason = f"diverged: {error}"
-            del model  # the raised exception's traceback keeps this frame, not the model
+            model = None  # the raised exception's traceback keeps this frame, not the model
             self._cleanup(checkpoint)
             raise optuna.TrialPruned(reason) from None
         except Exception as error:
@@ -153,12 +153,12 @@ class Objective:
         finally:
             writer.close(timeout=0)
         if failure is not None:
-            del model
+            model = None
             self._cleanup(checkpoint)
             raise failure
         self._save_summary(trial, result)
         self._save_first_layer(trial, model)  # the best epoch's weights, pruned or not
-        del model  # a raised TrialPruned's traceback keeps this frame, not the model
+        model = None  # a raised TrialPruned's traceback keeps this frame, not the model
         self._cleanup(checkpoint)
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs[-1].epoch}")

@@ -9,14 +9,17 @@ everywhere.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import warnings
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from search.interrupts import hide_interrupt_traceback
 from storage import DEFAULT_STORAGE, redact
 
 ACCURACY = "{:.4f}"
@@ -138,6 +141,13 @@ class Progress:
             if bar is not None:
                 bar.close()
         self.trial_bar = self.study_bar = None
+
+
+def quiet_optuna() -> None:
+    """Our own line per trial instead of Optuna's log; no notes on experimental features."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").addFilter(hide_interrupt_traceback)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def duration(seconds: float | None) -> str:

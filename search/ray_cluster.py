@@ -31,7 +31,7 @@ from typing import Iterator
 from search.errors import UsageError
 from search.run import RunResult, run_process
 from search.settings import RunSettings
-from storage.open import _kind
+from storage import storage_kind
 
 RAY_MISSING = "--ray needs Ray: pip install 'optuna-search[ray]'"
 CONNECT_SECONDS = 20        # an address that does not answer is bad input within this
@@ -49,7 +49,7 @@ def connected(settings: RunSettings, err=None) -> Iterator[None]:
     if importlib.util.find_spec("ray") is None:
         raise UsageError(RAY_MISSING)
     address = settings.ray
-    local_file = _kind(settings.storage) in ("sqlite", "journal")
+    local_file = storage_kind(settings.storage) in ("sqlite", "journal")
     if address not in ("local", "auto"):
         host, port = _host_port(address)
         if local_file and host not in LOOPBACK:
@@ -114,7 +114,7 @@ class Runner:
 
     def run(self, lines) -> RunResult:
         import ray
-        from search.launch import quiet_optuna
+        from search.progress import quiet_optuna
         quiet_optuna()
         # Where this process is (again, after a restart): the driver signals it to stop.
         lines.put(("where", self.index, (ray.get_runtime_context().get_node_id(), os.getpid())))

@@ -6,10 +6,10 @@ from storage.faults import StorageFailure, StorageFault, StorageUnavailable
 from storage.lock import study_lock
 from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, StorageError, artifact_dir,
                           artifact_store, check_url, check_writable, open_storage, redact,
-                          sqlalchemy_url)
+                          sqlalchemy_url, storage_kind)
 from storage.writer import TrialWriter
 
 __all__ = ["DEFAULT_PATIENCE_SECONDS", "DEFAULT_STORAGE", "StorageError", "StorageFailure",
            "StorageFault", "StorageUnavailable", "TrialWriter", "artifact_dir", "artifact_store",
            "check_url", "check_writable", "open_storage", "redact", "sqlalchemy_url",
-           "study_lock"]
+           "storage_kind", "study_lock"]

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from storage.open import _kind, artifact_dir
+from storage.open import storage_kind, artifact_dir
 from storage.schema import advisory_key
 
 LOCK_FOLDER = ".locks"
@@ -30,7 +30,7 @@ LOCK_FOLDER = ".locks"
 @contextlib.contextmanager
 def study_lock(storage, storage_url: str, study_name: str) -> Iterator[None]:
     """Hold the study's lock for the duration of the block (waits for it, no time-out)."""
-    if _kind(storage_url) == "postgresql":
+    if storage_kind(storage_url) == "postgresql":
         with _advisory_lock(getattr(storage, "_backend", storage), study_name):  # not the cache
             yield
     else:

@@ -48,7 +48,7 @@ class StorageError(ValueError):
     """The storage URL is malformed, unreachable, or names something that is not a storage."""
 
 
-def _kind(url: str) -> str:
+def storage_kind(url: str) -> str:
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         return "sqlite"
@@ -75,7 +75,7 @@ def check_url(url: str, must_exist: bool = False) -> str:
     must_exist: for commands that read or join a study (studies, report, dashboard, worker),
     a missing local file is an error, not an empty database made at a mistyped path.
     """
-    kind = _kind(url)
+    kind = storage_kind(url)
     if kind in ("sqlite", "journal"):
         path = _local_path(url)
         in_memory = kind == "sqlite" and not url.startswith("sqlite:///")
@@ -191,7 +191,7 @@ def check_writable(url: str) -> None:
 
     A PostgreSQL server's disk is the server's business: only the artifact folder is checked."""
     folders = [artifact_dir(url)]
-    if _kind(url) in ("sqlite", "journal"):
+    if storage_kind(url) in ("sqlite", "journal"):
         path = _local_path(url)
         if path.exists() and not os.access(path, os.W_OK):
             raise StorageError(f"storage {path} is not writable (read-only file system or "
@@ -243,7 +243,7 @@ def artifact_dir(url: str) -> Path:
     (default ./optuna-search-artifacts) for a server; on several machines use a shared folder."""
     if os.environ.get("OPTUNA_SEARCH_ARTIFACTS"):
         return Path(os.environ["OPTUNA_SEARCH_ARTIFACTS"])
-    if _kind(url) in ("sqlite", "journal"):
+    if storage_kind(url) in ("sqlite", "journal"):
         path = _local_path(url)
         return path.with_name(path.name + "-artifacts")
     return Path("optuna-search-artifacts")

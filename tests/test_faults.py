@@ -5,7 +5,6 @@ Trials are short: the MLP with 16 hidden units on 100 synthetic images, a few ep
 """
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import socket

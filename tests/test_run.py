@@ -8,7 +8,6 @@ import os
 import signal
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 import search.run
