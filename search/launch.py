@@ -28,8 +28,8 @@ import torch
 
 from search.errors import USER_ERRORS
 from search.progress import print_summary, quiet_optuna
-from search.run import (RunResult, is_done, load_data, progress_line, run_process,
-                        with_loaded_data)
+from search.claim import is_done, progress_line
+from search.run import RunResult, load_data, run_process, with_loaded_data
 from search.settings import RunSettings
 from search.study import grid_failures, open_study
 from storage import redact

@@ -1,15 +1,11 @@
 """The ONE run loop: run trials in this process until the study's target is met (or its grid
 queue is empty). The plain search, every `--workers` process, `optuna-search worker` and
-every Ray actor call `run_trials`; none of them keeps its own count.
+every Ray actor call `run_process`; none of them keeps its own count.
 
-Each turn claims a trial under the study's lock (storage/lock.py), deciding from the storage
-alone:
-- heartbeat-stale trials (their process died) are failed and queued again as retries;
-- a grid study runs its queued points (put in the storage once, by search/study.py);
-- any other study runs a queued trial (a retry, a published row) or samples a new one while
-  finished (COMPLETE + PRUNED) + running trials stay below the study's target.
-When nothing can be claimed but trials still run elsewhere, the loop waits: one of them may
-die and come back as a retry. A trial that fails is queued again when it was interrupted
+Each turn claims a trial under the study's lock (search/claim.py decides from the storage
+alone), runs it with a heartbeat, and records how it ended. When nothing can be claimed but
+trials still run elsewhere, the loop waits: one of them may die and come back as a retry. A
+trial that fails is queued again when it was interrupted
 (Ctrl-C, a signal: it resumes from its checkpoint) or is a grid point (at most MAX_TRIES
 tries); other failures (say, out of memory) leave the budget to a new sample.
 """
@@ -21,7 +17,6 @@ import os
 import socket
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import optuna
@@ -34,7 +29,8 @@ from search.interrupts import Interrupts, keep_signals_off_this_thread
 from search.objective import BrokenDevice, Objective, sweep_checkpoints
 from search.progress import Progress
 from search.settings import RunSettings
-from search.study import MAX_TRIES, TARGET_ATTR, OpenStudy, open_study
+from search.claim import DONE, WAIT, claim, heartbeat_interval, retry_callback, tally
+from search.study import OpenStudy, open_study
 from search.trainer import pick_device
 from storage import StorageFault, study_lock
 
@@ -43,7 +39,6 @@ WAIT_SECONDS = 5.0            # how often an idle process looks again at trials 
 FAIL_WRITE_SECONDS = 5.0      # the storage is gone: how long to try marking the trial FAIL
 HEARTBEAT_JOIN_SECONDS = 1.0
 
-DONE, WAIT = "done", "wait"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -80,7 +75,7 @@ def run_process(settings: RunSettings, out, data=None) -> RunResult:
         opened = open_study(settings)
         objective = Objective.for_run(
             settings, opened.uid, data, device,
-            retries=_heartbeat_interval(opened.study._storage) is not None)
+            retries=heartbeat_interval(opened.study._storage) is not None)
         objective.progress = progress = Progress(out, quiet=settings.quiet)
         gc.freeze()  # the data and libraries: the per-trial gc.collect skips them (~0.2 s)
         try:
@@ -172,72 +167,6 @@ def _loop(opened: OpenStudy, settings: RunSettings, objective, progress: Progres
                 return
 
 
-@dataclass
-class Tally:
-    """The study's trials by state, read from the storage, and its target."""
-    finished: int      # COMPLETE + PRUNED: what the target counts
-    running: int
-    waiting: int       # queued: retries, grid points, published rows
-    target: int        # the study's target; for a grid, its number of points
-
-
-def tally(study: optuna.Study, settings: RunSettings) -> Tally:
-    trials = study.get_trials(deepcopy=False)
-    count = {state: sum(t.state == state for t in trials) for state in TrialState}
-    target = (len(settings.spec.grid_points) if settings.spec.grid
-              else study.user_attrs[TARGET_ATTR])
-    return Tally(count[TrialState.COMPLETE] + count[TrialState.PRUNED],
-                 count[TrialState.RUNNING], count[TrialState.WAITING], target)
-
-
-def is_done(study: optuna.Study, settings: RunSettings) -> bool:
-    """Nothing left to run: the target is met, or a grid's queue is empty and none runs."""
-    t = tally(study, settings)
-    if settings.spec.grid:
-        return not t.waiting and not t.running
-    return t.finished >= t.target
-
-
-def progress_line(study: optuna.Study, settings: RunSettings) -> str:
-    t = tally(study, settings)
-    what = "grid points" if settings.spec.grid else "trials"
-    line = f"{t.finished} of {t.target} {what} finished"
-    busy = [f"{n} {name}" for n, name in ((t.running, "running"), (t.waiting, "queued")) if n]
-    return line + (f" ({', '.join(busy)})" if busy else "")
-
-
-def claim(study: optuna.Study, settings: RunSettings):
-    """Under the study's lock: a RUNNING trial for this process, or WAIT, or DONE."""
-    heartbeat = _heartbeat_interval(study._storage) is not None
-    if heartbeat:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-    t = tally(study, settings)
-    if settings.spec.grid:
-        if t.waiting:
-            return _ask(study)
-        # Without a heartbeat a dead process's trial stays RUNNING for ever: don't wait on it.
-        return WAIT if t.running and heartbeat else DONE
-    if t.finished >= t.target:
-        return DONE
-    if t.finished + t.running >= t.target:
-        return WAIT if heartbeat else DONE
-    return _ask(study)
-
-
-def _ask(study: optuna.Study) -> optuna.Trial:
-    """A queued trial (the oldest first) or a new one, RUNNING, with its first heartbeat."""
-    with warnings.catch_warnings():  # we run our own heartbeat around each trial (below)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-        trial = study.ask()
-    if _heartbeat_interval(study._storage) is not None:
-        # Recorded before the lock is released: a process killed right after claiming leaves
-        # a trial that goes stale (Optuna never judges a trial that has no heartbeat).
-        study._storage.record_heartbeat(trial._trial_id)
-    return trial
-
-
 def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Interrupts,
             settings: RunSettings) -> optuna.trial.FrozenTrial:
     """Run the objective on a claimed trial, record how it ended, queue a retry if due.
@@ -294,18 +223,10 @@ def _fail_quickly(study: optuna.Study, trial: optuna.Trial, reason: str) -> None
             backend.patience = patience
 
 
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """The same queueing as the heartbeat's: same params, history and reported epochs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_TRIES - 1, inherit_intermediate_values=True)
-
-
 @contextlib.contextmanager
 def _heartbeat(storage, trial_id: int):
     """Record the trial's heartbeat every interval while the block runs (RDB storages)."""
-    interval = _heartbeat_interval(storage)
+    interval = heartbeat_interval(storage)
     if interval is None:
         yield
         return
@@ -335,11 +256,6 @@ def _best(study: optuna.Study) -> float | None:
     return max(values) if values else None
 
 
-def _heartbeat_interval(storage) -> int | None:
-    get = getattr(storage, "get_heartbeat_interval", None)
-    return get() if get is not None else None
-
-
 def _wait_seconds(study: optuna.Study) -> float:
-    interval = _heartbeat_interval(study._storage)
+    interval = heartbeat_interval(study._storage)
     return min(WAIT_SECONDS, float(interval)) if interval else WAIT_SECONDS

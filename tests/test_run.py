@@ -10,7 +10,7 @@ import signal
 import optuna
 from optuna.trial import TrialState
 
-import search.run
+import search.claim
 import search.trainer
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
                      running_with_an_epoch, wait_until)
@@ -66,21 +66,21 @@ def test_a_larger_target_extends_the_study(tmp_path, capsys):
 
 def test_ctrl_c_right_after_a_trial_is_claimed_fails_it_queues_it_and_exits_130(
         tmp_path, monkeypatch, capsys):
-    ask = search.run._ask
+    ask = search.claim._ask
 
     def ask_then_interrupt(study):
         trial = ask(study)
         os.kill(os.getpid(), signal.SIGINT)
         return trial
 
-    monkeypatch.setattr(search.run, "_ask", ask_then_interrupt)
+    monkeypatch.setattr(search.claim, "_ask", ask_then_interrupt)
     url = f"sqlite:///{tmp_path}/t.db"
     assert main(["mlp", "--trials", "3", "--epochs", "1", "--storage", url, *TINY]) == 130
     assert "Resume with the same command" in capsys.readouterr().err
     trials = load(tmp_path / "t.db").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert "curves" not in trials[0].user_attrs  # it never trained
-    monkeypatch.setattr(search.run, "_ask", ask)
+    monkeypatch.setattr(search.claim, "_ask", ask)
     assert main(["mlp", "--trials", "3", "--epochs", "1", "--storage", url, *TINY]) == 0
     states = [t.state for t in load(tmp_path / "t.db").get_trials()]
     assert states.count(TrialState.COMPLETE) == 3 and TrialState.WAITING not in states

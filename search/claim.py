@@ -1,0 +1,100 @@
+"""What runs next, decided from the storage alone, under the study's lock (storage/lock.py).
+
+- heartbeat-stale trials (their process died) are failed and queued again as retries;
+- a grid study runs its queued points (put in the storage once, by search/study.py);
+- any other study runs a queued trial (a retry, a published row) or samples a new one while
+  finished (COMPLETE + PRUNED) + running trials stay below the study's target.
+When nothing can be claimed but trials still run elsewhere, the answer is WAIT: one of them
+may die and come back as a retry. search/run.py asks, runs what it gets, and records it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from search.settings import RunSettings
+from search.study import MAX_TRIES, TARGET_ATTR
+
+DONE, WAIT = "done", "wait"
+
+
+@dataclass
+class Tally:
+    """The study's trials by state, read from the storage, and its target."""
+    finished: int      # COMPLETE + PRUNED: what the target counts
+    running: int
+    waiting: int       # queued: retries, grid points, published rows
+    target: int        # the study's target; for a grid, its number of points
+
+
+def tally(study: optuna.Study, settings: RunSettings) -> Tally:
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    target = (len(settings.spec.grid_points) if settings.spec.grid
+              else study.user_attrs[TARGET_ATTR])
+    return Tally(count[TrialState.COMPLETE] + count[TrialState.PRUNED],
+                 count[TrialState.RUNNING], count[TrialState.WAITING], target)
+
+
+def is_done(study: optuna.Study, settings: RunSettings) -> bool:
+    """Nothing left to run: the target is met, or a grid's queue is empty and none runs."""
+    t = tally(study, settings)
+    if settings.spec.grid:
+        return not t.waiting and not t.running
+    return t.finished >= t.target
+
+
+def progress_line(study: optuna.Study, settings: RunSettings) -> str:
+    t = tally(study, settings)
+    what = "grid points" if settings.spec.grid else "trials"
+    line = f"{t.finished} of {t.target} {what} finished"
+    busy = [f"{n} {name}" for n, name in ((t.running, "running"), (t.waiting, "queued")) if n]
+    return line + (f" ({', '.join(busy)})" if busy else "")
+
+
+def claim(study: optuna.Study, settings: RunSettings):
+    """Under the study's lock: a RUNNING trial for this process, or WAIT, or DONE."""
+    heartbeat = heartbeat_interval(study._storage) is not None
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    t = tally(study, settings)
+    if settings.spec.grid:
+        if t.waiting:
+            return _ask(study)
+        # Without a heartbeat a dead process's trial stays RUNNING for ever: don't wait on it.
+        return WAIT if t.running and heartbeat else DONE
+    if t.finished >= t.target:
+        return DONE
+    if t.finished + t.running >= t.target:
+        return WAIT if heartbeat else DONE
+    return _ask(study)
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """A queued trial (the oldest first) or a new one, RUNNING, with its first heartbeat."""
+    with warnings.catch_warnings():  # we run our own heartbeat around each trial (below)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        trial = study.ask()
+    if heartbeat_interval(study._storage) is not None:
+        # Recorded before the lock is released: a process killed right after claiming leaves
+        # a trial that goes stale (Optuna never judges a trial that has no heartbeat).
+        study._storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """The same queueing as the heartbeat's: same params, history and reported epochs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=MAX_TRIES - 1, inherit_intermediate_values=True)
+
+
+def heartbeat_interval(storage) -> int | None:
+    get = getattr(storage, "get_heartbeat_interval", None)
+    return get() if get is not None else None
