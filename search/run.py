@@ -5,9 +5,9 @@ every Ray actor call `run_process`; none of them keeps its own count.
 Each turn claims a trial under the study's lock (search/claim.py decides from the storage
 alone), runs it with a heartbeat, and records how it ended. When nothing can be claimed but
 trials still run elsewhere, the loop waits: one of them may die and come back as a retry. A
-trial that fails is queued again when it was interrupted
-(Ctrl-C, a signal: it resumes from its checkpoint) or is a grid point (at most MAX_TRIES
-tries); other failures (say, out of memory) leave the budget to a new sample.
+trial that fails is queued again when it was interrupted (Ctrl-C, a signal: it resumes from
+its checkpoint) or is a grid point (3 tries in all); other failures (say, out of memory) leave
+the budget to a new sample.
 """
 from __future__ import annotations
 
