@@ -92,6 +92,7 @@ class RunSettings:
     storage_patience: float = 120.0   # seconds a storage outage is ridden out (storage/)
     checkpoint_every: float = 60.0    # seconds between a trial's checkpoints; 0: every epoch
     device_shared_by: int = 1         # trials sharing this process's device (timings say so)
+    capture: str = "auto"             # CUDA graphs of the steps: auto (on CUDA) or off
 
     @property
     def study_name(self) -> str:
