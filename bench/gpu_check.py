@@ -152,6 +152,9 @@ def run_speed(report: Report, plan: dict, device: torch.device, args, deadline: 
             torch.manual_seed(args.seed)   # the same initial weights for every recipe
             return build(spec["model"], config)
 
+        # The recipe as the tutorials write it: cudnn without autotuning (our trainer turns
+        # autotuning on for the process, so it is turned off again for every common run).
+        torch.backends.cudnn.benchmark = False
         measured["common"] = common_recipe(model(), config, train_images, device,
                                            plan["common_workers"], plan["epochs"], args.seed)
         _free()
@@ -202,7 +205,7 @@ def run_shared(report: Report, plan: dict, args) -> None:
         process.join(timeout=30)
         if process.is_alive():
             process.kill()
-    numbers = {"processes": n, "outcomes": outcomes}
+    numbers = {"processes": n, "capture": args.capture, "outcomes": outcomes}
     report.add("shared", numbers, [shared_row(numbers, plan)])
 
 

@@ -130,7 +130,8 @@ def shared_images_per_second(numbers: dict) -> Optional[float]:
 
 def shared_row(numbers: dict, plan: dict) -> Row:
     n = numbers["processes"]
-    what = (f"{n} captured {plan['shared_model']} trials sharing the device "
+    how = "captured" if numbers.get("capture", "auto") == "auto" else "eager"
+    what = (f"{n} {how} {plan['shared_model']} trials sharing the device "
             f"(batch {plan['shared_batch']}), aggregate")
     target = f">= {SHARED_TARGET_IMAGES_S:,} images/s"
     errors = [o["error"] for o in numbers["outcomes"] if "error" in o]

@@ -113,9 +113,12 @@ class TrainStep:
         self.correct.zero_()
 
     def release(self) -> None:
-        """Drop the graphs (and their memory pool) now, not at the next garbage collection."""
-        release(self.graphed)
-        self.graphed = None
+        """Drop the graphs (and their memory pool) now, not at the next garbage collection;
+        the gradients, which may live in that pool, go too."""
+        if self.graphed is not None:
+            release(self.graphed)
+            self.graphed = None
+            self.optimizer.zero_grad(set_to_none=True)
 
 
 class EvalStep:
