@@ -55,18 +55,20 @@ RECIPES = {"fp32": (torch.contiguous_format, None),
 
 # ---------------------------------------------------------------- the data, shared by both
 
-def load_images(source: str, n: int, seed: int) -> tuple[Images, Images]:
-    """n class-balanced training images (uint8, N x 3 x 32 x 32) and a few held-out ones."""
+def load_images(source: str, n: int, seed: int, n_eval: int = EVAL_IMAGES
+                ) -> tuple[Images, Images]:
+    """n class-balanced training images (uint8, N x 3 x 32 x 32) and n_eval held-out ones
+    (test images, at most as many as there are)."""
     if source == "synthetic":
         from search.data import synthetic
-        train, test, _ = synthetic(n_train=max(n, 10), n_test=EVAL_IMAGES, seed=seed)
+        train, test, _ = synthetic(n_train=max(n, 10), n_test=n_eval, seed=seed)
     else:
         train, test, _ = load_source(source)
     generator = torch.Generator().manual_seed(seed)
     if n > len(train):
         raise DataError(f"--images {n}: {source} has only {len(train)} training images")
     train = train.take(balanced_subset(train.y, n, generator))
-    test = test.take(balanced_subset(test.y, min(EVAL_IMAGES, len(test)), generator))
+    test = test.take(balanced_subset(test.y, min(n_eval, len(test)), generator))
     return train, test
 
 
@@ -121,9 +123,19 @@ def common_recipe(model, config: Config, images: Images, device: torch.device, w
 # ---------------------------------------------------------------- ours
 
 def our_trainer(model, config: Config, train_images: Images, eval_images: Images,
-                device: torch.device, epochs: int, seed: int, recipe: str = "default"
-                ) -> list[float]:
+                device: torch.device, epochs: int, seed: int, recipe: str = "default",
+                capture: str = "auto") -> list[float]:
     """Seconds per epoch of search.trainer.train (its own train_seconds, validation excluded)."""
+    result = our_run(model, config, train_images, eval_images, device, epochs, seed, recipe,
+                     capture)
+    return [e.train_seconds for e in result.epochs]
+
+
+def our_run(model, config: Config, train_images: Images, eval_images: Images,
+            device: torch.device, epochs: int, seed: int, recipe: str = "default",
+            capture: str = "auto", on_epoch=None):
+    """search.trainer.train on these images (the eval images validate each epoch and test at
+    the end); its TrainResult. `capture`: CUDA graphs, auto (on CUDA) or off."""
     data = Dataset(train_images, eval_images, eval_images, [str(c) for c in range(10)],
                    "bench").to(device)   # loaded onto the device once, as a study does
     default, threads = search.trainer.device_recipe, torch.get_num_threads()
@@ -132,11 +144,11 @@ def our_trainer(model, config: Config, train_images: Images, eval_images: Images
         search.trainer.device_recipe = lambda device: RECIPES[recipe]
     torch.set_num_threads(int(run_threads or threads))
     try:
-        result = train(model, config.replace(epochs=epochs), data, device=device, seed=seed)
+        return train(model, config.replace(epochs=epochs), data, device=device, seed=seed,
+                     capture=capture, on_epoch=on_epoch)
     finally:
         search.trainer.device_recipe = default
         torch.set_num_threads(threads)
-    return [e.train_seconds for e in result.epochs]
 
 
 # ---------------------------------------------------------------- the run
@@ -170,6 +182,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="our trainer's recipes to time, comma-separated: default (what the "
                    f"trainer picks for the device), {', '.join(RECIPES)}; RECIPE@N runs it "
                    "on N torch threads")
+    p.add_argument("--capture", default="auto", choices=("auto", "off"),
+                   help="our trainer's CUDA graphs: auto (on CUDA) or off (default auto)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -231,9 +245,11 @@ def main(argv=None) -> int:
             torch.manual_seed(args.seed)
             our_runs[recipe].append(our_trainer(build(args.model, config), config, train_images,
                                                 eval_images, device, args.epochs, args.seed,
-                                                recipe))
+                                                recipe, args.capture))
     common = statistics.median(steady(run) for run in common_runs)
     default = ("bf16, channels_last" if device.type == "cuda" else "fp32")
+    if device.type == "cuda":
+        default += ", CUDA graphs" if args.capture == "auto" else ", eager"
     rows = [(f"common recipe (DataLoader, {args.workers} workers, PIL, fp32)", common)]
     for recipe, runs in our_runs.items():
         rows.append((f"ours (data on device, {default if recipe == 'default' else recipe})",

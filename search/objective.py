@@ -51,6 +51,7 @@ class ObjectiveSettings:
     study_uid: str = "study"          # a checkpoint belongs to one study of one storage
     checkpoint_every: float | None = 0.0   # seconds between saves; None: no checkpoints
     device_shared_by: int = 1         # trials training on this device at once (timings)
+    capture: str = "auto"             # CUDA graphs: auto (on CUDA) or off (search/capture.py)
 
 
 class Objective:
@@ -72,7 +73,7 @@ class Objective:
             checkpoint_dir=artifact_dir(settings.storage) / "checkpoints",
             study_uid=study_uid,
             checkpoint_every=settings.checkpoint_every if retries else None,
-            device_shared_by=settings.device_shared_by))
+            device_shared_by=settings.device_shared_by, capture=settings.capture))
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.s
@@ -116,7 +117,7 @@ class Objective:
         try:
             result = train(model, config, s.data, device=s.device, seed=s.seed,
                            on_epoch=on_epoch, on_step=self.progress.step,
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, capture=s.capture)
             report_new_epochs(result)  # a retry whose checkpoint held every epoch trains none
             _land(writer)
         except (StorageFault, optuna.exceptions.UpdateFinishedTrialError):
@@ -177,6 +178,10 @@ class Objective:
         trial.set_user_attr("avg_val_seconds", result.steady_val_seconds)
         trial.set_user_attr("first_epoch_seconds", result.first_epoch_seconds)
         trial.set_user_attr("timing_shared_by", self.s.device_shared_by)
+        if result.capture_seconds is not None:   # CUDA graphs: their one-off cost, or why not
+            trial.set_user_attr("capture_seconds", result.capture_seconds)
+        if result.capture_failure is not None:
+            trial.set_user_attr("capture_failure", result.capture_failure)
         if result.test_acc is not None:
             trial.set_user_attr("test_acc", result.test_acc)
             trial.set_user_attr("test_loss", result.test_loss)

@@ -106,6 +106,14 @@ def gpus_per_actor(settings: RunSettings) -> float:
     return 1.0 if settings.device != "cpu" and ray.cluster_resources().get("GPU", 0) else 0.0
 
 
+def trials_per_gpu(gpus: float) -> int:
+    """How many actors Ray places on one GPU at `gpus` GPUs each: as many as fit
+    (0.25: 4, 0.3: 3, 0.4: 2), 1 for a whole GPU or more (or none)."""
+    if not 0 < gpus < 1:
+        return 1
+    return max(1, int(1 / gpus + 1e-9))
+
+
 class Runner:
     """One slot: the run loop in this actor's process (made a Ray actor in run_on_ray)."""
 
@@ -152,11 +160,11 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
 
     lines = Queue()
     gpus = gpus_per_actor(settings)
-    shared = max(1, round(1 / gpus)) if 0 < gpus < 1 else 1  # 0.25: four trials per GPU
     actor = ray.remote(num_cpus=1, num_gpus=gpus,
                        max_restarts=ACTOR_RESTARTS, max_task_retries=-1)(Runner)
-    # each actor is one worker (Ray shares out the cores), its timings shared as said
-    slot = settings.replace(workers=1, device_shared_by=shared)
+    # Each actor is one worker (Ray shares out the cores); its timings, and its share of the
+    # GPU's memory (search/gpu_share.py), are those of the trials Ray places on one GPU.
+    slot = settings.replace(workers=1, device_shared_by=trials_per_gpu(gpus))
     actors = [actor.remote(slot, i) for i in range(settings.workers)]
     running = {actors[i].run.remote(lines): i for i in range(len(actors))}
     signal_on = ray.remote(num_cpus=0)(_signal)

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from search.data import make_dataset
 from search.errors import StudyMismatch
+from search.gpu_share import cap_memory
 from search.interrupts import Interrupts, keep_signals_off_this_thread
 from search.objective import BrokenDevice, Objective, sweep_checkpoints
 from search.progress import Progress
@@ -68,6 +69,9 @@ def run_process(settings: RunSettings, out, data=None) -> RunResult:
                 device = pick_device(settings.device)
                 if device.type == "cpu" and settings.workers > 1:  # share the cores
                     torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+                # Trials sharing a GPU: each process its share of the memory, so an
+                # out-of-memory error fails the trial that asked for too much, alone.
+                cap_memory(device, settings.device_shared_by)
                 data = (data if data is not None else load_data(settings)).to(device)
             settings = with_loaded_data(settings, data)  # the parent's, or the study's
         except KeyboardInterrupt:

@@ -102,6 +102,7 @@ class RunSettings:
     checkpoint_every: float = 60.0    # seconds between a trial's checkpoints; 0: every epoch
     device_shared_by: int = 1         # trials sharing this process's device (timings say so)
     quiet: bool = False               # one line per trial, no bars or epoch lines
+    capture: str = "auto"             # CUDA graphs of the steps: auto (on CUDA) or off
 
     @property
     def study_name(self) -> str:

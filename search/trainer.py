@@ -8,9 +8,11 @@ the end (also when stopped early), and evaluates the test set once with them. A 
 loss raises `Diverged` naming the epoch. On CUDA it trains in bf16 autocast with channels_last
 and fused optimizers; on the CPU in bf16 autocast where the CPU has native bf16, else in fp32,
 deterministically either way. The loop reads GPU values back once per epoch (plus one
-finiteness check every 100 steps). With a `Checkpoint` (search/checkpoint.py) it saves the
-whole training state off the critical path, between any two steps, and a run that finds one
-resumes it exactly: same curves, same random numbers.
+finiteness check every 100 steps). On CUDA the steps are captured in CUDA graphs at their
+first call and replayed after it (search/capture.py; `capture="off"` keeps them eager; a failed
+capture warns once and the run goes on eagerly). With a `Checkpoint` (search/checkpoint.py) it
+saves the whole training state off the critical path, between any two steps, and a run that
+finds one resumes it exactly: same curves, same random numbers.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from search.capture import Capture, wanted
 from search.checkpoint import Checkpoint
 from search.data import Dataset, DeviceLoader
 from search.schedules import make_scheduler
@@ -59,6 +62,10 @@ class TrainResult:
     # Epochs that were the first a process trained (epoch 1, and the first after a resume):
     # their seconds include cudnn autotuning and warm caches, so the steady means leave them out.
     warmup_epochs: list[int] = field(default_factory=list)
+    # Seconds spent capturing CUDA graphs (warm-up included; in the warm-up epochs' times);
+    # None: the steps ran eagerly. A failed capture's reason, the run having gone on eagerly.
+    capture_seconds: Optional[float] = None
+    capture_failure: Optional[str] = None
 
     @property
     def best_val_acc(self) -> float:
@@ -116,26 +123,32 @@ def make_optimizer(model: nn.Module, config: Config, device: torch.device):
 
 def train(model: nn.Module, config: Config, data: Dataset, *, device: torch.device | str = "cpu",
           seed: int = 0, on_epoch: OnEpoch | None = None, on_step: OnStep | None = None,
-          checkpoint: Checkpoint | None = None) -> TrainResult:
+          checkpoint: Checkpoint | None = None, capture: str = "auto") -> TrainResult:
     """Train for config.epochs epochs; return the curves and the test result at the best epoch.
 
     `data` may already be on `device` (load it there once per process, not per trial).
     `on_step(epoch, step, steps_per_epoch)` follows every training step (host integers only,
     no GPU sync). With `checkpoint`, the state is saved as it says and a run finding a saved
     one of the same identity resumes it; the caller removes it when the trial is over.
-    When train() returns or raises, nothing of it keeps the model, optimizer or gradients alive.
+    `capture`: "auto" captures the steps in CUDA graphs on CUDA (eager elsewhere), "off" never.
+    When train() returns or raises, nothing of it keeps the model, optimizer, gradients or
+    graphs alive.
     """
+    run = None
     try:
-        run = _Run(model, config, data, torch.device(device), seed, on_step, checkpoint)
+        run = _Run(model, config, data, torch.device(device), seed, on_step, checkpoint,
+                   Capture(wanted(capture, device)))
         return run.train(on_epoch)
     except BaseException as error:
         # The traceback holds the frames below, and through them the model, its gradients and
         # the optimizer state, for as long as the caller keeps the exception (Optuna keeps a
         # pruned trial's): clear their locals, and drop this frame's own references.
         traceback.clear_frames(error.__traceback__)
-        run = model = data = on_epoch = on_step = None
         raise
     finally:
+        if run is not None:
+            run.release()        # the graphs and their memory pools go now
+        run = model = data = on_epoch = on_step = None
         if checkpoint is not None:
             checkpoint.flush()   # no write left running behind a returned or failed run
 
@@ -145,9 +158,9 @@ class _Run:
     state a checkpoint saves and restores."""
 
     def __init__(self, model, config: Config, data: Dataset, device: torch.device, seed: int,
-                 on_step: OnStep | None, checkpoint: Checkpoint | None):
+                 on_step: OnStep | None, checkpoint: Checkpoint | None, capture: Capture):
         self.model, self.config, self.device = model, config, device
-        self.on_step, self.checkpoint = on_step, checkpoint
+        self.on_step, self.checkpoint, self.capture = on_step, checkpoint, capture
         self.cuda = device.type == "cuda"
         self.data = data = data.to(device)
         memory, autocast = device_recipe(device)
@@ -165,8 +178,8 @@ class _Run:
             torch.backends.cudnn.benchmark = True  # autotuned per input shape, kept for the process
         batch_shape = (min(config.batch_size, len(data.train)), *data.train.x.shape[1:])
         self.step = TrainStep(model, self.optimizer, batch_shape, device, memory, autocast,
-                              config.label_smoothing)
-        self.eval_step = EvalStep(model, device, memory, autocast)
+                              config.label_smoothing, capture)
+        self.eval_step = EvalStep(model, device, memory, autocast, capture)
         self.steps_per_epoch = len(self.loader)
         self.result, self.best_state = TrainResult(), None
         self.epoch, self.first_step, self.order, self.seconds = 1, 0, None, 0.0
@@ -176,6 +189,7 @@ class _Run:
                                        "device": device.type})
             if saved is not None:
                 self.restore(saved)
+        self.capture_before = self.result.capture_seconds   # a resumed run's earlier captures
         self.scheduler = make_scheduler(
             self.optimizer, config, self.steps_per_epoch * config.epochs,
             steps_done=(self.epoch - 1) * self.steps_per_epoch + self.first_step)
@@ -200,6 +214,7 @@ class _Run:
             improved = not result.epochs or val_acc > result.best_val_acc
             result.epochs.append(EpochMetrics(epoch, train_loss, train_acc, val_loss, val_acc,
                                               train_seconds, val_seconds))
+            self.note_capture()
             if improved:
                 result.best_epoch = epoch
                 self.best_state = {k: v.detach().clone()
@@ -214,7 +229,19 @@ class _Run:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         result.test_loss, result.test_acc, result.test_seconds = self.evaluate(self.test_loader)
+        self.note_capture()   # the test split's last batch may have had a shape of its own
         return result
+
+    def note_capture(self) -> None:
+        """The capture seconds (and a failure) so far into the result."""
+        if self.capture.seconds:
+            result = self.result
+            result.capture_seconds = (self.capture_before or 0.0) + self.capture.seconds
+            result.capture_failure = self.capture.failure
+
+    def release(self) -> None:
+        self.step.release()
+        self.eval_step.release()
 
     def evaluate(self, loader: DeviceLoader) -> tuple[float, float, float]:
         return _evaluate(self.model, self.eval_step, loader)

@@ -367,7 +367,8 @@ def test_cuda_without_a_gpu_is_bad_input(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv", ["mlp --checkpoint-every -1", "mlp --checkpoint-every soon",
                                   "mlp --storage-patience -5", "mlp --storage-patience later",
-                                  "mlp --set schedule=sometimes"])
+                                  "mlp --set schedule=sometimes", "mlp --capture sometimes",
+                                  "worker mlp --capture sometimes"])
 def test_bad_intervals_and_schedules_are_one_line_exit_2(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run(*argv.split())
@@ -386,3 +387,23 @@ def test_timings_keep_the_first_epoch_apart_and_say_when_a_device_was_shared(tmp
         assert attrs["first_epoch_seconds"] == seconds[0]
         assert attrs["avg_train_seconds"] == pytest.approx(sum(seconds[1:]) / len(seconds[1:]))
         assert attrs["timing_shared_by"] == 2  # two workers on this machine's cores
+
+
+@pytest.mark.parametrize("options, expected", [([], "auto"), (["--capture", "off"], "off")])
+def test_the_capture_setting_reaches_the_trainer(options, expected, tmp_path, monkeypatch):
+    seen = []
+    real = search.objective.train
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["capture"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(search.objective, "train", spy)
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert optuna_search("mlp", url, "--trials", "1", *options)[0] == 0
+    assert seen == [expected]
+    # a worker joining the study takes its own setting
+    code, _, err = run("worker", "mlp", "--storage", url, "--trials", "2", *options)
+    assert code == 0, err
+    assert seen == [expected, expected]
+    trial = load(url, "mlp").trials[0]
+    assert "capture_seconds" not in trial.user_attrs   # eager on the CPU: nothing captured

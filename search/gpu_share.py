@@ -1,0 +1,42 @@
+"""Several trials on one GPU: each process's share of the GPU's memory.
+
+Trials share a GPU when `--workers N` starts more processes than there are GPUs (the launcher
+hands GPUs out round-robin and records how many share each: RunSettings.device_shared_by) or
+when Ray places fractions of one (`--gpus-per-trial 0.25`: four trials per GPU). Without a cap
+one trial's batch of 1024 could take the memory the others are about to ask for, and the
+out-of-memory error would land in whichever trial asked next. With a cap of its share per
+process (torch.cuda.set_per_process_memory_fraction), the trial that asks for too much fails
+alone (the objective fails it, frees its memory, and the study goes on).
+
+The share leaves out what each process holds outside PyTorch's caching allocator (the CUDA
+context, cuBLAS and cuDNN handles: CONTEXT_BYTES each, a rough figure) so that the shares
+plus those fit the GPU. One process alone on a GPU gets no cap.
+"""
+from __future__ import annotations
+
+import torch
+
+CONTEXT_BYTES = 1 << 30   # per process, outside the caching allocator (CUDA context, handles)
+MIN_FRACTION = 0.01       # never below 1% of the GPU (a tiny GPU with many sharers)
+
+
+def memory_fraction(shared_by: int, total_bytes: int,
+                    context_bytes: int = CONTEXT_BYTES) -> float | None:
+    """The fraction of a GPU of `total_bytes` one of `shared_by` processes may allocate, or
+    None (no cap) for a process alone on its GPU."""
+    if shared_by <= 1:
+        return None
+    usable = total_bytes - shared_by * context_bytes
+    return max(MIN_FRACTION, usable / shared_by / total_bytes)
+
+
+def cap_memory(device: torch.device, shared_by: int) -> float | None:
+    """Cap this process's allocations on `device` at its share; returns the fraction set
+    (None: alone on the GPU, or not a GPU)."""
+    if torch.device(device).type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = memory_fraction(shared_by, total)
+    if fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
