@@ -148,8 +148,9 @@ def running_pids(db) -> list[int]:
                 "FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id)").fetchall()
     except sqlite3.OperationalError:
         return []
+    # A point may be killed on its first and second try: its third (the last) must finish.
     return [json.loads(run)["pid"] for _, run, history in rows
-            if run and len(json.loads(history or "[]")) < 1]
+            if run and len(json.loads(history or "[]")) < 2]
 
 
 @pytest.mark.slow
@@ -157,8 +158,8 @@ def test_chaos_random_kills_over_three_launchers_never_run_a_grid_point_twice(tm
     db = tmp_path / "chaos.db"
     url = f"sqlite:///{db}"
     grid = ["--grid", "activation=relu,sigmoid,tanh", "--grid", "lr=0.1,0.01,0.001,0.0001"]
-    # Trials of a few seconds (60 epochs of 16-image batches): long enough to be killed in.
-    commands = [["mlp", *grid, "--epochs", "60", "--storage", url, "--study", "chaos", *TINY,
+    # Trials of a few seconds (100 epochs of 16-image batches): long enough to be killed in.
+    commands = [["mlp", *grid, "--epochs", "100", "--storage", url, "--study", "chaos", *TINY,
                  "--set", "batch_size=16", "--workers", "2"],
                 ["worker", "chaos", "--storage", url, "--workers", "2"],
                 ["worker", "chaos", "--storage", url]]
