@@ -20,6 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 import search.dashboard
+import search.objective
 from search.cli import main
 from search.dashboard import DashboardServer, _AppWhenStorageIsMade, dashboard_app
 from storage import open_storage
@@ -221,6 +222,17 @@ def test_search_with_dashboard_goes_on_while_its_api_is_polled(tmp_path, monkeyp
     monkeypatch.setattr(DashboardServer, "stop", stop)
 
     poller = Poller(f"http://127.0.0.1:{port}", "polled", stopping)
+    real_train = search.objective.train
+
+    def train_once_polled(*args, **kwargs):
+        # Each trial (RUNNING by now) starts after two more reads of the page, however
+        # fast the machine trains: the polls overlap every trial, a condition, not a speed.
+        seen = len(poller.statuses["detail"])
+        deadline = time.monotonic() + 60
+        while len(poller.statuses["detail"]) < seen + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return real_train(*args, **kwargs)
+    monkeypatch.setattr(search.objective, "train", train_once_polled)
     poller.start()
     code = main(["mlp", "--data", "synthetic", "--epochs", "2", "--trials", "5",
                  "--pruner", "none", "--study", "polled", "--storage", storage,
