@@ -18,6 +18,7 @@ from typing import Sequence
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
+STORAGE_FAILED = 1  # a storage that stopped answering while the command ran
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from search.arguments import build_parser
             from search.commands import COMMANDS, command_search
             from search.errors import USER_ERRORS
+            from storage import StorageFault
         try:
             args = build_parser().parse_args(argv)
             handler = COMMANDS.get(args.command, command_search)
@@ -35,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except USER_ERRORS as error:
             print(f"optuna-search: error: {error}", file=sys.stderr)
             return USAGE_ERROR
+        except StorageFault as fault:  # the storage failed past its patience (not bad input)
+            print(f"optuna-search: error: {fault}", file=sys.stderr)
+            return STORAGE_FAILED
     except KeyboardInterrupt:  # Ctrl-C before any trial started (loading data, say)
         print("optuna-search: interrupted; nothing was left running", file=sys.stderr)
         return INTERRUPTED

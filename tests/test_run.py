@@ -146,3 +146,21 @@ def test_the_target_counts_finished_trials_in_the_storage_whoever_ran_them(tmp_p
     assert main(["mlp", "--trials", "4", "--epochs", "1", "--storage", url, *TINY]) == 0
     states = [t.state for t in load(tmp_path / "t.db").get_trials()]
     assert states.count(TrialState.COMPLETE) == 4 and len(states) == 5
+
+
+def test_a_storage_that_fails_outside_a_trial_is_one_line_and_exit_1(tmp_path, monkeypatch,
+                                                                      capsys):
+    """The summary after the trials reads the storage too: it gone is one line, not a traceback."""
+    import search.launch
+    from storage import StorageUnavailable
+
+    def storage_gone(*args, **kwargs):
+        raise StorageUnavailable("storage sqlite:///x.db did not answer for 3 s")
+    monkeypatch.setattr(search.launch, "print_summary", storage_gone)
+    db = tmp_path / "gone.db"
+    code = main(["mlp", "--trials", "1", "--storage", f"sqlite:///{db}", *TINY])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "optuna-search: error: storage sqlite:///x.db did not answer for 3 s"], err
+    assert finished(db) == 1  # the trial itself landed
