@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.settings import RunSettings
-from search.study import MAX_TRIES, TARGET_ATTR
+from search.study import TARGET_ATTR
 
 DONE, WAIT = "done", "wait"
 
@@ -85,14 +85,6 @@ def _ask(study: optuna.Study) -> optuna.Trial:
         # a trial that goes stale (Optuna never judges a trial that has no heartbeat).
         study._storage.record_heartbeat(trial._trial_id)
     return trial
-
-
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """The same queueing as the heartbeat's: same params, history and reported epochs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_TRIES - 1, inherit_intermediate_values=True)
 
 
 def heartbeat_interval(storage) -> int | None:

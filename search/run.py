@@ -30,10 +30,10 @@ from search.interrupts import Interrupts, keep_signals_off_this_thread
 from search.objective import BrokenDevice, Objective, sweep_checkpoints
 from search.progress import Progress
 from search.settings import RunSettings
-from search.claim import DONE, WAIT, claim, heartbeat_interval, retry_callback, tally
+from search.claim import DONE, WAIT, claim, heartbeat_interval, tally
 from search.study import OpenStudy, open_study
 from search.trainer import pick_device
-from storage import StorageFault, study_lock
+from storage import StorageFault, retry_callback, study_lock
 
 MAX_FAILURES_IN_A_ROW = 3     # then this process stops: something is wrong beyond one trial
 WAIT_SECONDS = 5.0            # how often an idle process looks again at trials running elsewhere
@@ -199,13 +199,17 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
             broken = interrupted = True
         except Exception:  # the objective recorded its reason (fail_reason) already
             pass
-    try:
-        study.tell(trial, value, state=state)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return study._storage.get_trial(trial._trial_id)
-    frozen = study._storage.get_trial(trial._trial_id)
-    if state == TrialState.FAIL and (interrupted or settings.spec.grid):
-        retry_callback()(study, frozen)
+    # Under the study's lock: a process deciding what runs next (search/claim.py) or queueing
+    # grid points (search/study.py) sees the FAIL and its retry together, never the FAIL alone
+    # (it would queue the point or sample a trial a second time).
+    with study_lock(study._storage, settings.storage, settings.study_name):
+        try:
+            study.tell(trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return study._storage.get_trial(trial._trial_id)
+        frozen = study._storage.get_trial(trial._trial_id)
+        if state == TrialState.FAIL and (interrupted or settings.spec.grid):
+            retry_callback()(study, frozen)
     if broken:
         raise BrokenDevice(frozen.user_attrs.get("fail_reason", "a CUDA error"))
     return frozen

@@ -23,13 +23,12 @@ from optuna.trial import TrialState
 from search.errors import StudyMismatch
 from search.settings import DEFAULT_TRIALS, RunSettings, StudySpec
 from spaces import get_space
-from storage import open_storage, redact, study_lock
+from storage import MAX_TRIES, open_storage, redact, study_lock
 
 SPEC_ATTR = "optuna_search"     # the StudySpec and the sampler/pruner settings, one write
 TARGET_ATTR = "target_trials"   # finished trials the study should end with
 RUNS_ATTR = "runs"              # how many processes have opened it to run trials
 METRIC_NAME = "val_acc"         # the objective's name in Optuna's figures and the dashboard
-MAX_TRIES = 3                   # a grid point's tries in all (search/run.py queues retries)
 
 
 @dataclass

@@ -4,12 +4,12 @@ store that lives beside it, a background writer for a running trial, and the loc
 serialises the decisions about what runs next."""
 from storage.faults import StorageFailure, StorageFault, StorageUnavailable
 from storage.lock import study_lock
-from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, StorageError, artifact_dir,
-                          artifact_store, check_url, check_writable, open_storage, redact,
-                          sqlalchemy_url, storage_kind)
+from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, MAX_TRIES, StorageError,
+                          artifact_dir, artifact_store, check_url, check_writable, open_storage,
+                          redact, retry_callback, sqlalchemy_url, storage_kind)
 from storage.writer import TrialWriter
 
-__all__ = ["DEFAULT_PATIENCE_SECONDS", "DEFAULT_STORAGE", "StorageError", "StorageFailure",
+__all__ = ["DEFAULT_PATIENCE_SECONDS", "DEFAULT_STORAGE", "MAX_TRIES", "StorageError", "StorageFailure",
            "StorageFault", "StorageUnavailable", "TrialWriter", "artifact_dir", "artifact_store",
-           "check_url", "check_writable", "open_storage", "redact", "sqlalchemy_url",
-           "storage_kind", "study_lock"]
+           "check_url", "check_writable", "open_storage", "redact", "retry_callback",
+           "sqlalchemy_url", "storage_kind", "study_lock"]

@@ -37,7 +37,7 @@ DEFAULT_STORAGE = "sqlite:///optuna-search.db"
 # shorten them through the environment.
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 90
-MAX_RETRY = 2            # a trial runs 3 times at most: the first try and 2 retries (search/run.py)
+MAX_TRIES = 3            # a trial (a grid point, an interrupted trial) runs 3 times at most
 SQLITE_BUSY_SECONDS = 60      # how long a writer waits for the lock before giving up
 PG_CONNECT_SECONDS = 5
 DEFAULT_PATIENCE_SECONDS = 120.0  # how long a call waits out an outage of the storage
@@ -158,8 +158,7 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True, readonly: b
         heartbeat_kwargs = dict(
             heartbeat_interval=_env_seconds("OPTUNA_SEARCH_HEARTBEAT", HEARTBEAT_SECONDS),
             grace_period=_env_seconds("OPTUNA_SEARCH_GRACE", GRACE_SECONDS),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRY, inherit_intermediate_values=True))
+            heartbeat_stale_trial_callback=retry_callback())
     sqlite, path = None, None
     if kind == "sqlite":
         path = _local_path(url).resolve()
@@ -253,3 +252,13 @@ def artifact_store(url: str) -> FileSystemArtifactStore:
     folder = artifact_dir(url)
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))
+
+
+def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """How a failed trial is queued again, the same for a dead worker (the heartbeat's) and an
+    interrupted trial or failed grid point (search/run.py): same params, history and reported
+    epochs, MAX_TRIES tries in all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=MAX_TRIES - 1, inherit_intermediate_values=True)
