@@ -27,7 +27,7 @@ import optuna
 import torch
 
 from search.errors import USER_ERRORS
-from search.progress import print_summary, quiet_optuna
+from search.progress import LineSender, print_summary, quiet_optuna
 from search.claim import is_done, progress_line
 from search.run import RunResult, load_data, run_process, with_loaded_data
 from search.settings import RunSettings
@@ -46,6 +46,7 @@ class Outcome:
     storage_errors: list[str] = field(default_factory=list)   # the storage is gone
     interrupted: bool = False
     killed: list[tuple[int, int]] = field(default_factory=list)   # (worker, signal)
+    reported: set[int] = field(default_factory=set)   # workers that sent a result or an error
     timed_out: bool = False
 
     def add(self, result: RunResult) -> None:
@@ -165,8 +166,13 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-    outcome.killed += [(i, -p.exitcode) for i, p in enumerate(processes)
-                       if p.exitcode is not None and p.exitcode < 0 and not outcome.interrupted]
+    for i, process in enumerate(processes):
+        code = process.exitcode
+        if code is not None and code < 0 and not outcome.interrupted:
+            outcome.killed.append((i, -code))
+        elif code and i not in outcome.reported:  # it died before its loop could say why
+            outcome.errors.append(f"worker {i} exited with status {code} before it reported "
+                                  "(its own output, above, says why)")
 
 
 def _relay(messages, out, outcome: Outcome, timeout: float) -> bool:
@@ -179,27 +185,12 @@ def _relay(messages, out, outcome: Outcome, timeout: float) -> bool:
     if kind == "line":
         print(f"[w{index}] {payload}", file=out, flush=True)
     elif kind == "error":
+        outcome.reported.add(index)
         outcome.errors.append(f"worker {index}: {payload}")
     elif kind == "result":
+        outcome.reported.add(index)
         outcome.add(payload)
     return True
-
-
-class _Lines:
-    """A text stream that sends each finished line to the parent (the loop writes here)."""
-
-    def __init__(self, messages, index: int):
-        self.messages, self.index, self.buffer = messages, index, ""
-
-    def write(self, text: str) -> int:
-        self.buffer += text
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            self.messages.put(("line", self.index, line))
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 def worker_main(settings: RunSettings, index: int, gpu: str | None, parent: int,
@@ -211,7 +202,7 @@ def worker_main(settings: RunSettings, index: int, gpu: str | None, parent: int,
     die_with_parent(parent)
     quiet_optuna()
     try:
-        result = run_process(settings, _Lines(messages, index))
+        result = run_process(settings, LineSender(messages.put, index))
         messages.put(("result", index, result))
     except USER_ERRORS as error:
         messages.put(("error", index, str(error)))

@@ -143,6 +143,25 @@ class Progress:
         self.trial_bar = self.study_bar = None
 
 
+class LineSender:
+    """A text stream that hands each finished line to `put` as ("line", index, line): how a
+    worker process or Ray actor (search/launch.py, search/ray_cluster.py) prints through the
+    launcher, which prefixes it with the worker's number."""
+
+    def __init__(self, put, index: int):
+        self.put, self.index, self.buffer = put, index, ""
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self.put(("line", self.index, line))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def quiet_optuna() -> None:
     """Our own line per trial instead of Optuna's log; no notes on experimental features."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -122,28 +122,11 @@ class Runner:
 
     def run(self, lines) -> RunResult:
         import ray
-        from search.progress import quiet_optuna
+        from search.progress import LineSender, quiet_optuna
         quiet_optuna()
         # Where this process is (again, after a restart): the driver signals it to stop.
         lines.put(("where", self.index, (ray.get_runtime_context().get_node_id(), os.getpid())))
-        return run_process(self.settings, _QueueLines(lines, self.index))
-
-
-class _QueueLines:
-    """A text stream that sends each finished line to the driver through a Ray queue."""
-
-    def __init__(self, lines, index: int):
-        self.lines, self.index, self.buffer = lines, index, ""
-
-    def write(self, text: str) -> int:
-        self.buffer += text
-        *done, self.buffer = self.buffer.split("\n")
-        for line in done:
-            self.lines.put(("line", self.index, line))
-        return len(text)
-
-    def flush(self) -> None:
-        pass
+        return run_process(self.settings, LineSender(lines.put, self.index))
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -178,6 +161,7 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
     if threading.current_thread() is threading.main_thread():
         handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     where: dict[int, tuple[str, int]] = {}  # slot -> (node id, pid) of its actor's process
+    signalled: set[tuple[str, int]] = set()  # the processes told to stop
     try:
         asked_at = None
         while running:
@@ -189,13 +173,16 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
                 except ray.exceptions.RayError as error:
                     outcome.errors.append(f"Ray worker {index}: {str(error).splitlines()[0]}")
             _relay(lines, out, where)
-            if stopping.is_set() and asked_at is None:
-                asked_at = time.monotonic()
-                for index in running.values():  # each actor's process, on its own node
-                    if index in where:
+            if stopping.is_set():
+                asked_at = asked_at or time.monotonic()
+                # Each actor's process, on its own node, once; checked at every poll, so an
+                # actor that reports only now (still starting, or restarted by Ray) is told too.
+                for index in running.values():
+                    if index in where and where[index] not in signalled:
                         node, pid = where[index]
                         signal_on.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
                             node, soft=False)).remote(pid, signal.SIGTERM)
+                        signalled.add(where[index])
             if asked_at is not None and time.monotonic() - asked_at > STOP_SECONDS:
                 outcome.errors.append("Ray workers did not stop within "
                                       f"{STOP_SECONDS} s; ended them")

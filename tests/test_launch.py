@@ -98,6 +98,25 @@ def test_worker_joins_a_study_with_the_settings_it_was_made_with(tmp_path, capsy
     assert len(re.findall(r"^trial +\d+ COMPLETE", out, re.MULTILINE)) == 2
 
 
+def exit_before_the_loop(settings, index, gpu, parent, messages) -> None:
+    """Stands in for a worker that dies before its loop could report (a failing import)."""
+    os._exit(3)
+
+
+def test_a_worker_that_exits_before_it_reports_is_an_error_not_a_silent_success(
+        tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(launch, "worker_main", exit_before_the_loop)  # spawn finds it by name
+    db = tmp_path / "quiet.db"
+    code = main(["mlp", "--trials", "2", "--workers", "2", "--storage", f"sqlite:///{db}",
+                 *TINY])
+    err = capfd.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("optuna-search:")]
+    assert lines == [f"optuna-search: error: worker {i} exited with status 3 before it "
+                     "reported (its own output, above, says why)" for i in (0, 1)], err
+    assert finished(db) == 0
+
+
 def test_gpus_are_handed_out_round_robin(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

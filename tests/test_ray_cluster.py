@@ -101,6 +101,26 @@ def test_ctrl_c_stops_every_actor_leaves_nothing_running_and_no_ray_process(tmp_
     assert integrity(db) == "ok"
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_ray_restarts_an_actor_stops_the_restarted_one_too(tmp_path):
+    """The stop reaches an actor that reports only after Ctrl-C (restarted by Ray here)."""
+    from search.ray_cluster import STOP_SECONDS
+    db = tmp_path / "ray.db"
+    search = run_cli(["mlp", *RAY, "--trials", "6", "--epochs", "2000", "--storage",
+                      f"sqlite:///{db}", *TINY], cwd=tmp_path)
+    wait_until(lambda: running_with_an_epoch(db) >= 2, what="both actors training")
+    victim = next(t for t in load(db).get_trials() if t.state == TrialState.RUNNING)
+    os.kill(victim.user_attrs["run"]["pid"], signal.SIGKILL)  # Ray starts it again...
+    search.send_signal(signal.SIGINT)                          # ...while the run stops
+    started = time.monotonic()
+    out, err = search.communicate(timeout=120)
+    assert search.returncode == 130, err[-3000:]
+    assert "did not stop" not in err and time.monotonic() - started < STOP_SECONDS
+    others = [t for t in load(db).get_trials() if t.number != victim.number]
+    assert TrialState.RUNNING not in [t.state for t in others]  # the victim's: its heartbeat's
+    assert integrity(db) == "ok"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
