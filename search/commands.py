@@ -13,6 +13,15 @@ from spaces import Config, apply_overrides
 from storage import check_url, check_writable
 
 
+def check_before_running(args, joining: bool = False) -> None:
+    """What every command that runs trials checks before it writes anything (exit 2 if bad):
+    the storage URL (a joining worker's study must exist), that its folders take writes,
+    and the device."""
+    check_url(args.storage, must_exist=joining)
+    check_writable(args.storage)
+    check_device(args.device)
+
+
 def check_device(name: str) -> None:
     """--device cuda on a machine without a visible GPU is bad input, not a crash."""
     from search.trainer import pick_device
@@ -35,9 +44,7 @@ def run_placed(settings) -> int:
 def command_search(args) -> int:
     spec = study_spec(args)
     settings = run_settings(args, spec)
-    check_url(args.storage)
-    check_writable(args.storage)
-    check_device(args.device)
+    check_before_running(args)
     if args.dashboard:
         from search.dashboard import dashboard_beside
         with dashboard_beside(args.storage, port=args.dashboard_port):
@@ -67,9 +74,7 @@ def command_studies(args) -> int:
 
 def command_worker(args) -> int:
     from search.study import load_spec
-    check_url(args.storage, must_exist=True)  # a worker joins a study; it never makes one
-    check_writable(args.storage)
-    check_device(args.device)
+    check_before_running(args, joining=True)  # a worker joins a study; it never makes one
     settings = run_settings(args, load_spec(args.storage, args.study), join=True)
     return run_placed(settings)
 
@@ -107,8 +112,7 @@ def command_plots(args) -> int:
 
 def command_reproduce(args) -> int:
     from search.reproduce import ReproduceSettings, run_reproduction
-    check_url(args.storage)
-    check_device(args.device)
+    check_before_running(args)
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise UsageError(f"{args.output} exists and is not a folder")
     return run_reproduction(ReproduceSettings(

@@ -84,13 +84,13 @@ def recorded_spec(study: optuna.Study) -> StudySpec | None:
     return StudySpec.from_json(record["spec"]) if record else None
 
 
-def open_study(settings: RunSettings, storage=None, new_run: bool = True) -> OpenStudy:
+def open_study(settings: RunSettings, new_run: bool = True) -> OpenStudy:
     """Create (or load) the study and bring it to this run's settings, under its lock.
 
     `new_run`: this process will run trials: count the run and seed its sampler with it.
     Raises StudyMismatch (exit 2) for another spec, or a missing study when joining.
     """
-    storage = storage or open_storage(settings.storage, patience=settings.storage_patience)
+    storage = open_storage(settings.storage, patience=settings.storage_patience)
     name, spec = settings.study_name, settings.spec
     with study_lock(storage, settings.storage, name):
         study = _create_or_load(storage, settings)
@@ -132,36 +132,30 @@ def open_study(settings: RunSettings, storage=None, new_run: bool = True) -> Ope
 
 
 def _create_or_load(storage, settings: RunSettings) -> optuna.Study:
-    name = settings.study_name
     if settings.join:
-        try:
-            study = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:
-            raise StudyMismatch(f"no study {name!r} in {redact(settings.storage)}; make it "
-                                f"with optuna-search MODEL --study {name}") from None
-        if SPEC_ATTR not in study.user_attrs:
-            raise StudyMismatch(f"study {name!r} records no optuna-search settings (not made "
-                                "by optuna-search, or interrupted while being made: run the "
-                                "command that makes it again)")
-        return study
-    return optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                               load_if_exists=True)
+        return _load_made(storage, settings.storage, settings.study_name)
+    return optuna.create_study(storage=storage, study_name=settings.study_name,
+                               direction="maximize", load_if_exists=True)
 
 
 def load_spec(storage_url: str, study_name: str) -> StudySpec:
     """The spec a study was made with, for `optuna-search worker` (which never makes one)."""
-    storage = open_storage(storage_url, readonly=True)
+    study = _load_made(open_storage(storage_url, readonly=True), storage_url, study_name)
+    return recorded_spec(study)
+
+
+def _load_made(storage, storage_url: str, name: str) -> optuna.Study:
+    """A study that `optuna-search MODEL` made (to join it); StudyMismatch otherwise."""
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise StudyMismatch(f"no study {study_name!r} in {redact(storage_url)}; make it with "
-                            f"optuna-search MODEL --study {study_name}") from None
-    spec = recorded_spec(study)
-    if spec is None:
-        raise StudyMismatch(f"study {study_name!r} records no optuna-search settings (not made "
+        raise StudyMismatch(f"no study {name!r} in {redact(storage_url)}; make it with "
+                            f"optuna-search MODEL --study {name}") from None
+    if SPEC_ATTR not in study.user_attrs:
+        raise StudyMismatch(f"study {name!r} records no optuna-search settings (not made "
                             "by optuna-search, or interrupted while being made: run the "
                             "command that makes it again)")
-    return spec
+    return study
 
 
 def _set_target(study: optuna.Study, trials: int | None) -> None:

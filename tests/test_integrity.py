@@ -204,11 +204,12 @@ def test_a_full_artifact_disk_is_one_line_exit_1_and_the_trial_fails_with_its_re
     assert integrity(db) == "ok"
 
 
+@pytest.mark.parametrize("command", [["mlp", "--trials", "1", "--epochs", "1", *TINY],
+                                     ["reproduce", "--data", "synthetic", "--epochs", "1"]])
 def test_a_read_only_storage_folder_is_bad_input_before_anything_runs(tmp_path, tiny_disk,
-                                                                      capsys):
+                                                                      command, capsys):
     assert subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)]).returncode == 0
-    code = main(["mlp", "--trials", "1", "--epochs", "1",
-                 "--storage", f"sqlite:///{tiny_disk / 's.db'}", *TINY])
+    code = main([*command, "--storage", f"sqlite:///{tiny_disk / 's.db'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "read-only" in err[0], err
     assert list(tiny_disk.iterdir()) == []
