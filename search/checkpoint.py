@@ -1,7 +1,8 @@
 """One trial's training state on disk, saved off the training loop's critical path.
 
 The caller builds a `Checkpoint(path, every_seconds, identity)` per trial and hands it to
-`search.trainer.train`, which asks `due()` between steps and calls `save(state, best)`:
+`search.trainer.train`, which asks `due()` between steps and calls
+`save(state, best_epoch, best_state)`:
 - the tensors are copied into host buffers that are reused from save to save (pinned memory
   and non-blocking copies from a GPU, plain copies on the CPU), and a background thread waits
   for the copies and writes them with torch.save to `<path>.partial`, then renames it onto

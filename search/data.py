@@ -268,6 +268,7 @@ def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed:
                         f"{', ...' if len(classes) > 12 else ''}); the models classify "
                         f"{CLASSES} (CIFAR-10): give a data set with {CLASSES} class folders")
     fingerprint = content_fingerprint(train, test, classes)
+    source_size = len(train) + len(test)  # the whole source, before any subset
     generator = torch.Generator().manual_seed(seed)
     n_val = min(val_size, len(train) // 10)
     val_index = balanced_subset(train.y, n_val, generator)
@@ -284,7 +285,7 @@ def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed:
     if test_subset is not None:
         test = test.take(balanced_subset(test.y, min(test_subset, len(test)), generator))
     if say is not None:
-        say(f"data {source}: {len(train) + len(test):,} images, {len(classes)} classes, "
+        say(f"data {source}: {source_size:,} images, {len(classes)} classes, "
             f"ready in {time.perf_counter() - started:.1f} s (content {fingerprint})")
     return Dataset(train.take(train_index), train.take(val_index), test, classes, source,
                    fingerprint=fingerprint)

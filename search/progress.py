@@ -37,6 +37,8 @@ class Progress:
         self.best: float | None = None
         self.trial_number: int | None = None
         self.epoch = 0                   # epochs finished by the running trial
+        self.trial_epochs = 0            # its epochs (a grid over epochs varies them)
+        self._val_acc: float | None = None   # its last validation accuracy
         self.epoch_seconds: list[float] = []   # every epoch finished in this run: the ETAs
         self._epoch_started = time.monotonic()
 
@@ -71,15 +73,15 @@ class Progress:
         return max(0.0, left) * sum(self.epoch_seconds) / len(self.epoch_seconds)
 
     # ------------------------------------------------------------------ one trial
-    def trial_started(self, number: int, epochs: int, first_epoch: int = 1) -> None:
-        self.trial_number, self.epoch = number, first_epoch - 1
+    def trial_started(self, number: int, epochs: int) -> None:
+        self.trial_number, self.trial_epochs, self.epoch = number, epochs, 0
         self._epoch_started = time.monotonic()
         if self.bars:
-            self.trial_bar = tqdm(total=epochs, initial=self.epoch, file=self.out,
-                                  unit="epoch", dynamic_ncols=True, position=1, leave=False,
-                                  desc=self._trial_text(first_epoch), bar_format="{desc} |{bar}| {percentage:3.0f}% "
+            self.trial_bar = tqdm(total=epochs, file=self.out, unit="epoch",
+                                  dynamic_ncols=True, position=1, leave=False,
+                                  desc=self._trial_text(1),
+                                  bar_format="{desc} |{bar}| {percentage:3.0f}% "
                                              "[{elapsed}<{remaining}]")
-            self.trial_bar.set_description_str(self._trial_text(first_epoch))
 
     def step(self, epoch: int, step: int, steps: int) -> None:
         """After each training step (host integers only: no GPU sync)."""
@@ -111,8 +113,8 @@ class Progress:
                          if self.study_eta() else ""))
 
     def _trial_text(self, epoch: int) -> str:
-        text = f"trial {self.trial_number}: epoch {epoch}/{self.epochs}"
-        if getattr(self, "_val_acc", None) is not None and self.epoch:
+        text = f"trial {self.trial_number}: epoch {epoch}/{self.trial_epochs}"
+        if self._val_acc is not None and self.epoch:
             text += f", val_acc {ACCURACY.format(self._val_acc)}"
         return text
 

@@ -178,5 +178,4 @@ class EvalStep:
 
 def totals(loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
     """The running sums as host numbers: one read-back for both."""
-    loss, count = torch.stack([loss_sum, correct.float()]).tolist()
-    return loss, count
+    return tuple(torch.stack([loss_sum, correct.float()]).tolist())

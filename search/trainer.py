@@ -12,7 +12,10 @@ finiteness check every 100 steps). On CUDA the steps are captured in CUDA graphs
 first call and replayed after it (search/capture.py; `capture="off"` keeps them eager; a failed
 capture warns once and the run goes on eagerly). With a `Checkpoint` (search/checkpoint.py) it
 saves the whole training state off the critical path, between any two steps, and a run that
-finds one resumes it exactly: same curves, same random numbers.
+finds one resumes it: on the CPU exactly (same curves, same random numbers, to the last bit);
+on CUDA with the same data order, augmentation and schedule, but not bit for bit (cuDNN's
+autotuned kernels and atomics are not deterministic, and a capture's warm-up draws dropout
+numbers an uninterrupted run does not).
 """
 from __future__ import annotations
 
@@ -162,7 +165,7 @@ class _Run:
         self.model, self.config, self.device = model, config, device
         self.on_step, self.checkpoint, self.capture = on_step, checkpoint, capture
         self.cuda = device.type == "cuda"
-        self.data = data = data.to(device)
+        data = data.to(device)  # a no-op where the caller put it there once per process
         memory, autocast = device_recipe(device)
         channels_last = memory == torch.channels_last
         model.to(device=device, memory_format=memory)

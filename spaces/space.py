@@ -11,6 +11,7 @@ Two flavours per model:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -25,7 +26,7 @@ _UNIFORM = ("momentum",)
 _WIDE_LOWEST = {"weight_decay": 2.5e-5}
 # Searched by every model in the wide space only; the report space keeps their defaults.
 TRAINING_PARAMS = ("schedule", "label_smoothing")
-_WIDE_EXTRA = {"schedule": SCHEDULES, "label_smoothing": (0.0, 0.2)}  # list; uniform range
+_LABEL_SMOOTHING_RANGE = (0.0, 0.2)  # uniform, wide space only
 _OPTIMIZERS_WITH_MOMENTUM = ("momentum", "adam", "adamw")
 
 
@@ -79,7 +80,7 @@ class Space:
                 values["schedule"] = trial.suggest_categorical("schedule", list(SCHEDULES))
             if "label_smoothing" not in fixed:
                 values["label_smoothing"] = trial.suggest_float(
-                    "label_smoothing", *_WIDE_EXTRA["label_smoothing"])
+                    "label_smoothing", *_LABEL_SMOOTHING_RANGE)
         return apply_overrides(self.defaults, {**fixed, **values})
 
     def fits(self, params: Mapping[str, Any], kind: str = "report") -> bool:
@@ -118,7 +119,7 @@ class Space:
 def _wide_range(name: str, options: tuple) -> tuple[float, float]:
     """The wide space's (low, high) for a continuous parameter: the list's span, reaching
     further down where the report's own best settings lie below it."""
-    return min(min(options), _WIDE_LOWEST.get(name, min(options))), max(options)
+    return min(*options, _WIDE_LOWEST.get(name, math.inf)), max(options)
 
 
 def _suggest_one(trial, name: str, options: tuple, kind: str):
