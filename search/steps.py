@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.capture import Capture, release
+from search.capture import Capture, LossAndCorrect, release
 
 
 def device_recipe(device: torch.device) -> tuple[torch.memory_format, Optional[torch.dtype]]:
@@ -73,7 +73,8 @@ class TrainStep:
         self.batch_size = batch_shape[0]
         self.loss_sum = torch.zeros((), device=device)                       # sum over images
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.capture, self.graphed, self.tried = capture, None, False
+        self.forward = LossAndCorrect(model, autocast, label_smoothing)  # eager, or captured:
+        self.capture, self.graphed, self.tried = capture, None, False     # the same function
 
     def load(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Copy one batch into the static tensors the step reads."""
@@ -85,22 +86,8 @@ class TrainStep:
             self.tried = True    # once per trial: replayed every later step of every epoch
             self.graphed = self.capture.train_graph(self.model, self.images, self.labels,
                                                     self.autocast, self.label_smoothing)
-        if self.graphed is not None:
-            self.replay()
-            return
-        with torch.autocast(self.images.device.type, dtype=self.autocast or torch.bfloat16,
-                            enabled=self.autocast is not None):
-            logits = self.model(self.images)
-            loss = F.cross_entropy(logits, self.labels, label_smoothing=self.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.loss_sum += loss.detach().float() * self.batch_size
-        self.correct += (logits.argmax(1) == self.labels).sum()
-
-    def replay(self) -> None:
-        """The captured step: forward graph, backward graph, then the optimizer and sums."""
-        loss, correct = self.graphed(self.images, self.labels)
+        forward = self.graphed if self.graphed is not None else self.forward
+        loss, correct = forward(self.images, self.labels)  # captured: replays fwd, then bwd
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
