@@ -19,7 +19,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import check_url, open_storage, redact
+from storage import open_storage, redact
 
 
 class ReportError(ValueError):
@@ -45,10 +45,9 @@ ACCURACY_COLUMNS = ("max train acc", "max val acc", "test acc")
 def load_study(storage_url: str, study_name: str) -> optuna.Study:
     """Open an existing study for reading; creates no file and no study.
 
-    Raises ReportError for a missing storage file or an unknown study name.
+    Raises StorageError for a missing storage file, ReportError for an unknown study name.
     """
-    check_url(storage_url, must_exist=True)
-    storage = open_storage(storage_url, readonly=True)  # takes no lock
+    storage = open_storage(storage_url, readonly=True)  # takes no lock; refuses a missing file
     names = optuna.get_all_study_names(storage=storage)
     if study_name not in names:
         known = ", ".join(names) if names else "none"

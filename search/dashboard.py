@@ -42,7 +42,8 @@ def dashboard_app(storage_url: str) -> Callable:
     logger = logging.getLogger("optuna_dashboard._bottle_util")  # where failed API calls go
     if not any(isinstance(f, _OneLineStorageFaults) for f in logger.filters):
         logger.addFilter(_OneLineStorageFaults())
-    # A reader: no write lock on SQLite, no heartbeat (it never fails another's trials).
+    # A reader: refuses a missing file, no write lock on SQLite, no heartbeat (it never fails
+    # another's trials).
     storage = open_storage(storage_url, readonly=True, patience=DASHBOARD_PATIENCE_SECONDS)
     app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store(storage_url))
     return _FiguresInOrder(app)
@@ -228,7 +229,7 @@ def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     Python then never turns SIGINT into KeyboardInterrupt.
     """
     out = out or sys.stdout
-    check_url(storage_url, must_exist=True)  # a typo must not make an empty database
+    check_url(storage_url, must_exist=True)  # a missing file fails before the port is bound
     server = DashboardServer(None, host, port)  # bind first: a taken port opens nothing
     previous = {signum: signal.signal(signum, _raise_interrupt)
                 for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -140,14 +140,16 @@ def _check_existing_file(kind: str, path: Path) -> None:
 
 def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True, readonly: bool = False,
                  patience: float = DEFAULT_PATIENCE_SECONDS):
-    """The Optuna storage for `url` (checked first). Creates the SQLite/journal file.
+    """The Optuna storage for `url` (checked first). Creates the SQLite/journal file, unless
+    readonly.
 
     An SQL storage is a ResilientStorage (storage/resilient.py): each call rides out an outage
     of up to `patience` seconds, then raises StorageUnavailable; a full disk, read-only file
     system, denied permission or corrupt file raises StorageFailure at once.
-    readonly: for commands that only look (dashboard, report, studies): SQLite readers take no
-    write lock, and there is no heartbeat (a reader never fails another process's trials)."""
-    kind = check_url(url)
+    readonly: for commands that only look (dashboard, report, studies): a missing file is an
+    error (a typo must not make an empty database), SQLite readers take no write lock, and
+    there is no heartbeat (a reader never fails another process's trials)."""
+    kind = check_url(url, must_exist=readonly)
     if kind == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         return JournalStorage(JournalFileBackend(str(_local_path(url))))
