@@ -127,18 +127,25 @@ def _causes(error: BaseException):
 def _diagnose(path: Path | None, said: str) -> str:
     """Why an SQLite file cannot be opened or written, from the file system: SQLite's own
     words ("attempt to write a readonly database", "disk I/O error") do not say."""
-    if path is not None:
-        folder = path.parent if path.parent.exists() else None
-        if folder is not None:
-            stats = os.statvfs(folder)
-            if stats.f_flag & os.ST_RDONLY:
-                return "read-only file system"
-            if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES:
-                return "the disk is full"
-            for item in (path, folder):
-                if item.exists() and not os.access(item, os.W_OK):
-                    return f"permission denied ({item} is not writable)"
+    if path is not None and path.parent.exists():
+        return folder_problem(path.parent, path) or said
     return said
+
+
+def folder_problem(folder: Path, file: Path | None = None) -> str | None:
+    """What keeps a study from being written in `folder` (an existing folder), and in `file`
+    inside it if that exists: "read-only file system", "no space left for the study in
+    FOLDER (N KiB free)" or "permission denied (PATH is not writable)"; None if nothing."""
+    stats = os.statvfs(folder)
+    if stats.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    free = stats.f_bavail * stats.f_frsize
+    if free < MIN_FREE_BYTES:
+        return f"no space left for the study in {folder} ({free // 1024} KiB free)"
+    for item in (file, folder):
+        if item is not None and item.exists() and not os.access(item, os.W_OK):
+            return f"permission denied ({item} is not writable)"
+    return None
 
 
 def _first_line(error: BaseException) -> str:
