@@ -7,9 +7,10 @@ from storage.lock import study_lock
 from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, StorageError, artifact_dir,
                           artifact_store, check_url, check_writable, open_storage, redact,
                           sqlalchemy_url, storage_kind)
+from storage.sqlite import keep_signals_off_this_thread
 from storage.writer import TrialWriter
 
 __all__ = ["DEFAULT_PATIENCE_SECONDS", "DEFAULT_STORAGE", "StorageError", "StorageFailure",
            "StorageFault", "StorageUnavailable", "TrialWriter", "artifact_dir", "artifact_store",
-           "check_url", "check_writable", "open_storage", "redact", "sqlalchemy_url",
-           "storage_kind", "study_lock"]
+           "check_url", "check_writable", "keep_signals_off_this_thread", "open_storage",
+           "redact", "sqlalchemy_url", "storage_kind", "study_lock"]

@@ -22,10 +22,11 @@ by the next report/set_user_attr/flush.
 from __future__ import annotations
 
 import collections
-import signal
 import threading
 import time
 from typing import Any
+
+from storage.sqlite import keep_signals_off_this_thread
 
 
 class TrialWriter:
@@ -97,9 +98,7 @@ class TrialWriter:
             raise self.error
 
     def _apply_all(self) -> None:
-        # Signals are for the main thread: one landing here, inside an SQLite call, would fail
-        # it with EINTR ("disk I/O error") and break the connection.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
+        keep_signals_off_this_thread()  # an SQLite call here must not fail with EINTR
         try:
             while True:
                 with self._changed:
