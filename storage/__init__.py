@@ -2,7 +2,7 @@
 outages of its database, with heartbeat and retry of trials whose worker died, the artifact
 store that lives beside it, a background writer for a running trial, and the lock that
 serialises the decisions about what runs next."""
-from storage.faults import StorageFailure, StorageFault, StorageUnavailable
+from storage.faults import StorageFailure, StorageFault, StorageUnavailable, first_line
 from storage.lock import study_lock
 from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, StorageError, artifact_dir,
                           artifact_store, check_url, check_writable, open_storage, redact,
@@ -12,5 +12,5 @@ from storage.writer import TrialWriter
 
 __all__ = ["DEFAULT_PATIENCE_SECONDS", "DEFAULT_STORAGE", "StorageError", "StorageFailure",
            "StorageFault", "StorageUnavailable", "TrialWriter", "artifact_dir", "artifact_store",
-           "check_url", "check_writable", "keep_signals_off_this_thread", "open_storage",
-           "redact", "sqlalchemy_url", "storage_kind", "study_lock"]
+           "check_url", "check_writable", "first_line", "keep_signals_off_this_thread",
+           "open_storage", "redact", "sqlalchemy_url", "storage_kind", "study_lock"]

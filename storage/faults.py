@@ -97,15 +97,15 @@ def classify(error: BaseException, path: Path | None = None) -> tuple[str, str] 
         state = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
         if state:
             found = _POSTGRES.get(state) or _POSTGRES.get(state[:2])
-            return (found[0], f"{found[1]} ({_first_line(cause)})") if found else None
+            return (found[0], f"{found[1]} ({first_line(cause, 160)})") if found else None
         if type(cause).__module__.startswith("psycopg") and type(cause).__name__ in (
                 "OperationalError", "InterfaceError"):
             # No SQLSTATE: the driver lost or could not make the connection.
-            return TRANSIENT, _first_line(cause)
+            return TRANSIENT, first_line(cause, 160)
         if isinstance(cause, OSError) and cause.errno in _OS:
             return _OS[cause.errno]
         if isinstance(cause, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
-            return TRANSIENT, _first_line(cause)
+            return TRANSIENT, first_line(cause, 160)
         if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
             return TRANSIENT, "connection lost"
     return None
@@ -148,6 +148,8 @@ def folder_problem(folder: Path, file: Path | None = None) -> str | None:
     return None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:160] if text else type(error).__name__
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message, at most `limit` characters (for one-line
+    messages); the error's type name if the message is empty."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from storage.faults import (PERMANENT, StorageFailure, StorageFault, classify,
+from storage.faults import (PERMANENT, StorageFailure, StorageFault, classify, first_line,
                             folder_problem)
 from storage.resilient import ResilientStorage
 from storage.sqlite import SQLiteSettings
@@ -184,7 +184,7 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True, readonly: b
         if fault is not None and fault[0] == PERMANENT:
             raise StorageFailure(f"storage {path or redact(url)}: {fault[1]}") from error
         raise StorageError(f"could not open storage {redact(url)!r}: "
-                           f"{redact(str(error).splitlines()[0][:200])}") from None
+                           f"{redact(first_line(error))}") from None
 
 
 def check_writable(url: str) -> None:
