@@ -103,8 +103,9 @@ class _OneLineStorageFaults(logging.Filter):
 def storage_is_made(storage_url: str) -> bool:
     """Whether Optuna has finished making its tables there (it stamps alembic_version last).
 
-    Opening an RDB storage makes any missing table; two processes doing that at once race
-    ("table studies already exists"), so the dashboard beside a search waits for the search.
+    The dashboard beside a search waits for this instead of opening the storage at once:
+    opening an RDB storage makes any missing table, and the search makes its storage only
+    after it has checked its input (bad input must leave nothing written).
     """
     try:
         kind = check_url(storage_url, must_exist=True)
