@@ -26,7 +26,7 @@ CURVES = {  # figure name -> (user_attrs["curves"] key, title, y-axis title with
     "train_acc": ("train_acc", "training accuracy", "accuracy (fraction)"),
     "val_acc": ("val_acc", "validation accuracy", "accuracy (fraction)"),
 }
-BEST_K = 5  # trials drawn in colour in a search
+BEST_K = 5  # trials drawn in colour in a search (at most len(BEST_COLOURS))
 
 
 def curve_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -35,11 +35,10 @@ def curve_trials(study: optuna.Study) -> list[FrozenTrial]:
             if t.user_attrs.get("curves", {}).get("val_acc")]
 
 
-def coloured_trials(study: optuna.Study, trials: list[FrozenTrial],
-                    best_k: int = BEST_K) -> dict[int, str]:
+def coloured_trials(study: optuna.Study, trials: list[FrozenTrial]) -> dict[int, str]:
     """Trial number -> legend name, for the trials drawn in colour, in legend order.
 
-    A search: its best `best_k` complete trials, best first, as `#N (0.533)`.
+    A search: its best BEST_K complete trials, best first, as `#N (0.533)`.
     A grid: every point (up to one per colour), in trial order, named by its grid value.
     """
     grid = study_setting(study, "grid") or {}
@@ -54,15 +53,14 @@ def coloured_trials(study: optuna.Study, trials: list[FrozenTrial],
         return names
     plotted = {t.number for t in trials}
     best = [t for t in ranked_trials(study) if t.number in plotted]
-    best_k = min(best_k, len(BEST_COLOURS))
     return {t.number: f"#{t.number} ({t.user_attrs.get('max_val_acc', t.value):.3f})"
-            for t in best[:best_k]}
+            for t in best[:BEST_K]}
 
 
-def learning_curves(study: optuna.Study, best_k: int = BEST_K) -> dict[str, go.Figure]:
+def learning_curves(study: optuna.Study) -> dict[str, go.Figure]:
     """Four figures (train/val loss and accuracy against epoch), one trace per trial."""
     trials = curve_trials(study)
-    coloured = coloured_trials(study, trials, best_k)
+    coloured = coloured_trials(study, trials)
     others = [t for t in trials if t.number not in coloured]
     by_number = {t.number: t for t in trials}
     epochs = max((len(t.user_attrs["curves"]["val_acc"]) for t in trials), default=1)

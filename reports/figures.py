@@ -41,17 +41,17 @@ def patch_size_figures(study: optuna.Study) -> dict[str, go.Figure]:
 
     Values are the mean over the complete trials of each patch size (one per size in a grid).
     """
+    trials = ranked_trials(study)
     rows = [{"patch size": t.user_attrs.get("config", {}).get("patch_size"),
              **{attr: t.user_attrs.get(attr) for attr, _, _ in PATCH_FIGURES.values()}}
-            for t in ranked_trials(study)]
+            for t in trials]
     frame = pd.DataFrame(rows).dropna(subset=["patch size"]) if rows else pd.DataFrame()
     if frame.empty or frame["patch size"].nunique() < 2:
         return {}
     means = frame.groupby("patch size").mean(numeric_only=True).sort_index()
     # Trials that trained side by side on one device (--workers, --gpus-per-trial) measured
     # shared time: the seconds figures say so.
-    shared = max((t.user_attrs.get("timing_shared_by", 1) for t in ranked_trials(study)),
-                 default=1)
+    shared = max((t.user_attrs.get("timing_shared_by", 1) for t in trials), default=1)
     figures = {}
     for name, (attr, title, y_title) in PATCH_FIGURES.items():
         if attr != "parameters" and shared > 1:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from storage import first_line
+
 PNG_WIDTH, PNG_HEIGHT = 1000, 600   # pixels: readable text, legend below the plot
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
 
@@ -58,6 +60,5 @@ def write_pngs(figures: dict[str, go.Figure], out: Path) -> list[Path]:
     try:
         pio.write_images(list(figures.values()), paths, width=PNG_WIDTH, height=PNG_HEIGHT)
     except Exception as error:  # a browser that will not start, a renderer crash
-        first = str(error).strip().splitlines()[0][:150] if str(error).strip() else ""
-        raise PngError(f"{type(error).__name__}: {first}") from error
+        raise PngError(f"{type(error).__name__}: {first_line(error, 150)}") from error
     return paths

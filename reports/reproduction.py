@@ -19,7 +19,7 @@ from reports.figures import best_pictures, learning_curves, optuna_figures, patc
 from reports.page import Written, _img, write_figures, write_pictures
 from reports.table import ReportError, load_study, to_markdown, top_table
 from spaces import mlpmixer, resnet18
-from storage import artifact_dir
+from storage import artifact_dir, open_storage
 
 # What the report found where it printed no numbers (experiments 1 and 2).
 PUBLISHED_FINDINGS = {
@@ -126,6 +126,7 @@ def winner_line(frame: pd.DataFrame, key: str) -> str:
 
 def write_reproduction(storage_url: str, experiments, out_dir: str | Path,
                        study_names: dict[int, str]) -> Written:
+    storage = open_storage(storage_url, readonly=True)  # one for the five studies
     out = Path(out_dir)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,7 @@ def write_reproduction(storage_url: str, experiments, out_dir: str | Path,
         name = study_names[e.number]
         md += [f"## {e.number}. {e.title}", "", f"Study `{name}`.", ""]
         try:
-            study = load_study(storage_url, name)
+            study = load_study(storage_url, name, storage)
         except ReportError as error:
             md += [f"_not run: {error}_", ""]
             written.notes.append(str(error))
@@ -155,8 +156,9 @@ def write_reproduction(storage_url: str, experiments, out_dir: str | Path,
             ours = grid_table(study, key)
             md += ["Ours:", "", _markdown(ours), "", winner_line(ours, key) if len(ours) else "", ""]
             if e.number == 3:
+                patch_figures = patch_size_figures(study)
                 for offset, fig_name in enumerate(PATCH_ORDER):
-                    figure = patch_size_figures(study).get(fig_name)
+                    figure = patch_figures.get(fig_name)
                     if figure is not None:
                         numbered[f"fig{13 + offset:02d}_{fig_name}"] = figure
                 theirs = published_frame(mlpmixer.PUBLISHED_PATCH_TABLE).drop(columns="model")

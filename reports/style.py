@@ -29,6 +29,13 @@ def metric_name(study: optuna.Study) -> str:
     return names[0] if names else DEFAULT_METRIC
 
 
+def legend_below(figure: go.Figure) -> go.Figure:
+    """Put a figure's legend below its plot, horizontal (tidy does; Optuna's figures need it)."""
+    figure.update_layout(legend=dict(orientation="h", x=0, xanchor="left", yref="container",
+                                     y=0, yanchor="bottom"))
+    return figure
+
+
 def tidy(figure: go.Figure, title: str, x_title: str, y_title: str,
          legend_title: str | None = None) -> go.Figure:
     """White background, a short title, axis titles with units, the legend below the plot."""
@@ -36,17 +43,10 @@ def tidy(figure: go.Figure, title: str, x_title: str, y_title: str,
         template="plotly_white", title=dict(text=title, x=0.01, xanchor="left",
                                               font=dict(size=15)),
         margin=MARGIN, hovermode="closest",
-        legend=dict(orientation="h", x=0, xanchor="left", yref="container", y=0,
-                    yanchor="bottom", title=dict(text=legend_title or "", side="top")))
+        legend_title=dict(text=legend_title or "", side="top"))
+    legend_below(figure)
     figure.update_xaxes(title_text=x_title, automargin=True)
     figure.update_yaxes(title_text=y_title, automargin=True)
-    return figure
-
-
-def legend_below(figure: go.Figure) -> go.Figure:
-    """Move the legend of a figure made elsewhere (Optuna's) below its plot."""
-    figure.update_layout(legend=dict(orientation="h", x=0, xanchor="left", yref="container",
-                                     y=0, yanchor="bottom"))
     return figure
 
 

@@ -19,7 +19,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import check_url, open_storage, redact
+from storage import open_storage, redact
 
 
 class ReportError(ValueError):
@@ -42,13 +42,15 @@ METRICS = [("max train acc", "max_train_acc"), ("max val acc", "max_val_acc"),
 ACCURACY_COLUMNS = ("max train acc", "max val acc", "test acc")
 
 
-def load_study(storage_url: str, study_name: str) -> optuna.Study:
+def load_study(storage_url: str, study_name: str, storage=None) -> optuna.Study:
     """Open an existing study for reading; creates no file and no study.
 
-    Raises ReportError for a missing storage file or an unknown study name.
+    `storage`: the storage of `storage_url` already opened read-only, for a caller that
+    reads several studies through one. Raises StorageError for a missing storage file,
+    ReportError for an unknown study name.
     """
-    check_url(storage_url, must_exist=True)
-    storage = open_storage(storage_url, readonly=True)  # takes no lock
+    if storage is None:
+        storage = open_storage(storage_url, readonly=True)  # no lock; refuses a missing file
     names = optuna.get_all_study_names(storage=storage)
     if study_name not in names:
         known = ", ".join(names) if names else "none"

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
-from search.interrupts import keep_signals_off_this_thread
+from storage import keep_signals_off_this_thread
 
 log = logging.getLogger(__name__)
 FORMAT = 1

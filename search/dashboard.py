@@ -42,7 +42,8 @@ def dashboard_app(storage_url: str) -> Callable:
     logger = logging.getLogger("optuna_dashboard._bottle_util")  # where failed API calls go
     if not any(isinstance(f, _OneLineStorageFaults) for f in logger.filters):
         logger.addFilter(_OneLineStorageFaults())
-    # A reader: no write lock on SQLite, no heartbeat (it never fails another's trials).
+    # A reader: refuses a missing file, no write lock on SQLite, no heartbeat (it never fails
+    # another's trials).
     storage = open_storage(storage_url, readonly=True, patience=DASHBOARD_PATIENCE_SECONDS)
     app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store(storage_url))
     return _FiguresInOrder(app)
@@ -102,8 +103,9 @@ class _OneLineStorageFaults(logging.Filter):
 def storage_is_made(storage_url: str) -> bool:
     """Whether Optuna has finished making its tables there (it stamps alembic_version last).
 
-    Opening an RDB storage makes any missing table; two processes doing that at once race
-    ("table studies already exists"), so the dashboard beside a search waits for the search.
+    The dashboard beside a search waits for this instead of opening the storage at once:
+    opening an RDB storage makes any missing table, and the search makes its storage only
+    after it has checked its input (bad input must leave nothing written).
     """
     try:
         kind = check_url(storage_url, must_exist=True)
@@ -228,7 +230,7 @@ def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     Python then never turns SIGINT into KeyboardInterrupt.
     """
     out = out or sys.stdout
-    check_url(storage_url, must_exist=True)  # a typo must not make an empty database
+    check_url(storage_url, must_exist=True)  # a missing file fails before the port is bound
     server = DashboardServer(None, host, port)  # bind first: a taken port opens nothing
     previous = {signum: signal.signal(signum, _raise_interrupt)
                 for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -71,17 +71,6 @@ class Interrupts:
                 signal.signal(signum, handler)
 
 
-def keep_signals_off_this_thread() -> None:
-    """Block SIGINT, SIGTERM and SIGALRM in the calling (helper) thread.
-
-    The kernel gives a signal sent to the process to any thread that does not block it. One
-    landing in a thread inside an SQLite call makes that call fail with EINTR ("disk I/O
-    error"), and the broken connection goes back to the pool. Python handles signals in the
-    main thread anyway: every other thread of ours blocks them.
-    """
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
-
-
 RETRY_SECONDS = 0.02  # how soon to look again whether a storage call has returned
 _STORAGE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "optuna.storages", "optuna.artifacts",
                     "storage.")

@@ -26,14 +26,14 @@ from optuna.trial import TrialState
 from search.data import make_dataset
 from search.errors import StudyMismatch
 from search.gpu_share import cap_memory
-from search.interrupts import Interrupts, keep_signals_off_this_thread
+from search.interrupts import Interrupts
 from search.objective import BrokenDevice, Objective, sweep_checkpoints
 from search.progress import Progress
 from search.settings import RunSettings
 from search.claim import DONE, WAIT, claim, heartbeat_interval, tally
 from search.study import OpenStudy, open_study
 from search.trainer import pick_device
-from storage import StorageFault, retry_callback, study_lock
+from storage import StorageFault, keep_signals_off_this_thread, retry_callback, study_lock
 
 MAX_FAILURES_IN_A_ROW = 3     # then this process stops: something is wrong beyond one trial
 WAIT_SECONDS = 5.0            # how often an idle process looks again at trials running elsewhere

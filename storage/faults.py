@@ -97,15 +97,15 @@ def classify(error: BaseException, path: Path | None = None) -> tuple[str, str] 
         state = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
         if state:
             found = _POSTGRES.get(state) or _POSTGRES.get(state[:2])
-            return (found[0], f"{found[1]} ({_first_line(cause)})") if found else None
+            return (found[0], f"{found[1]} ({first_line(cause, 160)})") if found else None
         if type(cause).__module__.startswith("psycopg") and type(cause).__name__ in (
                 "OperationalError", "InterfaceError"):
             # No SQLSTATE: the driver lost or could not make the connection.
-            return TRANSIENT, _first_line(cause)
+            return TRANSIENT, first_line(cause, 160)
         if isinstance(cause, OSError) and cause.errno in _OS:
             return _OS[cause.errno]
         if isinstance(cause, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
-            return TRANSIENT, _first_line(cause)
+            return TRANSIENT, first_line(cause, 160)
         if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
             return TRANSIENT, "connection lost"
     return None
@@ -127,20 +127,29 @@ def _causes(error: BaseException):
 def _diagnose(path: Path | None, said: str) -> str:
     """Why an SQLite file cannot be opened or written, from the file system: SQLite's own
     words ("attempt to write a readonly database", "disk I/O error") do not say."""
-    if path is not None:
-        folder = path.parent if path.parent.exists() else None
-        if folder is not None:
-            stats = os.statvfs(folder)
-            if stats.f_flag & os.ST_RDONLY:
-                return "read-only file system"
-            if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES:
-                return "the disk is full"
-            for item in (path, folder):
-                if item.exists() and not os.access(item, os.W_OK):
-                    return f"permission denied ({item} is not writable)"
+    if path is not None and path.parent.exists():
+        return folder_problem(path.parent, path) or said
     return said
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:160] if text else type(error).__name__
+def folder_problem(folder: Path, file: Path | None = None) -> str | None:
+    """What keeps a study from being written in `folder` (an existing folder), and in `file`
+    inside it if that exists: "read-only file system", "no space left for the study in
+    FOLDER (N KiB free)" or "permission denied (PATH is not writable)"; None if nothing."""
+    stats = os.statvfs(folder)
+    if stats.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    free = stats.f_bavail * stats.f_frsize
+    if free < MIN_FREE_BYTES:
+        return f"no space left for the study in {folder} ({free // 1024} KiB free)"
+    for item in (file, folder):
+        if item is not None and item.exists() and not os.access(item, os.W_OK):
+            return f"permission denied ({item} is not writable)"
+    return None
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message, at most `limit` characters (for one-line
+    messages); the error's type name if the message is empty."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from storage.faults import (MIN_FREE_BYTES, PERMANENT, StorageFailure, StorageFault,
-                            classify)
+from storage.faults import (PERMANENT, StorageFailure, StorageFault, classify, first_line,
+                            folder_problem)
 from storage.resilient import ResilientStorage
 from storage.sqlite import SQLiteSettings
 
@@ -140,14 +140,16 @@ def _check_existing_file(kind: str, path: Path) -> None:
 
 def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True, readonly: bool = False,
                  patience: float = DEFAULT_PATIENCE_SECONDS):
-    """The Optuna storage for `url` (checked first). Creates the SQLite/journal file.
+    """The Optuna storage for `url` (checked first). Creates the SQLite/journal file, unless
+    readonly.
 
     An SQL storage is a ResilientStorage (storage/resilient.py): each call rides out an outage
     of up to `patience` seconds, then raises StorageUnavailable; a full disk, read-only file
     system, denied permission or corrupt file raises StorageFailure at once.
-    readonly: for commands that only look (dashboard, report, studies): SQLite readers take no
-    write lock, and there is no heartbeat (a reader never fails another process's trials)."""
-    kind = check_url(url)
+    readonly: for commands that only look (dashboard, report, studies): a missing file is an
+    error (a typo must not make an empty database), SQLite readers take no write lock, and
+    there is no heartbeat (a reader never fails another process's trials)."""
+    kind = check_url(url, must_exist=readonly)
     if kind == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         return JournalStorage(JournalFileBackend(str(_local_path(url))))
@@ -181,7 +183,7 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True, readonly: b
         if fault is not None and fault[0] == PERMANENT:
             raise StorageFailure(f"storage {path or redact(url)}: {fault[1]}") from error
         raise StorageError(f"could not open storage {redact(url)!r}: "
-                           f"{redact(str(error).splitlines()[0][:200])}") from None
+                           f"{redact(first_line(error))}") from None
 
 
 def check_writable(url: str) -> None:
@@ -189,27 +191,17 @@ def check_writable(url: str) -> None:
     and have room. Raises StorageError (exit 2); creates nothing.
 
     A PostgreSQL server's disk is the server's business: only the artifact folder is checked."""
-    folders = [artifact_dir(url)]
+    places = [("artifact folder", artifact_dir(url), None)]
     if storage_kind(url) in ("sqlite", "journal"):
         path = _local_path(url)
-        if path.exists() and not os.access(path, os.W_OK):
-            raise StorageError(f"storage {path} is not writable (read-only file system or "
-                               "no permission)")
-        folders.insert(0, path.parent)
-    for folder in folders:
-        existing = Path(folder).resolve()
-        while not existing.exists():  # a folder made later is made in its nearest parent
-            existing = existing.parent
-        if not os.access(existing, os.W_OK):
-            raise StorageError(f"{existing} is not writable (read-only file system or no "
-                               "permission)")
-        stats = os.statvfs(existing)
-        if stats.f_flag & os.ST_RDONLY:
-            raise StorageError(f"{existing} is on a read-only file system")
-        free = stats.f_bavail * stats.f_frsize
-        if free < MIN_FREE_BYTES:
-            raise StorageError(f"no space left for the study in {existing} "
-                               f"({free // 1024} KiB free)")
+        places.insert(0, ("storage", path, path))
+    for what, named, file in places:
+        folder = (named.parent if file else Path(named)).resolve()
+        while not folder.exists():  # a folder made later is made in its nearest parent
+            folder = folder.parent
+        problem = folder_problem(folder, file)
+        if problem:
+            raise StorageError(f"{what} {named}: {problem}")
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -1,7 +1,9 @@
 """SQLite made safe for several processes: writers that take the write lock at BEGIN, readers
-that never take it (one maker of a new file's tables: storage/schema.py)."""
+that never take it (one maker of a new file's tables: storage/schema.py); and for several
+threads: helper threads that keep signals off their SQLite calls."""
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,3 +46,14 @@ class SQLiteSettings:
             connection.exec_driver_sql(begin)
 
         engine.dispose()  # connections opened while Optuna made its tables lack the hooks
+
+
+def keep_signals_off_this_thread() -> None:
+    """Block SIGINT, SIGTERM and SIGALRM in the calling (helper) thread.
+
+    The kernel gives a signal sent to the process to any thread that does not block it. One
+    landing in a thread inside an SQLite call makes that call fail with EINTR ("disk I/O
+    error"), and the broken connection goes back to the pool. Python handles signals in the
+    main thread anyway: every other thread of ours blocks them.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})

@@ -4,31 +4,29 @@ storage is away.
     writer = TrialWriter(storage, trial_id)
     writer.report(epoch, val_acc)          # returns at once
     writer.set_user_attr("curves", curves)
-    writer.record_heartbeat()
     if writer.flush(timeout=0) ...         # True once everything has landed
     writer.close()
 
 One thread applies the writes in the order they were made, each through the storage's own
 retry (storage/resilient.py), so after an outage they land in order, none lost; none doubled,
 since each write is keyed (step, attribute name) and a repeat stores the same thing.
-Two exceptions to "in order", neither visible in what is stored at the end:
-- set_user_attr of a key that is still waiting replaces that write by a new one at the end of
-  the queue (only the latest value of an attribute matters);
-- a heartbeat goes before any waiting write and is kept once: it says "this trial is alive",
-  which must reach the storage first after an outage, before another worker takes the silent
-  trial for dead.
+One exception to "in order", not visible in what is stored at the end: set_user_attr of a
+key that is still waiting replaces that write by a new one at the end of the queue (only the
+latest value of an attribute matters). Heartbeats are not written here: search/run.py's
+heartbeat thread writes them.
 When the storage gives up (StorageUnavailable past its patience, StorageFailure, or the trial
 was finished by someone else: UpdateFinishedTrialError) the thread stops, keeps the write that
 failed and those after it (pending() counts them), and `error` holds the exception, raised again
-by the next report/set_user_attr/record_heartbeat/flush.
+by the next report/set_user_attr/flush.
 """
 from __future__ import annotations
 
 import collections
-import signal
 import threading
 import time
 from typing import Any
+
+from storage.sqlite import keep_signals_off_this_thread
 
 
 class TrialWriter:
@@ -36,7 +34,6 @@ class TrialWriter:
         self.storage, self.trial_id = storage, trial_id
         self.error: BaseException | None = None
         self._writes: collections.deque[tuple] = collections.deque()  # ("report", step, value)
-        self._heartbeat_due = False
         self._in_flight: tuple | None = None  # the write the thread is applying
         self._closed = False
         self._changed = threading.Condition()
@@ -57,20 +54,10 @@ class TrialWriter:
                 w for w in self._writes if not (w[0] == "user_attr" and w[1] == key))
         self._add(("user_attr", key, value))
 
-    def record_heartbeat(self) -> None:
-        """Say the trial is alive (record_heartbeat); after close() it does nothing."""
-        with self._changed:
-            self._raise_error()
-            if self._closed:
-                return
-            self._heartbeat_due = True
-            self._changed.notify_all()
-
     def pending(self) -> int:
         """How many writes have not landed yet (the one being applied included)."""
         with self._changed:
-            return (len(self._writes) + self._heartbeat_due
-                    + (self._in_flight is not None))
+            return len(self._writes) + (self._in_flight is not None)
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for every write to land: True if they all have.
@@ -79,7 +66,7 @@ class TrialWriter:
         with self._changed:
             while True:
                 self._raise_error()
-                if not (self._writes or self._heartbeat_due or self._in_flight):
+                if not (self._writes or self._in_flight):
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -111,30 +98,22 @@ class TrialWriter:
             raise self.error
 
     def _apply_all(self) -> None:
-        # Signals are for the main thread: one landing here, inside an SQLite call, would fail
-        # it with EINTR ("disk I/O error") and break the connection.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
+        keep_signals_off_this_thread()  # an SQLite call here must not fail with EINTR
         try:
             while True:
                 with self._changed:
-                    while not (self._closed or self._writes or self._heartbeat_due):
+                    while not (self._closed or self._writes):
                         self._changed.wait()
                     if self._closed:
                         return
-                    if self._heartbeat_due:
-                        self._heartbeat_due, write = False, ("heartbeat",)
-                    else:
-                        write = self._writes.popleft()
+                    write = self._writes.popleft()
                     self._in_flight = write
                 try:
                     self._apply(write)
                 except Exception as error:
                     with self._changed:
                         self.error, self._in_flight = error, None
-                        if write[0] == "heartbeat":
-                            self._heartbeat_due = True
-                        else:
-                            self._writes.appendleft(write)  # kept: pending() counts it
+                        self._writes.appendleft(write)  # kept: pending() counts it
                         self._changed.notify_all()
                     return
                 with self._changed:
@@ -150,7 +129,5 @@ class TrialWriter:
         kind, *args = write
         if kind == "report":
             self.storage.set_trial_intermediate_value(self.trial_id, *args)
-        elif kind == "user_attr":
-            self.storage.set_trial_user_attr(self.trial_id, *args)
         else:
-            self.storage.record_heartbeat(self.trial_id)
+            self.storage.set_trial_user_attr(self.trial_id, *args)

@@ -183,7 +183,6 @@ def test_a_full_artifact_disk_is_one_line_exit_1_and_the_trial_fails_with_its_re
     # The disk fills while the search runs: check_writable (which asks for 1 MiB free before
     # the first trial) is told to be content with less, then the disk is filled.
     monkeypatch.setattr("storage.faults.MIN_FREE_BYTES", 1)
-    monkeypatch.setattr("storage.open.MIN_FREE_BYTES", 1)
     descriptor = os.open(tiny_disk / "filler", os.O_WRONLY | os.O_CREAT)
     try:
         while os.write(descriptor, b"\0" * 4096):

@@ -353,6 +353,13 @@ def test_check_writable_creates_nothing_and_names_the_folder(tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("url", ["sqlite:///{}/typo.db", "journal:///{}/typo.log"])
+def test_a_reader_refuses_a_missing_file_and_creates_nothing(tmp_path, url):
+    with pytest.raises(StorageError, match="no storage at"):
+        open_storage(url.format(tmp_path), readonly=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ PostgreSQL stopped
 
 @pytest.mark.postgres

@@ -27,7 +27,6 @@ def test_the_writer_queues_during_an_outage_and_lands_everything_in_order(
         for step in range(1, 51):
             writer.report(step, step / 100)
             writer.set_user_attr("curve", list(range(step)))
-            writer.record_heartbeat()
         assert time.monotonic() - started < 0.5  # training did not wait for the storage
         assert writer.pending() > 1
     assert writer.flush(timeout=60)
@@ -67,11 +66,10 @@ def test_a_restart_of_postgresql_loses_and_doubles_no_write(pg_url, pg_study):
     writer = TrialWriter(store, trial_id)
     steps, stopping, most_pending = [0], threading.Event(), [0]
 
-    def train():  # an epoch every 20 ms, a heartbeat with each
+    def train():  # an epoch every 20 ms
         while not stopping.is_set():
             steps[0] += 1
             writer.report(steps[0], steps[0] / 1000)
-            writer.record_heartbeat()
             most_pending[0] = max(most_pending[0], writer.pending())
             time.sleep(0.02)
     trainer = threading.Thread(target=train)
