@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from storage import first_line
+
 log = logging.getLogger(__name__)
 
 CAPTURE_CHOICES = ("auto", "off")
@@ -96,7 +98,7 @@ class Capture:
             return capture()
         except Exception as error:   # never fails the trial: it goes on eagerly
             self.enabled = False
-            self.failure = f"{type(error).__name__}: {_first_line(error)}"
+            self.failure = f"{type(error).__name__}: {first_line(error)}"
             log.warning("CUDA graph capture of the %s step failed (%s); this trial goes on "
                         "without CUDA graphs", what, self.failure)
             return None
@@ -166,8 +168,3 @@ def _buffers(model: nn.Module) -> list[torch.Tensor]:
     """The tensors a training warm-up changes besides gradients: BatchNorm's running mean,
     variance and batch count (every buffer, to be safe)."""
     return list(model.buffers())
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else ""

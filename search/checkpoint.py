@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
-from storage import keep_signals_off_this_thread
+from storage import first_line, keep_signals_off_this_thread
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -92,7 +92,7 @@ class Checkpoint:
             return state
         except Exception as error:  # truncated, not a checkpoint, or from an older format
             return self._discard(f"it is unreadable ({type(error).__name__}: "
-                                 f"{_first_line(error)})")
+                                 f"{first_line(error)})")
 
     def _discard(self, why: str) -> None:
         log.warning("checkpoint %s discarded: %s; training starts from epoch 1",
@@ -194,7 +194,7 @@ class Checkpoint:
         if self._failure is not None and not self._warned:
             log.warning("checkpoint %s could not be written (%s: %s); training goes on "
                         "without it", self.path, type(self._failure).__name__,
-                        _first_line(self._failure))
+                        first_line(self._failure))
             self._warned = True
         self._failure = None
 
@@ -295,8 +295,3 @@ def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
         return [] if saved == current else [prefix.rstrip(".") or "everything"]
     return sorted(name for key in set(saved) | set(current)
                   for name in _differences(saved.get(key), current.get(key), f"{prefix}{key}."))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else ""

@@ -31,7 +31,7 @@ from typing import Iterator
 from search.errors import UsageError
 from search.run import RunResult, run_process
 from search.settings import RunSettings
-from storage import storage_kind
+from storage import first_line, storage_kind
 
 RAY_MISSING = "--ray needs Ray: pip install 'optuna-search[ray]'"
 CONNECT_SECONDS = 20        # an address that does not answer is bad input within this
@@ -66,7 +66,7 @@ def connected(settings: RunSettings, err=None) -> Iterator[None]:
                  configure_logging=True)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UsageError(f"could not connect to Ray at {address}: "
-                         f"{str(error).splitlines()[0][:200]}") from None
+                         f"{first_line(error)}") from None
     try:
         _check_cluster(settings, local_file, err)
         yield
@@ -171,7 +171,7 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
                 try:
                     outcome.add(ray.get(ref))
                 except ray.exceptions.RayError as error:
-                    outcome.errors.append(f"Ray worker {index}: {str(error).splitlines()[0]}")
+                    outcome.errors.append(f"Ray worker {index}: {first_line(error)}")
             _relay(lines, out, where)
             if stopping.is_set():
                 asked_at = asked_at or time.monotonic()
