@@ -1,5 +1,6 @@
 """Shared by the tests that run real searches: short trials, a subprocess runner, and
-conditions read from an SQLite study (tests wait on conditions, never on fixed sleeps)."""
+conditions read from an SQLite study (tests wait on conditions, never on fixed sleeps), and
+the one rule for a missing requirement (skip_or_fail)."""
 from __future__ import annotations
 
 import os
@@ -8,9 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 import optuna
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # The MLP with 16 hidden units on 100 synthetic images: a trial takes a fraction of a second.
@@ -19,6 +21,14 @@ TINY = ["--data", "synthetic", "--train-subset", "100", "--test-subset", "100",
         "--pruner", "none"]
 # The heartbeat every second, a trial silent for 4 s is dead: faults resolve within seconds.
 FAST_HEARTBEAT = {"OPTUNA_SEARCH_HEARTBEAT": "1", "OPTUNA_SEARCH_GRACE": "4"}
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip for a missing requirement (PostgreSQL, a browser, mount, Ray), except under CI=true:
+    .ci/run installs them all and sets CI=true, so there a missing one is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason, allow_module_level=True)  # also at a module's top (test_ray_cluster)
 
 
 def load(db: Path, study: str = "mlp") -> optuna.Study:

@@ -16,14 +16,14 @@ import pytest
 
 from storage import open_storage
 
+from helpers import skip_or_fail
+
 
 @pytest.fixture
 def pg_url() -> str:
     url = os.environ.get("OPTUNA_SEARCH_PG_URL")
     if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but OPTUNA_SEARCH_PG_URL is not set (see .ci/run)")
-        pytest.skip("no PostgreSQL server: set OPTUNA_SEARCH_PG_URL")
+        skip_or_fail("no PostgreSQL server: OPTUNA_SEARCH_PG_URL is not set (see .ci/run)")
     return url
 
 

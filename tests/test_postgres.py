@@ -6,7 +6,6 @@ loopback). Without it these tests skip, except under CI=true, where they fail.
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -21,21 +20,13 @@ from optuna.trial import TrialState
 from search.cli import main
 from storage import open_storage
 
+from pg_server import pg_url  # noqa: F401 (a fixture)
+
 pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--data", "synthetic", "--epochs", "1", "--train-subset", "100", "--test-subset", "100",
         "--val-size", "50", "--set", "hidden_sizes=16", "--sampler", "random",
         "--pruner", "none"]
-
-
-@pytest.fixture
-def pg_url() -> str:
-    url = os.environ.get("OPTUNA_SEARCH_PG_URL")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but OPTUNA_SEARCH_PG_URL is not set (see .ci/run)")
-        pytest.skip("no PostgreSQL server: set OPTUNA_SEARCH_PG_URL")
-    return url
 
 
 @pytest.fixture

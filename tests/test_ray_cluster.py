@@ -6,6 +6,7 @@ Needs the `ray` extra: skipped where Ray is absent, required under CI=true.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -18,10 +19,10 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
-                     running_with_an_epoch, wait_until)
+                     running_with_an_epoch, skip_or_fail, wait_until)
 
-if os.environ.get("CI") != "true":
-    pytest.importorskip("ray")
+if importlib.util.find_spec("ray") is None:
+    skip_or_fail("Ray is not installed (pip install 'optuna-search[ray]')")
 RAY = ["--ray", "local", "--workers", "2"]
 
 

@@ -26,6 +26,7 @@ from storage import (StorageError, StorageFailure, StorageUnavailable, check_wri
                      open_storage, sqlalchemy_url)
 from storage.resilient import CLAIMED_KEY
 
+from helpers import skip_or_fail
 from pg_server import pg_ctl, pg_study, pg_url  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,9 +303,7 @@ def tiny_disk(tmp_path):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(folder)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but mount failed: {mounted.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); CI runs as root")
+        skip_or_fail(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); CI runs as root")
     yield folder
     subprocess.run(["umount", "-l", str(folder)], check=True)
 
