@@ -26,7 +26,6 @@ from storage import (StorageError, StorageFailure, StorageUnavailable, check_wri
                      open_storage, sqlalchemy_url)
 from storage.resilient import CLAIMED_KEY
 
-from helpers import skip_or_fail
 from pg_server import pg_ctl, pg_study, pg_url  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -294,19 +293,6 @@ def test_a_corrupt_file_is_one_line_naming_it(tmp_path):
 
 
 # ------------------------------------------------------------------ a full or read-only disk
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 200 KB file system (tmpfs), unmounted afterwards; skips where mount is not allowed."""
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        skip_or_fail(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); CI runs as root")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=True)
-
 
 def test_a_full_disk_is_one_line_naming_the_file_at_once(tiny_disk):
     db = tiny_disk / "full.db"
