@@ -75,6 +75,12 @@ def wait_until(condition: Callable[[], bool], seconds: float = 120, what: str = 
     raise AssertionError(f"timed out after {seconds} s waiting for {what or condition}")
 
 
+def wait_for_running(db: Path, count: int, seconds: float = 60) -> None:
+    """Until `count` trials are RUNNING and each has reported an epoch."""
+    wait_until(lambda: running_with_an_epoch(db) >= count, seconds,
+               f"{count} trials running at once, each with an epoch")
+
+
 def run_cli(argv: list[str], code: str = "", cwd: Path = REPO, **env) -> subprocess.Popen:
     """optuna-search in a subprocess of its own session, after `code` (a monkeypatch)."""
     script = f"import sys\n{code}\nfrom search.cli import main\nsys.exit(main(sys.argv[1:]))"
