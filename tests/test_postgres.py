@@ -7,11 +7,7 @@ loopback). Without it these tests skip, except under CI=true, where they fail.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 
 import optuna
 import pytest
@@ -20,25 +16,10 @@ from optuna.trial import TrialState
 from search.cli import main
 from storage import open_storage
 
-from pg_server import pg_url  # noqa: F401 (a fixture)
+from helpers import TINY, run_cli
+from pg_server import pg_study_name, pg_url  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.postgres
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--data", "synthetic", "--epochs", "1", "--train-subset", "100", "--test-subset", "100",
-        "--val-size", "50", "--set", "hidden_sizes=16", "--sampler", "random",
-        "--pruner", "none"]
-
-
-@pytest.fixture
-def study_name(pg_url, monkeypatch, tmp_path):
-    """A fresh study name, deleted afterwards; artifacts in tmp_path, not the repository."""
-    monkeypatch.setenv("OPTUNA_SEARCH_ARTIFACTS", str(tmp_path / "artifacts"))
-    name = f"pytest-{uuid.uuid4().hex[:8]}"
-    yield name
-    try:
-        optuna.delete_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))
-    except KeyError:
-        pass
 
 
 def wait_for_study(url: str, name: str, seconds: float = 90) -> None:
@@ -49,21 +30,19 @@ def wait_for_study(url: str, name: str, seconds: float = 90) -> None:
         time.sleep(0.2)
 
 
-def test_four_workers_on_two_machines_share_one_postgresql_study(pg_url, study_name, capsys):
+def test_four_workers_on_two_machines_share_one_postgresql_study(pg_url, pg_study_name, capsys):
     # "Machine" A: the search command makes the study (target 40) and runs 2 workers.
-    first = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "mlp", "--workers", "2", "--trials", "40",
-         "--storage", pg_url, "--study", study_name, *TINY],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_study(pg_url, study_name)
+    first = run_cli(["mlp", "--workers", "2", "--trials", "40", "--epochs", "1",
+                     "--storage", pg_url, "--study", pg_study_name, *TINY])
+    wait_for_study(pg_url, pg_study_name)
     # "Machine" B joins while A runs: model, space, --set values, data and the target come
     # from the study; the four workers share the 40 trials between them.
-    assert main(["worker", study_name, "--storage", pg_url, "--workers", "2"]) == 0
+    assert main(["worker", pg_study_name, "--storage", pg_url, "--workers", "2"]) == 0
     out_b = capsys.readouterr().out
     out_a, err_a = first.communicate(timeout=300)
     assert first.returncode == 0, err_a
 
-    trials = optuna.load_study(study_name=study_name,
+    trials = optuna.load_study(study_name=pg_study_name,
                                storage=open_storage(pg_url, heartbeat=False)).get_trials()
     assert len(trials) == 40
     assert sorted(t.number for t in trials) == list(range(40))
@@ -75,13 +54,13 @@ def test_four_workers_on_two_machines_share_one_postgresql_study(pg_url, study_n
 
     # The other commands work on the same storage.
     assert main(["studies", "--storage", pg_url]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if study_name in line)
+    row = next(line for line in capsys.readouterr().out.splitlines() if pg_study_name in line)
     assert re.search(r"\|\s*mlp\s*\|\s*40\s*\|", row)
-    assert main(["report", study_name, "--storage", pg_url, "--top", "3"]) == 0
+    assert main(["report", pg_study_name, "--storage", pg_url, "--top", "3"]) == 0
     assert len(re.findall(r"^\|", capsys.readouterr().out, re.MULTILINE)) == 5  # head, rule, 3
 
 
-def test_a_worker_refuses_a_study_that_is_not_there(pg_url, study_name, capsys):
-    assert main(["worker", study_name, "--storage", pg_url]) == 2
+def test_a_worker_refuses_a_study_that_is_not_there(pg_url, pg_study_name, capsys):
+    assert main(["worker", pg_study_name, "--storage", pg_url]) == 2
     err = capsys.readouterr().err
-    assert f"no study {study_name!r}" in err and len(err.strip().splitlines()) == 1
+    assert f"no study {pg_study_name!r}" in err and len(err.strip().splitlines()) == 1
