@@ -3,7 +3,9 @@ conditions read from an SQLite study (tests wait on conditions, never on fixed s
 the one rule for a missing requirement (skip_or_fail)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -40,7 +42,8 @@ def states(db: Path, study: str = "mlp") -> list[str]:
 
 
 def integrity(db: Path) -> str:
-    with sqlite3.connect(db) as connection:
+    """SQLite's own check of the file: "ok" when it is whole."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:  # closed, not only committed
         return connection.execute("PRAGMA integrity_check").fetchone()[0]
 
 
@@ -49,7 +52,8 @@ def query(db: Path, sql: str, default=None):
     if not Path(db).exists():
         return default
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as connection:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True,
+                                                timeout=10)) as connection:
             row = connection.execute(sql).fetchone()
         return row[0] if row else default
     except sqlite3.OperationalError:  # tables not made yet, or locked for a moment
@@ -79,6 +83,13 @@ def wait_for_running(db: Path, count: int, seconds: float = 60) -> None:
     """Until `count` trials are RUNNING and each has reported an epoch."""
     wait_until(lambda: running_with_an_epoch(db) >= count, seconds,
                f"{count} trials running at once, each with an epoch")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listened on a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_cli(argv: list[str], code: str = "", cwd: Path = REPO, **env) -> subprocess.Popen:

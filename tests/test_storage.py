@@ -26,15 +26,11 @@ from storage import (StorageError, StorageFailure, StorageUnavailable, check_wri
                      open_storage, sqlalchemy_url)
 from storage.resilient import CLAIMED_KEY
 
+from helpers import integrity
 from pg_server import pg_ctl, pg_study, pg_url  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def integrity(db: Path) -> str:
-    with contextlib.closing(sqlite3.connect(db)) as connection:
-        return connection.execute("PRAGMA integrity_check").fetchone()[0]
 
 
 def new_trial(storage, study: str = "s") -> int:
