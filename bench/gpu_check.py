@@ -152,9 +152,6 @@ def run_speed(report: Report, plan: dict, device: torch.device, args, deadline: 
             torch.manual_seed(args.seed)   # the same initial weights for every recipe
             return build(spec["model"], config)
 
-        # The recipe as the tutorials write it: cudnn without autotuning (our trainer turns
-        # autotuning on for the process, so it is turned off again for every common run).
-        torch.backends.cudnn.benchmark = False
         measured["common"] = common_recipe(model(), config, train_images, device,
                                            plan["common_workers"], plan["epochs"], args.seed)
         _free()
@@ -180,7 +177,8 @@ def run_speed(report: Report, plan: dict, device: torch.device, args, deadline: 
 def run_shared(report: Report, plan: dict, args) -> None:
     """plan['shared_processes'] processes train at once; each waits for the others after its
     warm-up epoch, so the steady epochs overlap. Aggregate: their steady images over the
-    wall time from the last release to the last finish."""
+    wall time from the first release (the barrier lets all go at once) to the last finish
+    (gpu_table.shared_images_per_second)."""
     n = plan["shared_processes"]
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(n), context.Queue()

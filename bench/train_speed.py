@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+# Run from a checkout, installed or not.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import search.trainer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-
 from search.data import Dataset, DataError, Images, balanced_subset, channel_stats, load_source
 from search.models import build, parameter_count
 from search.trainer import pick_device, train
@@ -94,6 +94,9 @@ def common_recipe(model, config: Config, images: Images, device: torch.device, w
                   epochs: int, seed: int) -> list[float]:
     """Seconds per epoch of the textbook loop (fp32, DataLoader with PIL transforms)."""
     from torchvision import transforms
+    # As the tutorials run it: cudnn without autotuning. Our trainer turns autotuning on for
+    # the process, so it is turned off again here and every common round is alike.
+    torch.backends.cudnn.benchmark = False
     mean, std = channel_stats(images)
     transform = transforms.Compose([
         transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),

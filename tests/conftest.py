@@ -1,11 +1,14 @@
-"""Shared fixtures: where the real CIFAR-10 archive lives, a private cache folder, and a
-small synthetic data set."""
+"""Shared fixtures: where the real CIFAR-10 archive lives, a private cache folder, and a tiny
+disk to fill."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from helpers import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -24,3 +27,19 @@ def cifar_tarball() -> Path:
     if not CIFAR_TARBALL.exists():
         pytest.skip(f"{CIFAR_TARBALL} is not here")
     return CIFAR_TARBALL
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 200 KB file system (tmpfs), unmounted afterwards; skips where mount is not allowed
+    (fails under CI=true: CI runs as root). Smaller than what its users write: test_storage's
+    ~400 KB of trial attributes and test_checkpoint's ~1.2 MB checkpoint of the small MLP;
+    test_integrity fills it itself."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); CI runs as root")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)

@@ -1,16 +1,20 @@
 """Shared by the tests that run real searches: short trials, a subprocess runner, and
-conditions read from an SQLite study (tests wait on conditions, never on fixed sleeps)."""
+conditions read from an SQLite study (tests wait on conditions, never on fixed sleeps), and
+the one rule for a missing requirement (skip_or_fail)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 import optuna
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # The MLP with 16 hidden units on 100 synthetic images: a trial takes a fraction of a second.
@@ -19,6 +23,14 @@ TINY = ["--data", "synthetic", "--train-subset", "100", "--test-subset", "100",
         "--pruner", "none"]
 # The heartbeat every second, a trial silent for 4 s is dead: faults resolve within seconds.
 FAST_HEARTBEAT = {"OPTUNA_SEARCH_HEARTBEAT": "1", "OPTUNA_SEARCH_GRACE": "4"}
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip for a missing requirement (PostgreSQL, a browser, mount, Ray), except under CI=true:
+    .ci/run installs them all and sets CI=true, so there a missing one is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason, allow_module_level=True)  # also at a module's top (test_ray_cluster)
 
 
 def load(db: Path, study: str = "mlp") -> optuna.Study:
@@ -30,7 +42,8 @@ def states(db: Path, study: str = "mlp") -> list[str]:
 
 
 def integrity(db: Path) -> str:
-    with sqlite3.connect(db) as connection:
+    """SQLite's own check of the file: "ok" when it is whole."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:  # closed, not only committed
         return connection.execute("PRAGMA integrity_check").fetchone()[0]
 
 
@@ -39,7 +52,8 @@ def query(db: Path, sql: str, default=None):
     if not Path(db).exists():
         return default
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as connection:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True,
+                                                timeout=10)) as connection:
             row = connection.execute(sql).fetchone()
         return row[0] if row else default
     except sqlite3.OperationalError:  # tables not made yet, or locked for a moment
@@ -63,6 +77,19 @@ def wait_until(condition: Callable[[], bool], seconds: float = 120, what: str = 
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {seconds} s waiting for {what or condition}")
+
+
+def wait_for_running(db: Path, count: int, seconds: float = 60) -> None:
+    """Until `count` trials are RUNNING and each has reported an epoch."""
+    wait_until(lambda: running_with_an_epoch(db) >= count, seconds,
+               f"{count} trials running at once, each with an epoch")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listened on a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_cli(argv: list[str], code: str = "", cwd: Path = REPO, **env) -> subprocess.Popen:

@@ -5,7 +5,6 @@ Skips where Chromium or its driver is missing, except under CI=true, where that 
 """
 from __future__ import annotations
 
-import os
 import shutil
 
 import optuna
@@ -13,6 +12,8 @@ import pytest
 
 from search.cli import main
 from search.dashboard import DashboardServer, dashboard_app
+
+from helpers import skip_or_fail
 
 pytestmark = pytest.mark.browser
 
@@ -35,9 +36,7 @@ def require_browser() -> None:
     if not missing:
         return
     message = f"browser test needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_or_fail(message)
 
 
 @pytest.fixture

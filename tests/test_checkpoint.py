@@ -260,19 +260,6 @@ def test_a_checkpoint_of_another_configuration_is_discarded_with_a_warning(
     assert "written for another run (differs in config.lr, study)" in record.getMessage()
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 256 KiB tmpfs: smaller than one checkpoint of the small MLP (~1 MB)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
-
-
 def test_a_full_disk_leaves_no_partial_file_and_training_goes_on(data, tiny_disk, caplog):
     checkpoint = Checkpoint(tiny_disk / "t.pt", every_seconds=0)
     with caplog.at_level(logging.WARNING, logger="search.checkpoint"):

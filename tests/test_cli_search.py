@@ -8,11 +8,9 @@ import io
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -25,6 +23,8 @@ import search.study
 from search.cli import main
 from search.settings import RunSettings, StudySpec
 from storage import artifact_dir
+
+from helpers import query
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds")
 TRIAL_ATTRS = ("config", "parameters", "curves", "epochs_run", "best_epoch", "max_train_acc",
@@ -290,7 +290,9 @@ def test_ctrl_c_leaves_no_running_trial_and_says_how_to_resume(tmp_path):
         worker = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err)
         try:
             deadline = time.monotonic() + 120
-            while running_trials(db) == 0:  # wait until a trial is mid-training
+            # until a trial is mid-training (read without Optuna: the worker may be making
+            # the file)
+            while query(db, "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'", 0) == 0:
                 assert worker.poll() is None, (tmp_path / "err").read_text()[-2000:]
                 assert time.monotonic() < deadline, "no trial started within 120 s"
                 time.sleep(0.2)
@@ -307,18 +309,6 @@ def test_ctrl_c_leaves_no_running_trial_and_says_how_to_resume(tmp_path):
     failed = [t for t in trials if t.state == TrialState.FAIL]
     queued = [t for t in trials if t.state == TrialState.WAITING]  # resumes with the command
     assert len(failed) == 1 and len(queued) == 1 and queued[0].params == failed[0].params
-
-
-def running_trials(db: Path) -> int:
-    """RUNNING trials in the SQLite file, read without Optuna (the worker may be creating it)."""
-    if not db.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(db, timeout=5)) as connection:
-            return connection.execute(
-                "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
-    except sqlite3.OperationalError:  # tables not made yet
-        return 0
 
 
 BAD_INPUT = [

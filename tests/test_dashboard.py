@@ -25,6 +25,7 @@ from search.cli import main
 from search.dashboard import DashboardServer, _AppWhenStorageIsMade, dashboard_app
 from storage import open_storage
 
+from helpers import free_port
 from pg_server import pg_ctl, pg_ensure_running, pg_url  # noqa: F401 (a fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,12 +49,6 @@ def get_json(url: str):
 def is_listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

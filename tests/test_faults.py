@@ -9,84 +9,33 @@ import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 import weakref
-from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
 import search.objective
 import search.trainer
-from helpers import query
+from helpers import TINY, integrity, load, query, run_cli, states, wait_for_running
 from search.cli import main
-
-TINY = ["--data", "synthetic", "--train-subset", "100", "--test-subset", "100",
-        "--val-size", "50", "--set", "hidden_sizes=16", "--sampler", "random",
-        "--pruner", "none"]
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load(db: Path, study: str = "mlp") -> optuna.Study:
-    return optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
-
-
-def states(db: Path, study: str = "mlp") -> list[str]:
-    return [t.state.name for t in load(db, study).get_trials()]
-
-
-def integrity(db: Path) -> str:
-    with sqlite3.connect(db) as connection:
-        return connection.execute("PRAGMA integrity_check").fetchone()[0]
-
-
-def run_cli(argv: list[str], code: str = "", **env) -> subprocess.Popen:
-    """optuna-search in a subprocess of its own session, after `code` (a monkeypatch)."""
-    script = f"import sys\n{code}\nfrom search.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", script, *argv], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env}, start_new_session=True)
-
-
-def wait_for_running(db: Path, count: int, seconds: float = 60) -> None:
-    """Until `count` trials are RUNNING and each has reported an epoch."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as connection:
-                    running = connection.execute(
-                        "SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN "
-                        "trial_intermediate_values v ON v.trial_id = t.trial_id "
-                        "WHERE t.state = 'RUNNING'").fetchone()[0]
-                if running >= count:
-                    return
-            except sqlite3.OperationalError:  # tables not made yet
-                pass
-        time.sleep(0.1)
-    raise AssertionError(f"{count} trials never ran at once")
-
 
 # ------------------------------------------------------------------ 3. a killed worker
 
-# Kill this process outright (no cleanup at all) after the first step of epoch 2.
+# Kill this process outright (no cleanup at all) after the first step of epoch 2. The trial
+# goes stale all the same: its first heartbeat is written when it is claimed (search/claim.py).
 KILL_IN_EPOCH_2 = """
-import os, signal, time
+import os, signal
 import search.trainer as trainer
 train_epoch = trainer._train_epoch
-def dying(model, loader, optimizer, cuda, epoch):
-    def batches():
-        for step, batch in enumerate(loader):
+def dying(run, batches, first_step, order, epoch):
+    def killing():
+        for step, batch in enumerate(batches):
             if epoch == 2 and step == 1:
-                time.sleep(1.5)  # let the heartbeat thread (every 1 s) record the trial,
-                # as a real trial of minutes would have: an unrecorded one never goes stale
                 os.kill(os.getpid(), signal.SIGKILL)
             yield batch
-    return train_epoch(model, batches(), optimizer, cuda, epoch)
+    return train_epoch(run, killing(), first_step, order, epoch)
 trainer._train_epoch = dying
 """
 
@@ -114,9 +63,9 @@ def test_a_killed_worker_loses_nothing_the_retry_resumes_after_the_last_epoch(
     trained = []
     train_epoch = search.trainer._train_epoch
 
-    def recording(model, loader, optimizer, cuda, epoch):
+    def recording(run, batches, first_step, order, epoch):
         trained.append(epoch)
-        return train_epoch(model, loader, optimizer, cuda, epoch)
+        return train_epoch(run, batches, first_step, order, epoch)
 
     monkeypatch.setattr(search.trainer, "_train_epoch", recording)
     assert main(["worker", "mlp", "--storage", url, "--trials", "1"]) == 0
@@ -181,10 +130,10 @@ def test_out_of_memory_fails_one_trial_frees_its_model_and_the_next_runs(
 
     train_epoch = search.trainer._train_epoch
 
-    def out_of_memory_once(model, loader, optimizer, cuda, epoch):
+    def out_of_memory_once(run, batches, first_step, order, epoch):
         if len(models) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return train_epoch(model, loader, optimizer, cuda, epoch)
+        return train_epoch(run, batches, first_step, order, epoch)
 
     monkeypatch.setattr(search.objective, "build", tracking_build)
     monkeypatch.setattr(search.objective.Objective, "_cleanup", staticmethod(tracking_cleanup))

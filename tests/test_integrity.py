@@ -164,18 +164,6 @@ def test_an_unreadable_checkpoint_is_discarded_and_the_retry_starts_at_epoch_1(
 
 
 # 6 -------------------------------------------------------------------------------------------
-@pytest.fixture
-def tiny_disk(tmp_path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
-
-
 def test_a_full_artifact_disk_is_one_line_exit_1_and_the_trial_fails_with_its_reason(
         tmp_path, tiny_disk, monkeypatch, capsys):
     monkeypatch.setenv("OPTUNA_SEARCH_ARTIFACTS", str(tiny_disk))

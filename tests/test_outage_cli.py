@@ -9,8 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from pathlib import Path
 
 import optuna
 import pytest
@@ -18,27 +16,10 @@ from optuna.trial import TrialState
 
 from storage import open_storage
 
-from pg_server import pg_ctl, pg_ensure_running, pg_url  # noqa: F401 (a fixture)
+from helpers import REPO, TINY
+from pg_server import pg_ctl, pg_study_name, pg_url  # noqa: F401 (fixtures)
 
-pytestmark = [pytest.mark.postgres,
-              ]
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--data", "synthetic", "--train-subset", "100", "--test-subset", "100",
-        "--val-size", "50", "--set", "hidden_sizes=16", "--sampler", "random",
-        "--pruner", "none"]
-
-
-@pytest.fixture
-def study_name(pg_url, tmp_path, monkeypatch):
-    """A fresh study name; artifacts in tmp_path; the server running and the study gone after."""
-    monkeypatch.setenv("OPTUNA_SEARCH_ARTIFACTS", str(tmp_path / "artifacts"))
-    name = f"pytest-outage-{uuid.uuid4().hex[:8]}"
-    yield name
-    pg_ensure_running(pg_url)
-    try:
-        optuna.delete_study(study_name=name, storage=open_storage(pg_url, heartbeat=False))
-    except KeyError:
-        pass
+pytestmark = pytest.mark.postgres
 
 
 def search(argv: list[str], **env) -> subprocess.Popen:
@@ -74,14 +55,14 @@ def assert_contiguous_and_complete(trial: optuna.trial.FrozenTrial, epochs: int)
     assert sorted(trial.intermediate_values) == list(range(1, epochs + 1)), trial.number
 
 
-def test_a_server_restart_mid_trial_does_not_stop_a_two_worker_search(pg_url, study_name):
+def test_a_server_restart_mid_trial_does_not_stop_a_two_worker_search(pg_url, pg_study_name):
     epochs = 150
     process = search(["mlp", "--workers", "2", "--trials", "4", "--epochs", str(epochs),
-                      "--storage", pg_url, "--study", study_name, *TINY])
-    wait_mid_trial(pg_url, study_name, running=2, process=process)
+                      "--storage", pg_url, "--study", pg_study_name, *TINY])
+    wait_mid_trial(pg_url, pg_study_name, running=2, process=process)
     outage = pg_ctl(pg_url, "restart")
     out, err = process.communicate(timeout=600)
-    done = trials(pg_url, study_name)
+    done = trials(pg_url, pg_study_name)
     print(f"restart took {outage:.1f} s; exit {process.returncode}; {len(err.splitlines())} "
           f"lines on stderr; trials (number, state, epochs reported): "
           f"{[(t.number, t.state.name, len(t.intermediate_values)) for t in done]}")
@@ -93,14 +74,15 @@ def test_a_server_restart_mid_trial_does_not_stop_a_two_worker_search(pg_url, st
 
 
 def test_a_server_down_past_the_patience_is_one_line_exit_1_and_the_same_command_resumes(
-        pg_url, study_name):
+        pg_url, pg_study_name):
     epochs = 100
     heartbeat = {"OPTUNA_SEARCH_HEARTBEAT": "1", "OPTUNA_SEARCH_GRACE": "2"}
     argv = ["mlp", "--trials", "2", "--epochs", str(epochs), "--storage", pg_url,
-            "--study", study_name, "--storage-patience", "3", *TINY]
+            "--study", pg_study_name, "--storage-patience", "3", *TINY]
     process = search(argv, **heartbeat)
-    wait_mid_trial(pg_url, study_name, running=1, process=process)
-    interrupted = next(t for t in trials(pg_url, study_name) if t.state == TrialState.RUNNING)
+    wait_mid_trial(pg_url, pg_study_name, running=1, process=process)
+    interrupted = next(t for t in trials(pg_url, pg_study_name)
+                       if t.state == TrialState.RUNNING)
     pg_ctl(pg_url, "stop")
     stopped = time.monotonic()
     try:
@@ -118,7 +100,7 @@ def test_a_server_down_past_the_patience_is_one_line_exit_1_and_the_same_command
     again = search(argv, **heartbeat)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
-    done = trials(pg_url, study_name)
+    done = trials(pg_url, pg_study_name)
     states = {t.number: t.state for t in done}
     assert TrialState.RUNNING not in states.values(), states
     assert states[interrupted.number] == TrialState.FAIL

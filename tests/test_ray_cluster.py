@@ -6,22 +6,20 @@ Needs the `ray` extra: skipped where Ray is absent, required under CI=true.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
-from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
-                     running_with_an_epoch, wait_until)
+from helpers import (FAST_HEARTBEAT, TINY, finished, free_port, integrity, load, run_cli,
+                     running_with_an_epoch, skip_or_fail, wait_until)
 
-if os.environ.get("CI") != "true":
-    pytest.importorskip("ray")
+if importlib.util.find_spec("ray") is None:
+    skip_or_fail("Ray is not installed (pip install 'optuna-search[ray]')")
 RAY = ["--ray", "local", "--workers", "2"]
 
 
@@ -121,12 +119,6 @@ def test_ctrl_c_while_ray_restarts_an_actor_stops_the_restarted_one_too(tmp_path
     assert integrity(db) == "ok"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 BAD_RAY = {
     "unreachable address": ["--ray", f"127.0.0.1:{free_port()}"],
     "no cluster to join": ["--ray", "auto"],
@@ -159,15 +151,13 @@ def test_more_gpus_than_any_machine_has_is_bad_input(tmp_path):
 
 
 def test_without_ray_installed_the_line_names_the_extra(tmp_path):
-    code = ("import sys\nsys.modules['ray'] = None  # as if the extra were not installed\n"
-            "from search.cli import main\n"
-            f"sys.exit(main(['mlp', '--ray', 'local', '--storage', "
-            f"'sqlite:///{tmp_path / 's.db'}']))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
-    assert done.returncode == 2
-    assert "pip install 'optuna-search[ray]'" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    search = run_cli(["mlp", "--ray", "local", "--storage", f"sqlite:///{tmp_path / 's.db'}"],
+                     "sys.modules['ray'] = None  # as if the extra were not installed",
+                     cwd=tmp_path)
+    out, err = search.communicate(timeout=120)
+    assert search.returncode == 2
+    assert "pip install 'optuna-search[ray]'" in err
+    assert len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 

@@ -28,6 +28,8 @@ from search.cli import main
 from spaces import get_space
 from storage import artifact_dir, artifact_store
 
+from helpers import skip_or_fail
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 COMMON = ["rank", "trial", "batch size", "learning rate", "optimizer", "momentum",
           "weight decay", "schedule"]
@@ -430,9 +432,7 @@ def test_png_copies_are_valid_pngs_of_the_set_size_from_one_browser(tmp_path):
     from reports.png import PNG_HEIGHT, PNG_WIDTH, missing_renderer, write_pngs
     reason = missing_renderer()
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PNG export must work in CI: {reason}")
-        pytest.skip(reason)
+        skip_or_fail(f"no PNG export: {reason}")
     figures = study_figures(thirty_trial_study())
     paths = write_pngs(figures, tmp_path)
     assert [p.name for p in paths] == [f"{name}.png" for name in figures]

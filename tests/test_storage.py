@@ -26,15 +26,11 @@ from storage import (StorageError, StorageFailure, StorageUnavailable, check_wri
                      open_storage, sqlalchemy_url)
 from storage.resilient import CLAIMED_KEY
 
+from helpers import integrity
 from pg_server import pg_ctl, pg_study, pg_url  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def integrity(db: Path) -> str:
-    with contextlib.closing(sqlite3.connect(db)) as connection:
-        return connection.execute("PRAGMA integrity_check").fetchone()[0]
 
 
 def new_trial(storage, study: str = "s") -> int:
@@ -293,21 +289,6 @@ def test_a_corrupt_file_is_one_line_naming_it(tmp_path):
 
 
 # ------------------------------------------------------------------ a full or read-only disk
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 200 KB file system (tmpfs), unmounted afterwards; skips where mount is not allowed."""
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but mount failed: {mounted.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); CI runs as root")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=True)
-
 
 def test_a_full_disk_is_one_line_naming_the_file_at_once(tiny_disk):
     db = tiny_disk / "full.db"

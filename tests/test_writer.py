@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from storage import StorageUnavailable, TrialWriter, open_storage
 
 from pg_server import pg_ctl, pg_study, pg_url  # noqa: F401 (fixtures)
-from test_storage import integrity, new_trial, short_busy_timeout, write_lock_held  # noqa: F401
+from helpers import integrity
+from test_storage import new_trial, short_busy_timeout, write_lock_held  # noqa: F401
 
 
 def test_the_writer_queues_during_an_outage_and_lands_everything_in_order(
