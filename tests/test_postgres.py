@@ -58,14 +58,14 @@ def spawned_workers(pid: int) -> int:
 
 def test_four_workers_on_two_machines_share_one_postgresql_study(pg_url, pg_study_name, capsys):
     # "Machine" A: the search command makes the study (target 40) and runs 2 workers.
-    first = run_cli(["mlp", "--workers", "2", "--trials", "40", "--epochs", "1",
+    first = run_cli(["mlp", "--workers", "2", "--trials", "40", "--epochs", "3",
                      "--storage", pg_url, "--study", pg_study_name, *TINY])
     wait_for_study(pg_url, pg_study_name)
     # "Machine" B joins while A runs: model, space, --set values, data and the target come
-    # from the study; the four workers share the 40 trials between them. A's 40 short trials
-    # take seconds, less than B's workers may need to start on a loaded machine. So once B has
-    # opened the study (under its lock) and started its workers, no trial is claimed until all
-    # four wait for the lock; PostgreSQL then grants it to each in turn.
+    # from the study; the four workers share the 40 trials between them. B's workers take
+    # seconds to start (torch, data) while A's run: A's trials have 3 epochs, so A cannot be
+    # done by then, and once B's workers exist no trial is claimed until all four wait for the
+    # study's lock (every worker claims under it, after each trial); then each gets it in turn.
     second = run_cli(["worker", pg_study_name, "--storage", pg_url, "--workers", "2"])
     wait_until(lambda: spawned_workers(second.pid) == 2, 120, "B's two worker processes")
     storage = open_storage(pg_url, heartbeat=False)
