@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tiny sizes (a few dozen images, an MLP search): minutes on a CPU")
     p.add_argument("--commit", default=None, help="the commit measured (default: git's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--search-args", default="", metavar="ARGS",
+                   help="more arguments for the search section's command, e.g. '--space wide'")
     args = p.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
@@ -299,6 +302,7 @@ def main(argv=None) -> int:
     deadline = begun + args.budget
     device = pick_device(args.device)
     plan = plan_for(args.tiny)
+    plan = {**plan, "search": plan["search"] + shlex.split(args.search_args)}
     sections = args.sections.split(",")
     report = Report(args, device, plan)
     print(f"gpu_check: {report.head['device']}, torch {torch.__version__}, sections "
