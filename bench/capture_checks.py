@@ -140,18 +140,21 @@ def check_fallback(data: Dataset) -> Check:
     trial captures again."""
     lines = _Count()
     search.capture.log.addHandler(lines)
+    before = _allocated()
     try:
         failed, _ = _train(data, uncapturable=True)
+        kept = _allocated() - before   # what the failed capture left behind (its pool?)
         after, _ = _train(data)
     finally:
         search.capture.log.removeHandler(lines)
     passed = (failed.capture_failure is not None and len(lines.lines) == 1
               and failed.best_val_acc > 0.3 and after.capture_failure is None
-              and after.capture_seconds is not None)
+              and after.capture_seconds is not None and kept < 64 << 20)
     return Check("a failed capture: one warning, eager training, the next trial captures",
                  passed, f"{len(lines.lines)} warning(s): {lines.lines[:1]}; val acc "
                          f"{failed.best_val_acc:.3f}; next trial captured: "
-                         f"{after.capture_failure is None}")
+                         f"{after.capture_failure is None}; {kept / 2**20:.0f} MiB kept "
+                         f"after the failed trial")
 
 
 def check_out_of_memory() -> Check:
@@ -160,8 +163,11 @@ def check_out_of_memory() -> Check:
     import optuna
     from search.cli import main
     before = _allocated()
+    # The cap counts all this process has reserved, the earlier checks' leftovers too: allow
+    # OOM_CAP_BYTES on top of those, so the cap is the same whatever ran before.
+    held = torch.cuda.memory_reserved()
     total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(OOM_CAP_BYTES / total)
+    torch.cuda.set_per_process_memory_fraction((held + OOM_CAP_BYTES) / total)
     try:
         with tempfile.TemporaryDirectory() as folder:
             url = f"sqlite:///{folder}/oom.db"
@@ -180,7 +186,9 @@ def check_out_of_memory() -> Check:
     return Check("out of memory under a cap fails that trial only", passed,
                  f"exit {code}; batch 1024: {[t.state.name for t in big]} "
                  f"({big[0].user_attrs.get('fail_reason', '')[:60] if big else ''}); "
-                 f"batch 32: {[t.state.name for t in small]}; {left / 2**20:.0f} MiB left")
+                 f"batch 32: {[t.state.name for t in small]}; {left / 2**20:.0f} MiB left; "
+                 f"{held / 2**20:.0f} MiB held before, cap that + 2 GiB; "
+                 f"fail reasons {[t.user_attrs.get('fail_reason', '')[-160:] for t in trials]}")
 
 
 def _allocated() -> int:

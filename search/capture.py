@@ -37,6 +37,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -146,7 +147,13 @@ def _graph_module(module: nn.Module, sample: tuple[torch.Tensor, ...]) -> nn.Mod
     options = {}
     if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
         options["capture_error_mode"] = "thread_local"
-    return torch.cuda.make_graphed_callables(module, sample, **options)
+    with warnings.catch_warnings():
+        # The warm-up's backward on the side stream meets AccumulateGrad nodes made on the
+        # default stream (torch 2.11 warns once per process, a 9-line message on a user's
+        # terminal); the capture that follows syncs the streams itself, and captures
+        # correctly (bench/capture_checks.py: loss and BatchNorm statistics as eager).
+        warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
+        return torch.cuda.make_graphed_callables(module, sample, **options)
 
 
 def _graph(forward: Callable[[], None]) -> torch.cuda.CUDAGraph:

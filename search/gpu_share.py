@@ -33,10 +33,13 @@ def memory_fraction(shared_by: int, total_bytes: int,
 def cap_memory(device: torch.device, shared_by: int) -> float | None:
     """Cap this process's allocations on `device` at its share; returns the fraction set
     (None: alone on the GPU, or not a GPU)."""
-    if torch.device(device).type != "cuda":
+    device = torch.device(device)
+    if device.type != "cuda":
         return None
-    total = torch.cuda.get_device_properties(device).total_memory
+    # set_per_process_memory_fraction needs an index: plain "cuda" is the current device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
     fraction = memory_fraction(shared_by, total)
     if fraction is not None:
-        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
     return fraction

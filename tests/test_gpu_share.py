@@ -47,6 +47,23 @@ def test_no_cap_off_a_gpu_and_cuda_stays_untouched():
         assert not torch.cuda.is_initialized()
 
 
+@pytest.mark.parametrize("device, index", [("cuda", 1), ("cuda:0", 0)])
+def test_the_cap_names_the_device_by_index(monkeypatch, device, index):
+    """torch.cuda.set_per_process_memory_fraction rejects a device without an index (plain
+    "cuda", what --device auto picks): the cap goes to the current device then (found on an
+    H200, where every --workers child failed with a ValueError)."""
+    calls = []
+    props = type("Props", (), {"total_memory": H200})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: calls.append(("props", i)) or props)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, i: calls.append(("cap", i)))
+    assert cap_memory(torch.device(device), 4) == pytest.approx(memory_fraction(4, H200))
+    assert calls == [("props", index), ("cap", index)]
+    assert all(isinstance(i, int) for _, i in calls)
+
+
 def test_the_run_loop_caps_its_process_from_the_settings(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(search.run, "cap_memory",
