@@ -18,6 +18,7 @@ import torch
 
 CONTEXT_BYTES = 1 << 30   # per process, outside the caching allocator (CUDA context, handles)
 MIN_FRACTION = 0.01       # never below 1% of the GPU (a tiny GPU with many sharers)
+STUCK_SHARE = 0.25        # more than this share of a process's memory stuck: it stops
 
 
 def memory_fraction(shared_by: int, total_bytes: int,
@@ -43,3 +44,24 @@ def cap_memory(device: torch.device, shared_by: int) -> float | None:
     if fraction is not None:
         torch.cuda.set_per_process_memory_fraction(fraction, index)
     return fraction
+
+
+def stuck_memory(device: torch.device) -> str | None:
+    """Why this process should stop using `device`, or None: after an out-of-memory error,
+    memory it has reserved but holds no tensor in, that even empty_cache cannot give back,
+    is more than STUCK_SHARE of what it may use. Seen on an H200 under a 2.6 GiB cap: a
+    ResNet18 batch of 1024 ran out of memory inside its CUDA-graph capture, 2.4 GiB stayed
+    reserved (the capture's private pool, we think), and every later trial of that process,
+    batch 32 too, ran out of memory. A new process starts with all of its share."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.empty_cache()
+    stuck = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+    cap = getattr(torch.cuda, "get_per_process_memory_fraction", None)   # torch >= 2.9
+    usable = torch.cuda.get_device_properties(index).total_memory * (cap(index) if cap else 1)
+    if stuck <= STUCK_SHARE * usable:
+        return None
+    return (f"{stuck / 2**30:.1f} GiB of this process's {usable / 2**30:.1f} GiB of GPU "
+            "memory stayed reserved after the out-of-memory error")

@@ -19,6 +19,7 @@ import torch
 from reports.pictures import save_first_layer_picture
 from search.checkpoint import Checkpoint
 from search.data import Dataset
+from search.gpu_share import stuck_memory
 from search.models import build, first_layer_weight, parameter_count
 from search.progress import Progress
 from search.trainer import Diverged, TrainResult, train
@@ -156,6 +157,10 @@ class Objective:
         if failure is not None:
             model = None
             self._cleanup(checkpoint)
+            stuck = (stuck_memory(s.device) if isinstance(failure, torch.OutOfMemoryError)
+                     else None)
+            if stuck is not None:   # every later trial here would run out of memory too
+                raise BrokenDevice(f"{reason}; {stuck}", retry=False)
             raise failure
         self._save_summary(trial, result)
         self._save_first_layer(trial, model)  # the best epoch's weights, pruned or not
@@ -230,7 +235,15 @@ class Objective:
 
 class BrokenDevice(RuntimeError):
     """A CUDA error other than out of memory (a device-side assert, an illegal address): the
-    process's CUDA context is broken and every later trial in it would fail too."""
+    process's CUDA context is broken and every later trial in it would fail too. Also an
+    out-of-memory error that left this process's memory stuck (search/gpu_share.py).
+
+    `retry`: whether the trial is run again (by another process): yes after a CUDA error,
+    which says nothing of the trial; no when the trial asked for more memory than it may."""
+
+    def __init__(self, reason: str, retry: bool = True):
+        super().__init__(reason)
+        self.retry = retry
 
 
 def broken_device(error: BaseException) -> bool:

@@ -123,9 +123,11 @@ def run_trials(opened: OpenStudy, settings: RunSettings, objective, progress: Pr
     except StorageFault as fault:
         result.storage_error = str(fault)
     except BrokenDevice as failure:
-        result.stopped = (f"the device failed ({str(failure)[:200]}); its CUDA context is "
-                          "unusable, so this process stopped; the trial is queued again and "
-                          "the same command resumes in a new process")
+        again = ("the trial is queued again and " if failure.retry
+                 else "the trial failed; ")
+        result.stopped = (f"the device failed ({str(failure)[:300]}); this process's GPU is "
+                          f"unusable, so it stopped; {again}the same command resumes in a new "
+                          "process")
     result.interrupted = interrupts.requested
     return result
 
@@ -178,7 +180,7 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
     Raises StorageFault when the storage is gone: the trial is failed with that reason if
     the storage still answers within a few seconds, else its heartbeat stops and the next
     process that claims a trial takes it for dead and queues it again."""
-    value, state, interrupted, broken = None, TrialState.FAIL, False, False
+    value, state, interrupted, broken = None, TrialState.FAIL, False, None
     with _heartbeat(study._storage, trial._trial_id):
         try:
             with interrupts.raising():
@@ -195,8 +197,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
         except StorageFault as fault:
             _fail_quickly(study, trial, str(fault))
             raise
-        except BrokenDevice:  # this process's GPU is unusable: another process runs the trial
-            broken = interrupted = True
+        except BrokenDevice as error:  # this process's GPU is unusable: it stops here
+            broken, interrupted = error, error.retry   # the trial runs again elsewhere, or not
         except Exception:  # the objective recorded its reason (fail_reason) already
             pass
     # Under the study's lock: a process deciding what runs next (search/claim.py) or queueing
@@ -210,8 +212,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
         frozen = study._storage.get_trial(trial._trial_id)
         if state == TrialState.FAIL and (interrupted or settings.spec.grid):
             retry_callback()(study, frozen)
-    if broken:
-        raise BrokenDevice(frozen.user_attrs.get("fail_reason", "a CUDA error"))
+    if broken is not None:
+        raise broken.with_traceback(None)
     return frozen
 
 

@@ -64,6 +64,29 @@ def test_the_cap_names_the_device_by_index(monkeypatch, device, index):
     assert all(isinstance(i, int) for _, i in calls)
 
 
+@pytest.mark.parametrize("reserved_gib, capped, stops", [
+    (0.1, True, False), (2.4, True, True), (2.4, False, False), (40.0, False, True)])
+def test_memory_stuck_after_out_of_memory_stops_the_process_past_a_share(
+        monkeypatch, reserved_gib, capped, stops):
+    """Reserved memory holding no tensor after empty_cache (a failed capture's pool, seen on
+    an H200) counts against the process's cap: past STUCK_SHARE of what it may use, stop."""
+    import search.gpu_share as gpu_share
+    props = type("Props", (), {"total_memory": H200})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, i: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda i: int((reserved_gib + 1) * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda i: GIB)
+    fraction = 2.6 * GIB / H200 if capped else 1.0   # 2.6 GiB: the capture check's cap
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda i: fraction)
+    reason = gpu_share.stuck_memory(torch.device("cuda"))
+    assert (reason is not None) == stops
+    if stops:
+        assert f"{reserved_gib:.1f} GiB" in reason
+    assert gpu_share.stuck_memory(torch.device("cpu")) is None
+
+
 def test_the_run_loop_caps_its_process_from_the_settings(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(search.run, "cap_memory",

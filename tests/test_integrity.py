@@ -230,6 +230,33 @@ def test_a_cuda_error_fails_its_trial_and_stops_the_process_not_every_trial(
     assert finished(tmp_path / "s.db") == 3 and integrity(tmp_path / "s.db") == "ok"
 
 
+@pytest.mark.parametrize("stuck", [False, True])
+def test_out_of_memory_fails_that_trial_and_stops_the_process_only_if_memory_stays_stuck(
+        tmp_path, monkeypatch, capsys, stuck):
+    """Out of memory is the trial's own fault: FAIL, not queued again. Where memory stayed
+    reserved after it (seen on an H200: a failed capture's pool), every later trial of this
+    process would run out too, so the process stops with one line; else the study goes on."""
+    def too_big(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 128.00 MiB.")
+    monkeypatch.setattr(search.objective, "train", too_big)
+    monkeypatch.setattr(search.objective, "stuck_memory",
+                        lambda device: "2.4 GiB of this process's 2.6 GiB" if stuck else None)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    code = main(["mlp", "--trials", "2", "--epochs", "1", "--storage", url, *TINY])
+    err = capsys.readouterr().err
+    states = [t.state for t in load(tmp_path / "s.db").get_trials()]
+    if stuck:
+        assert code == 1 and "device failed" in err and "2.4 GiB" in err
+        assert "the trial failed" in err and "queued again" not in err
+        assert states == [TrialState.FAIL]        # not queued again: it would fail again
+    else:
+        assert "device failed" not in err
+        assert states[:2] == [TrialState.FAIL, TrialState.FAIL]   # the study went on
+    reasons = [t.user_attrs["fail_reason"] for t in load(tmp_path / "s.db").get_trials()]
+    assert all(r.startswith("OutOfMemoryError") for r in reasons)
+    assert integrity(tmp_path / "s.db") == "ok"
+
+
 # 11 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ending", ["complete", "pruned", "failed", "diverged"])
 def test_no_model_is_left_alive_after_a_trial_ends(ending, monkeypatch):
