@@ -1,4 +1,4 @@
-"""Checks of the CUDA-graph capture (search/capture.py) that need a GPU.
+"""Checks of the CUDA-graph capture (search/train/capture.py) that need a GPU.
 
 bench/gpu_check.py runs them on the device machine (which has no pytest) and
 tests/test_capture.py wherever CUDA is visible. Each returns a `Check`: its name, whether it
@@ -21,9 +21,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import search.capture
-from search.data import Dataset, make_dataset
-from search.trainer import TrainResult, train
+import search.train.capture
+from search.train.data import Dataset, make_dataset
+from search.train.trainer import TrainResult, train
 from spaces import Config
 
 CONFIG = Config(epochs=2, batch_size=64, optimizer="adamw", lr=1e-3)
@@ -104,7 +104,7 @@ def check_captured_once(data: Dataset) -> Check:
     """One training capture per trial and one evaluation capture per batch shape, replayed
     over every epoch."""
     counts = {"train": 0, "eval": 0}
-    real_module, real_graph = search.capture._graph_module, search.capture._graph
+    real_module, real_graph = search.train.capture._graph_module, search.train.capture._graph
 
     def count_module(*args):
         counts["train"] += 1
@@ -114,11 +114,11 @@ def check_captured_once(data: Dataset) -> Check:
         counts["eval"] += 1
         return real_graph(*args)
 
-    search.capture._graph_module, search.capture._graph = count_module, count_graph
+    search.train.capture._graph_module, search.train.capture._graph = count_module, count_graph
     try:
         result, _ = _train(data, CONFIG.replace(epochs=3))
     finally:
-        search.capture._graph_module, search.capture._graph = real_module, real_graph
+        search.train.capture._graph_module, search.train.capture._graph = real_module, real_graph
     shapes = {len(data.val) % 1024 or 1024, len(data.test) % 1024 or 1024}
     if len(data.val) > 1024 or len(data.test) > 1024:
         shapes.add(1024)
@@ -141,7 +141,7 @@ def check_fallback(data: Dataset) -> Check:
     """A model with an op no graph can hold trains eagerly after one warning, and the next
     trial captures again."""
     lines = _Count()
-    search.capture.log.addHandler(lines)
+    search.train.capture.log.addHandler(lines)
     _allocated()
     before = torch.cuda.memory_reserved()
     try:
@@ -153,7 +153,7 @@ def check_fallback(data: Dataset) -> Check:
         kept = torch.cuda.memory_reserved() - before
         after, _ = _train(data)
     finally:
-        search.capture.log.removeHandler(lines)
+        search.train.capture.log.removeHandler(lines)
     passed = (failed.capture_failure is not None and len(lines.lines) == 1
               and failed.best_val_acc > 0.3 and after.capture_failure is None
               and after.capture_seconds is not None and kept < 64 << 20)

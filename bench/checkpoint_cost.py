@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import search.checkpoint
-from search.checkpoint import Checkpoint
-from search.data import Dataset, synthetic
-from search.models import build, parameter_count
-from search.trainer import pick_device, train
+import search.train.checkpoint
+from search.train.checkpoint import Checkpoint
+from search.train.data import Dataset, synthetic
+from search.train.models import build, parameter_count
+from search.train.trainer import pick_device, train
 from spaces import Config, apply_overrides, parse_value
 from spaces.defaults import parse_assignment
 
@@ -42,7 +42,7 @@ class Timed:
 
     def __init__(self):
         self.save, self.write, self.sizes = [], [], {}    # (wall, this thread's CPU) seconds
-        self.real_save, self.real_write = Checkpoint.save, search.checkpoint._atomic_save
+        self.real_save, self.real_write = Checkpoint.save, search.train.checkpoint._atomic_save
 
     def install(self):
         timed = self
@@ -61,7 +61,7 @@ class Timed:
             timed.write.append((time.perf_counter() - started[0],
                                 time.thread_time() - started[1]))
             timed.sizes["best" if ".best" in path.name else "main"] = path.stat().st_size
-        Checkpoint.save, search.checkpoint._atomic_save = save, write
+        Checkpoint.save, search.train.checkpoint._atomic_save = save, write
 
 
 def run(variant: str, model, config: Config, data: Dataset, device, folder: Path) -> list[float]:

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the checkout
 
 from gpu_table import (Row, accuracy_row, checks_row, plan_for, search_row, shared_row,
                        speed_row, table)
-from search.gpu_share import cap_memory
-from search.models import build
-from search.trainer import pick_device
+from search.train.gpu_share import cap_memory
+from search.train.models import build
+from search.train.trainer import pick_device
 from spaces import Config, apply_overrides
 from train_speed import common_recipe, load_images, our_run, steady
 

@@ -1,6 +1,6 @@
 """Seconds per epoch and images per second: our trainer against the common recipe.
 
-Ours: search.trainer.train with the whole split on the device, crop and flip done there on
+Ours: search.train.trainer.train with the whole split on the device, crop and flip done there on
 the batch, no DataLoader (bf16 autocast + channels_last on CUDA, fp32 on the CPU).
 The common recipe: a CIFAR10-style torch Dataset returning PIL images, torchvision transforms
 (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) in a DataLoader with
@@ -38,10 +38,10 @@ import torch.nn.functional as F
 # Run from a checkout, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import search.trainer
-from search.data import Dataset, DataError, Images, balanced_subset, channel_stats, load_source
-from search.models import build, parameter_count
-from search.trainer import pick_device, train
+import search.train.trainer
+from search.train.data import Dataset, DataError, Images, balanced_subset, channel_stats, load_source
+from search.train.models import build, parameter_count
+from search.train.trainer import pick_device, train
 from spaces import Config, ConfigError, apply_overrides, parse_value
 from spaces.defaults import parse_assignment
 
@@ -60,7 +60,7 @@ def load_images(source: str, n: int, seed: int, n_eval: int = EVAL_IMAGES
     """n class-balanced training images (uint8, N x 3 x 32 x 32) and n_eval held-out ones
     (test images, at most as many as there are)."""
     if source == "synthetic":
-        from search.data import synthetic
+        from search.train.data import synthetic
         train, test, _ = synthetic(n_train=max(n, 10), n_test=n_eval, seed=seed)
     else:
         train, test, _ = load_source(source)
@@ -128,7 +128,7 @@ def common_recipe(model, config: Config, images: Images, device: torch.device, w
 def our_trainer(model, config: Config, train_images: Images, eval_images: Images,
                 device: torch.device, epochs: int, seed: int, recipe: str = "default",
                 capture: str = "auto") -> list[float]:
-    """Seconds per epoch of search.trainer.train (its own train_seconds, validation excluded)."""
+    """Seconds per epoch of search.train.trainer.train (its own train_seconds, validation excluded)."""
     result = our_run(model, config, train_images, eval_images, device, epochs, seed, recipe,
                      capture)
     return [e.train_seconds for e in result.epochs]
@@ -137,20 +137,20 @@ def our_trainer(model, config: Config, train_images: Images, eval_images: Images
 def our_run(model, config: Config, train_images: Images, eval_images: Images,
             device: torch.device, epochs: int, seed: int, recipe: str = "default",
             capture: str = "auto", on_epoch=None):
-    """search.trainer.train on these images (the eval images validate each epoch and test at
+    """search.train.trainer.train on these images (the eval images validate each epoch and test at
     the end); its TrainResult. `capture`: CUDA graphs, auto (on CUDA) or off."""
     data = Dataset(train_images, eval_images, eval_images, [str(c) for c in range(10)],
                    "bench").to(device)   # loaded onto the device once, as a study does
-    default, threads = search.trainer.device_recipe, torch.get_num_threads()
+    default, threads = search.train.trainer.device_recipe, torch.get_num_threads()
     recipe, _, run_threads = recipe.partition("@")    # "bf16@1": bf16 on one thread
     if recipe != "default":
-        search.trainer.device_recipe = lambda device: RECIPES[recipe]
+        search.train.trainer.device_recipe = lambda device: RECIPES[recipe]
     torch.set_num_threads(int(run_threads or threads))
     try:
         return train(model, config.replace(epochs=epochs), data, device=device, seed=seed,
                      capture=capture, on_epoch=on_epoch)
     finally:
-        search.trainer.device_recipe = default
+        search.train.trainer.device_recipe = default
         torch.set_num_threads(threads)
 
 

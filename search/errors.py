@@ -1,4 +1,4 @@
-"""The errors a user can cause, each one line on stderr and exit status 2 (search/cli.py).
+"""The errors a user can cause, each one line on stderr and exit status 2 (search/cli/__init__.py).
 
 Defined here, without torch, so the command line can name them before anything heavy is
 imported; the modules that raise them import them from here.
@@ -7,15 +7,12 @@ from __future__ import annotations
 
 from reports.table import ReportError
 from spaces import ConfigError
+from search.train.errors import DataError
 from storage import StorageError
 
 
 class UsageError(Exception):
     """Bad input on the command line."""
-
-
-class DataError(RuntimeError):
-    """The data the user pointed at cannot be loaded; the message says why and what to do."""
 
 
 class StudyMismatch(ValueError):

@@ -61,7 +61,7 @@ class Outcome:
 def run_search(settings: RunSettings, out=None, data=None) -> int:
     """Run a search to its target; 0 when done, 130 when interrupted, 1 when runners failed.
 
-    `data` (a search.data.Dataset) skips the load: `reproduce` loads once for five studies.
+    `data` (a search.train.data.Dataset) skips the load: `reproduce` loads once for five studies.
     """
     out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
     quiet_optuna()

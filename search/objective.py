@@ -17,12 +17,12 @@ import optuna
 import torch
 
 from reports.pictures import save_first_layer_picture
-from search.checkpoint import Checkpoint
-from search.data import Dataset
-from search.gpu_share import stuck_memory
-from search.models import build, first_layer_weight, parameter_count
+from search.train.checkpoint import Checkpoint
+from search.train.data import Dataset
+from search.train.gpu_share import stuck_memory
+from search.train.models import build, first_layer_weight, parameter_count
 from search.progress import Progress
-from search.trainer import Diverged, TrainResult, train
+from search.train.trainer import Diverged, TrainResult, train
 from spaces import get_space
 from spaces.space import Space
 from storage import (DEFAULT_PATIENCE_SECONDS, StorageFailure, StorageFault,
@@ -52,7 +52,7 @@ class ObjectiveSettings:
     study_uid: str = "study"          # a checkpoint belongs to one study of one storage
     checkpoint_every: float | None = 0.0   # seconds between saves; None: no checkpoints
     device_shared_by: int = 1         # trials training on this device at once (timings)
-    capture: str = "auto"             # CUDA graphs: auto (on CUDA) or off (search/capture.py)
+    capture: str = "auto"             # CUDA graphs: auto (on CUDA) or off (search/train/capture.py)
 
 
 class Objective:
@@ -236,7 +236,7 @@ class Objective:
 class BrokenDevice(RuntimeError):
     """A CUDA error other than out of memory (a device-side assert, an illegal address): the
     process's CUDA context is broken and every later trial in it would fail too. Also an
-    out-of-memory error that left this process's memory stuck (search/gpu_share.py).
+    out-of-memory error that left this process's memory stuck (search/train/gpu_share.py).
 
     `retry`: whether the trial is run again (by another process): yes after a CUDA error,
     which says nothing of the trial; no when the trial asked for more memory than it may."""

@@ -146,7 +146,7 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
     actor = ray.remote(num_cpus=1, num_gpus=gpus,
                        max_restarts=ACTOR_RESTARTS, max_task_retries=-1)(Runner)
     # Each actor is one worker (Ray shares out the cores); its timings, and its share of the
-    # GPU's memory (search/gpu_share.py), are those of the trials Ray places on one GPU.
+    # GPU's memory (search/train/gpu_share.py), are those of the trials Ray places on one GPU.
     slot = settings.replace(workers=1, device_shared_by=trials_per_gpu(gpus))
     actors = [actor.remote(slot, i) for i in range(settings.workers)]
     running = {actors[i].run.remote(lines): i for i in range(len(actors))}

@@ -23,16 +23,16 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.data import make_dataset
+from search.train.data import make_dataset
 from search.errors import StudyMismatch
-from search.gpu_share import cap_memory
+from search.train.gpu_share import cap_memory
 from search.interrupts import Interrupts
 from search.objective import BrokenDevice, Objective, sweep_checkpoints
 from search.progress import Progress
 from search.settings import RunSettings
 from search.claim import DONE, WAIT, claim, heartbeat_interval, tally
 from search.study import OpenStudy, open_study
-from search.trainer import pick_device
+from search.train.trainer import pick_device
 from storage import StorageFault, keep_signals_off_this_thread, retry_callback, study_lock
 
 MAX_FAILURES_IN_A_ROW = 3     # then this process stops: something is wrong beyond one trial
@@ -94,7 +94,7 @@ def run_process(settings: RunSettings, out, data=None) -> RunResult:
 
 
 def load_data(settings: RunSettings, say=None):
-    """The data set of this run, split as the study's spec says (search/data.py)."""
+    """The data set of this run, split as the study's spec says (search/train/data.py)."""
     spec = settings.spec
     return make_dataset(settings.data_source, settings.data_dir, seed=spec.seed,
                         val_size=spec.val_size, train_subset=spec.train_subset,

@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu")
-# Learning-rate schedules, stepped per batch (search/schedules.py): constant (the report's),
+# Learning-rate schedules, stepped per batch (search/train/schedules.py): constant (the report's),
 # cosine (linear warmup, then cosine to ~0), onecycle (torch's OneCycleLR, peak = lr).
 SCHEDULES = ("constant", "cosine", "onecycle")
 

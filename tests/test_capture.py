@@ -1,4 +1,4 @@
-"""search.capture: when capture is wanted, the eager path on the CPU (auto and off the same,
+"""search.train.capture: when capture is wanted, the eager path on the CPU (auto and off the same,
 bit for bit), a failing capture (caused: a CPU has no CUDA; and after a warm-up that changed
 BatchNorm's statistics) warning once and training on eagerly, the captured step's own code
 path (graphs replaced by the eager modules: the same numbers to the last bit), graphs freed
@@ -19,12 +19,12 @@ import pytest
 import torch
 from torch import nn
 
-import search.capture
-import search.trainer
-from search.capture import Capture, wanted
-from search.data import make_dataset
-from search.models import build
-from search.trainer import train
+import search.train.capture
+import search.train.trainer
+from search.train.capture import Capture, wanted
+from search.train.data import make_dataset
+from search.train.models import build
+from search.train.trainer import train
 from spaces import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,20 +43,20 @@ def synthetic():
 @pytest.fixture
 def fp32(monkeypatch):
     """fp32 on any CPU, so 'the same numbers' means the same bits on every machine."""
-    monkeypatch.setattr(search.trainer, "device_recipe",
+    monkeypatch.setattr(search.train.trainer, "device_recipe",
                         lambda device: (torch.contiguous_format, None))
 
 
 @pytest.fixture
 def capture_on_the_cpu(monkeypatch):
     """Capture as if the CPU were a GPU: the capture is tried (and, without CUDA, fails)."""
-    monkeypatch.setattr(search.trainer, "wanted", lambda setting, device: setting == "auto")
+    monkeypatch.setattr(search.train.trainer, "wanted", lambda setting, device: setting == "auto")
 
 
 @pytest.fixture
 def warnings_(caplog):
-    caplog.set_level(logging.WARNING, logger="search.capture")
-    return lambda: [r.getMessage() for r in caplog.records if r.name == "search.capture"]
+    caplog.set_level(logging.WARNING, logger="search.train.capture")
+    return lambda: [r.getMessage() for r in caplog.records if r.name == "search.train.capture"]
 
 
 def small_net(seed: int = 0) -> nn.Module:
@@ -82,12 +82,12 @@ def test_capture_is_wanted_on_cuda_only_and_never_when_off():
 
 
 def test_the_capture_module_imports_and_trains_on_the_cpu_without_touching_cuda():
-    code = ("import torch, search.capture, search.steps, search.trainer\n"
-            "from search.data import make_dataset\n"
-            "from search.models import build\n"
+    code = ("import torch, search.train.capture, search.train.steps, search.train.trainer\n"
+            "from search.train.data import make_dataset\n"
+            "from search.train.models import build\n"
             "from spaces import Config\n"
             "config = Config(epochs=1, hidden_sizes=(16,))\n"
-            "search.trainer.train(build('mlp', config), config, make_dataset('synthetic'))\n"
+            "search.train.trainer.train(build('mlp', config), config, make_dataset('synthetic'))\n"
             "print(torch.cuda.is_initialized())\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": str(REPO),
@@ -136,7 +136,7 @@ def out_of_memory(module):
 
 def test_a_capture_failing_after_its_warm_up_leaves_no_trace(
         synthetic, fp32, capture_on_the_cpu, warnings_, monkeypatch):
-    monkeypatch.setattr(search.capture, "_graph_module", warm_up_then(out_of_memory))
+    monkeypatch.setattr(search.train.capture, "_graph_module", warm_up_then(out_of_memory))
     tried, eager = small_net(), small_net()
     failed = train(tried, CONFIG, synthetic, seed=3)
     plain = train(eager, CONFIG, synthetic, seed=3, capture="off")
@@ -160,7 +160,7 @@ class EagerGraph:
 
 
 def eager_graph(forward):
-    for _ in range(search.capture.EVAL_WARMUP_STEPS):   # warm-up: adds to the sums
+    for _ in range(search.train.capture.EVAL_WARMUP_STEPS):   # warm-up: adds to the sums
         forward()
     return EagerGraph(forward)
 
@@ -178,9 +178,9 @@ def test_the_captured_steps_code_gives_the_eager_numbers_to_the_last_bit(
             return function(*args)
         return counted
 
-    monkeypatch.setattr(search.capture, "_graph_module",
+    monkeypatch.setattr(search.train.capture, "_graph_module",
                         count("train", warm_up_then(lambda module: module)))
-    monkeypatch.setattr(search.capture, "_graph", count("eval", eager_graph))
+    monkeypatch.setattr(search.train.capture, "_graph", count("eval", eager_graph))
     config = CONFIG.replace(epochs=3, schedule="onecycle")     # the schedule acts per step
     captured = train(small_net(), config, synthetic, seed=3)
     eager = train(small_net(), config, synthetic, seed=3, capture="off")
@@ -197,8 +197,8 @@ def test_a_captured_run_keeps_no_model_alive(synthetic, capture_on_the_cpu, monk
     def graph_module(module, sample):
         module.forward = lambda *args: type(module).forward(module, *args)   # the cycle
         return module
-    monkeypatch.setattr(search.capture, "_graph_module", graph_module)
-    monkeypatch.setattr(search.capture, "_graph", eager_graph)
+    monkeypatch.setattr(search.train.capture, "_graph_module", graph_module)
+    monkeypatch.setattr(search.train.capture, "_graph", eager_graph)
     gc.collect()
     gc.disable()
     try:
@@ -222,7 +222,7 @@ def test_a_failed_capture_turns_capture_off_for_the_rest_of_the_trial():
 
 def test_a_resnet18_trial_on_the_cpu_builds_no_graphs(monkeypatch):
     """The models of the search go through the same path; on the CPU nothing is captured."""
-    monkeypatch.setattr(search.capture, "_graph_module",
+    monkeypatch.setattr(search.train.capture, "_graph_module",
                         lambda *args: pytest.fail("captured on the CPU"))
     data = make_dataset("synthetic", seed=0, train_subset=64, test_subset=32, val_size=32)
     config = Config(epochs=1, batch_size=32)

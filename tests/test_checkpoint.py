@@ -1,4 +1,4 @@
-"""search.checkpoint with search.trainer: a killed run resumes exactly (after an epoch, in the
+"""search.train.checkpoint with search.train.trainer: a killed run resumes exactly (after an epoch, in the
 middle of one, with dropout, with a schedule, after a real SIGKILL), saves come no more often
 than asked, the best weights are written only when they change, and every fault (truncated or
 foreign file, tampered settings, full disk, failing write) ends in a warning and a clean start,
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import search.checkpoint
-from search.checkpoint import Checkpoint, check_every_seconds
-from search.data import make_dataset
-from search.models import build
-from search.trainer import train
+import search.train.checkpoint
+from search.train.checkpoint import Checkpoint, check_every_seconds
+from search.train.data import make_dataset
+from search.train.models import build
+from search.train.trainer import train
 from spaces import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,8 +177,8 @@ def test_with_60_seconds_a_short_run_writes_nothing(data, tmp_path):
 def test_the_best_weights_are_written_only_when_the_best_epoch_changes(data, tmp_path,
                                                                        monkeypatch):
     writes = []
-    real = search.checkpoint._atomic_save
-    monkeypatch.setattr(search.checkpoint, "_atomic_save",
+    real = search.train.checkpoint._atomic_save
+    monkeypatch.setattr(search.train.checkpoint, "_atomic_save",
                         lambda blob, path: writes.append(path.name) or real(blob, path))
     checkpoint = Checkpoint(tmp_path / "t.pt", every_seconds=0)
     model = fresh()
@@ -202,13 +202,13 @@ def test_the_best_weights_are_written_only_when_the_best_epoch_changes(data, tmp
 
 def test_remove_waits_for_the_write_in_flight_and_leaves_nothing(data, tmp_path, monkeypatch):
     started, release = threading.Event(), threading.Event()
-    real = search.checkpoint._atomic_save
+    real = search.train.checkpoint._atomic_save
 
     def slow(blob, path):
         started.set()
         release.wait(30)
         real(blob, path)
-    monkeypatch.setattr(search.checkpoint, "_atomic_save", slow)
+    monkeypatch.setattr(search.train.checkpoint, "_atomic_save", slow)
     checkpoint = Checkpoint(tmp_path / "t.pt", every_seconds=0)
     checkpoint.resume()
     checkpoint.save({"weights": torch.ones(3)}, 1, {"w": torch.ones(3)})
@@ -228,7 +228,7 @@ def test_a_truncated_file_is_discarded_with_a_warning_and_training_starts_over(
     size = checkpoint.path.stat().st_size
     with open(checkpoint.path, "r+b") as file:
         file.truncate(size // 2)
-    with caplog.at_level(logging.WARNING, logger="search.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="search.train.checkpoint"):
         result, epochs, _ = resume(SMALL, data, checkpoint)
     assert epochs == [1, 2, 3, 4] and len(result.epochs) == 4
     [record] = caplog.records
@@ -240,7 +240,7 @@ def test_a_checkpoint_of_the_old_trainer_is_discarded_with_a_warning(tmp_path, c
     path = tmp_path / "old.pt"
     torch.save({"result": {"epochs": []}, "best_state": None, "model": {},
                 "generator": torch.Generator().get_state()}, path)
-    with caplog.at_level(logging.WARNING, logger="search.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="search.train.checkpoint"):
         assert Checkpoint(path, every_seconds=0).resume({"config": {}}) is None
     [record] = caplog.records
     assert "written by another version of the trainer" in record.getMessage()
@@ -253,7 +253,7 @@ def test_a_checkpoint_of_another_configuration_is_discarded_with_a_warning(
     with pytest.raises(Killed):
         train(fresh(), SMALL, data, seed=1, checkpoint=checkpoint, on_epoch=kill_after_epoch(1))
     other = SMALL.replace(lr=1e-4)
-    with caplog.at_level(logging.WARNING, logger="search.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="search.train.checkpoint"):
         _, epochs, _ = resume(other, data, Checkpoint(checkpoint.path, 0, {"study": 2}))
     assert epochs == [1, 2, 3, 4]
     [record] = caplog.records
@@ -262,7 +262,7 @@ def test_a_checkpoint_of_another_configuration_is_discarded_with_a_warning(
 
 def test_a_full_disk_leaves_no_partial_file_and_training_goes_on(data, tiny_disk, caplog):
     checkpoint = Checkpoint(tiny_disk / "t.pt", every_seconds=0)
-    with caplog.at_level(logging.WARNING, logger="search.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="search.train.checkpoint"):
         result = train(fresh(), SMALL, data, seed=1, checkpoint=checkpoint)
     assert len(result.epochs) == 4 and result.test_acc is not None
     assert list(tiny_disk.iterdir()) == [] and shutil.disk_usage(tiny_disk).used == 0
@@ -289,10 +289,10 @@ def test_a_write_failing_midway_leaves_no_partial_file(data, tmp_path, monkeypat
 
         def __exit__(self, *exc):
             self.file.close()
-    monkeypatch.setattr(search.checkpoint, "open", lambda path, mode: FailingMidway(path),
+    monkeypatch.setattr(search.train.checkpoint, "open", lambda path, mode: FailingMidway(path),
                         raising=False)
     checkpoint = Checkpoint(tmp_path / "t.pt", every_seconds=0)
-    with caplog.at_level(logging.WARNING, logger="search.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="search.train.checkpoint"):
         result = train(fresh(), SMALL.replace(epochs=2), data, checkpoint=checkpoint)
     assert len(result.epochs) == 2 and list(tmp_path.iterdir()) == []
     assert len(caplog.records) == 1
@@ -303,7 +303,7 @@ def test_ctrl_c_while_a_write_starts_stays_a_keyboard_interrupt(data, tmp_path, 
     class StartInterrupted(threading.Thread):
         def start(self):
             raise KeyboardInterrupt
-    monkeypatch.setattr(search.checkpoint.threading, "Thread", StartInterrupted)
+    monkeypatch.setattr(search.train.checkpoint.threading, "Thread", StartInterrupted)
     with pytest.raises(KeyboardInterrupt):
         train(fresh(), SMALL, data, checkpoint=Checkpoint(tmp_path / "t.pt", every_seconds=0))
 
@@ -322,10 +322,10 @@ def test_a_negative_interval_is_refused_with_one_clear_line():
 
 CHILD = r"""
 import json, sys, threading, torch
-from search.checkpoint import Checkpoint
-from search.data import make_dataset
-from search.models import build
-from search.trainer import train
+from search.train.checkpoint import Checkpoint
+from search.train.data import make_dataset
+from search.train.models import build
+from search.train.trainer import train
 from spaces import Config
 torch.set_num_threads(1)
 mode, path, out = sys.argv[1:]

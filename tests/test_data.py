@@ -1,4 +1,4 @@
-"""search.data: the split, the device loader's augmentation, image folders and archives, the
+"""search.train.data: the split, the device loader's augmentation, image folders and archives, the
 decoded-image cache, the errors a user can cause, and a few hundred real CIFAR-10 images."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-import search.data as data
-from search.data import DataError, DeviceLoader, Images, make_dataset
+import search.train.data as data
+from search.train.data import DataError, DeviceLoader, Images, make_dataset
 from spaces import Config
 
 PIXELS = 3 * 32 * 32
@@ -361,8 +361,8 @@ def small_cifar_archive(source: Path, target: Path, train_per_class: int = 24,
 
 
 def test_one_epoch_on_a_few_hundred_real_images(cifar_tarball, tmp_path, cache):
-    from search.models import build
-    from search.trainer import train
+    from search.train.models import build
+    from search.train.trainer import train
 
     archive = tmp_path / "cifar-small.tar.gz"
     small_cifar_archive(cifar_tarball, archive)
@@ -381,7 +381,7 @@ def test_one_epoch_on_a_few_hundred_real_images(cifar_tarball, tmp_path, cache):
 def test_cache_notices_an_image_added_inside_a_class_folder(tmp_path, monkeypatch):
     """The folder's own mtime does not change when train/<class>/ gains a file."""
     from PIL import Image
-    from search.data import load_source
+    from search.train.data import load_source
     monkeypatch.setenv("OPTUNA_SEARCH_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "images"
     for split in ("train", "test"):

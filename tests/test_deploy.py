@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.arguments import build_parser, run_settings, study_spec
+from search.cli.arguments import build_parser, run_settings, study_spec
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PLACEHOLDERS = {"OPTUNA_SEARCH_DB": "postgresql://user:secret@db-host:5432/optuna",

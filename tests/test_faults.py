@@ -17,7 +17,7 @@ import torch
 from optuna.trial import TrialState
 
 import search.objective
-import search.trainer
+import search.train.trainer
 from helpers import TINY, integrity, load, query, run_cli, states, wait_for_running
 from search.cli import main
 
@@ -27,7 +27,7 @@ from search.cli import main
 # goes stale all the same: its first heartbeat is written when it is claimed (search/claim.py).
 KILL_IN_EPOCH_2 = """
 import os, signal
-import search.trainer as trainer
+import search.train.trainer as trainer
 train_epoch = trainer._train_epoch
 def dying(run, batches, first_step, order, epoch):
     def killing():
@@ -61,13 +61,13 @@ def test_a_killed_worker_loses_nothing_the_retry_resumes_after_the_last_epoch(
     for name, value in heartbeat.items():
         monkeypatch.setenv(name, value)
     trained = []
-    train_epoch = search.trainer._train_epoch
+    train_epoch = search.train.trainer._train_epoch
 
     def recording(run, batches, first_step, order, epoch):
         trained.append(epoch)
         return train_epoch(run, batches, first_step, order, epoch)
 
-    monkeypatch.setattr(search.trainer, "_train_epoch", recording)
+    monkeypatch.setattr(search.train.trainer, "_train_epoch", recording)
     assert main(["worker", "mlp", "--storage", url, "--trials", "1"]) == 0
     failed, retry = load(db).get_trials()
     assert failed.state == TrialState.FAIL
@@ -128,7 +128,7 @@ def test_out_of_memory_fails_one_trial_frees_its_model_and_the_next_runs(
         cleanup(checkpoint)  # gc.collect(), then torch.cuda.empty_cache() on a GPU
         freed_at_cleanup.append(models[-1]() is None)
 
-    train_epoch = search.trainer._train_epoch
+    train_epoch = search.train.trainer._train_epoch
 
     def out_of_memory_once(run, batches, first_step, order, epoch):
         if len(models) == 1:
@@ -137,7 +137,7 @@ def test_out_of_memory_fails_one_trial_frees_its_model_and_the_next_runs(
 
     monkeypatch.setattr(search.objective, "build", tracking_build)
     monkeypatch.setattr(search.objective.Objective, "_cleanup", staticmethod(tracking_cleanup))
-    monkeypatch.setattr(search.trainer, "_train_epoch", out_of_memory_once)
+    monkeypatch.setattr(search.train.trainer, "_train_epoch", out_of_memory_once)
     db = tmp_path / "oom.db"
     assert main(["mlp", "--trials", "3", "--epochs", "1", "--storage", f"sqlite:///{db}",
                  *TINY]) == 0

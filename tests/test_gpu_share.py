@@ -1,4 +1,4 @@
-"""search.gpu_share: each process's share of a GPU's memory when trials share it (which
+"""search.train.gpu_share: each process's share of a GPU's memory when trials share it (which
 fraction for which sharing), no cap off a GPU, and the run loop setting it from the run's
 settings (--workers records device_shared_by; Ray's --gpus-per-trial: tests/test_ray_cluster.py).
 A real out-of-memory error under a cap: bench/capture_checks.py (tests/test_capture.py, GPU)."""
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import search.run
-from search.gpu_share import CONTEXT_BYTES, MIN_FRACTION, cap_memory, memory_fraction
+from search.train.gpu_share import CONTEXT_BYTES, MIN_FRACTION, cap_memory, memory_fraction
 from search.run import run_process
 from search.settings import RunSettings, StudySpec
 
@@ -70,7 +70,7 @@ def test_memory_stuck_after_out_of_memory_stops_the_process_past_a_share(
         monkeypatch, reserved_gib, capped, stops):
     """Reserved memory holding no tensor after empty_cache (a failed capture's pool, seen on
     an H200) counts against the process's cap: past STUCK_SHARE of what it may use, stop."""
-    import search.gpu_share as gpu_share
+    import search.train.gpu_share as gpu_share
     props = type("Props", (), {"total_memory": H200})
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)

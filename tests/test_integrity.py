@@ -19,11 +19,11 @@ import torch
 from optuna.trial import TrialState
 
 import search.objective
-import search.trainer
+import search.train.trainer
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
                      running_with_an_epoch, wait_until)
 from search.cli import main
-from search.data import make_dataset
+from search.train.data import make_dataset
 from search.objective import Objective, ObjectiveSettings
 from spaces import get_space
 
@@ -31,12 +31,12 @@ from spaces import get_space
 def trained_epochs(monkeypatch) -> list[int]:
     """Record the epochs train() really trains in this process."""
     trained = []
-    train_epoch = search.trainer._train_epoch
+    train_epoch = search.train.trainer._train_epoch
 
     def recording(*args, **kwargs):
         trained.append(args[4] if len(args) > 4 else kwargs["epoch"])
         return train_epoch(*args, **kwargs)
-    monkeypatch.setattr(search.trainer, "_train_epoch", recording)
+    monkeypatch.setattr(search.train.trainer, "_train_epoch", recording)
     return trained
 
 
@@ -275,7 +275,7 @@ def test_no_model_is_left_alive_after_a_trial_ends(ending, monkeypatch):
     if ending == "failed":
         def failing_epoch(*args, **kwargs):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        monkeypatch.setattr(search.trainer, "_train_epoch", failing_epoch)
+        monkeypatch.setattr(search.train.trainer, "_train_epoch", failing_epoch)
     fixed = ({"lr": 10.0, "optimizer": "sgd", "activation": "relu", "batch_size": 64}
              if ending == "diverged" else {})
     study = optuna.create_study(direction="maximize", pruner=(

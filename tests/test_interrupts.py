@@ -21,7 +21,7 @@ def frame_inside(module_name: str):
 def test_storage_frames_are_recognised():
     assert _in_storage_call(frame_inside("sqlalchemy.engine.base"))
     assert _in_storage_call(frame_inside("optuna.storages._rdb.storage"))
-    assert not _in_storage_call(frame_inside("search.trainer"))
+    assert not _in_storage_call(frame_inside("search.train.trainer"))
 
 
 def test_an_interrupt_in_a_storage_call_is_raised_when_the_call_has_returned():
@@ -38,7 +38,7 @@ def test_an_interrupt_in_a_storage_call_is_raised_when_the_call_has_returned():
 def test_an_interrupt_while_training_is_raised_at_once():
     interrupts = Interrupts()
     with interrupts.installed(), pytest.raises(KeyboardInterrupt), interrupts.raising():
-        interrupts._handle(signal.SIGTERM, frame_inside("search.trainer"))
+        interrupts._handle(signal.SIGTERM, frame_inside("search.train.trainer"))
 
 
 def test_outside_a_raising_region_an_interrupt_is_only_noted_and_a_second_is_ignored():

@@ -1,11 +1,11 @@
-"""search.models: the report's parameter counts, output shapes, activations, first layers."""
+"""search.train.models: the report's parameter counts, output shapes, activations, first layers."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from search.models import (MODELS, build, first_layer_weight, mixer_parameter_count,
+from search.train.models import (MODELS, build, first_layer_weight, mixer_parameter_count,
                            parameter_count, parameters_per_layer)
 from spaces import Config
 

@@ -8,7 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 import search.objective
-from search.data import make_dataset
+from search.train.data import make_dataset
 from search.objective import Objective, ObjectiveSettings
 from spaces import get_space
 

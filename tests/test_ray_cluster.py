@@ -164,7 +164,7 @@ def test_without_ray_installed_the_line_names_the_extra(tmp_path):
 @pytest.mark.parametrize("gpus, per_gpu", [(0.25, 4), (0.3, 3), (0.35, 2), (0.4, 2), (0.5, 2),
                                            (1 / 3, 3), (1.0, 1), (2.0, 1), (0.0, 1)])
 def test_trials_per_gpu_is_what_ray_places_on_one(gpus, per_gpu):
-    """The sharing a slot records (timings, its share of the GPU's memory: search/gpu_share.py)
+    """The sharing a slot records (timings, its share of the GPU's memory: search/train/gpu_share.py)
     is as many actors as fit on one GPU at --gpus-per-trial each."""
     from search.ray_cluster import trials_per_gpu
     assert trials_per_gpu(gpus) == per_gpu

@@ -358,7 +358,7 @@ def test_best_pictures_come_from_the_artifact_store(tmp_path):
 
 def test_reports_never_import_the_trainer():
     code = ("import sys, reports.page, reports.dashboard_figures; "
-            "sys.exit('search.trainer' in sys.modules)")
+            "sys.exit('search.train.trainer' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.arguments import build_parser, study_spec
+from search.cli.arguments import build_parser, study_spec
 from search.cli import main
 from search.reproduce import EXPERIMENTS, BUDGETS, ReproduceSettings, search_settings
 

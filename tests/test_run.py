@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 import search.claim
-import search.trainer
+import search.train.trainer
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
                      running_with_an_epoch, wait_until)
 from search.cli import main

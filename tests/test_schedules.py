@@ -1,4 +1,4 @@
-"""search.schedules: the learning rate at given steps against each schedule's formula, a
+"""search.train.schedules: the learning rate at given steps against each schedule's formula, a
 rebuilt schedule that replays its steps continues exactly, and momentum is left alone."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from search.schedules import WARMUP_START_FACTOR, make_scheduler, warmup_steps
+from search.train.schedules import WARMUP_START_FACTOR, make_scheduler, warmup_steps
 from spaces import Config
 
 LR, TOTAL = 0.1, 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.arguments import UsageError, build_parser, run_settings, study_spec
+from search.cli.arguments import UsageError, build_parser, run_settings, study_spec
 from search.settings import StudySpec
 
 

@@ -1,4 +1,4 @@
-"""search.trainer: learning on synthetic data, determinism, divergence, early stop, the
+"""search.train.trainer: learning on synthetic data, determinism, divergence, early stop, the
 best-epoch weights, the stepped loop against the loop it replaced (bit for bit), schedules per
 batch, label smoothing, timings, the progress hook, no leaked model, the optimizer mapping.
 (Checkpoints and resuming: tests/test_checkpoint.py.)"""
@@ -10,12 +10,12 @@ import weakref
 import pytest
 import torch
 
-import search.data
-import search.steps
-import search.trainer
-from search.data import DeviceLoader, make_dataset
-from search.models import build
-from search.trainer import Diverged, evaluate, make_optimizer, train
+import search.train.data
+import search.train.steps
+import search.train.trainer
+from search.train.data import DeviceLoader, make_dataset
+from search.train.models import build
+from search.train.trainer import Diverged, evaluate, make_optimizer, train
 from spaces import Config
 
 CURVE_NAMES = {"train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds"}
@@ -141,7 +141,7 @@ def test_optimizer_mapping(name, kind, momentum_of):
 @pytest.fixture
 def fp32(monkeypatch):
     """The trainer in plain fp32, as the loop before it trained on every CPU."""
-    monkeypatch.setattr(search.trainer, "device_recipe",
+    monkeypatch.setattr(search.train.trainer, "device_recipe",
                         lambda device: (torch.contiguous_format, None))
 
 
@@ -171,15 +171,15 @@ def test_divergence_is_found_at_the_same_step_as_the_old_loop(synthetic, fp32):
 
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, None)])
 def test_the_cpu_trains_in_bf16_only_where_it_has_native_bf16(monkeypatch, native, expected):
-    monkeypatch.setattr(search.steps, "cpu_has_native_bf16", lambda: native)
-    assert search.steps.device_recipe(torch.device("cpu")) == (torch.contiguous_format,
+    monkeypatch.setattr(search.train.steps, "cpu_has_native_bf16", lambda: native)
+    assert search.train.steps.device_recipe(torch.device("cpu")) == (torch.contiguous_format,
                                                                expected)
-    assert search.steps.device_recipe(torch.device("cuda")) == (torch.channels_last,
+    assert search.train.steps.device_recipe(torch.device("cuda")) == (torch.channels_last,
                                                                 torch.bfloat16)
 
 
 def test_bf16_on_the_cpu_learns_and_is_deterministic(synthetic, monkeypatch):
-    monkeypatch.setattr(search.trainer, "device_recipe",
+    monkeypatch.setattr(search.train.trainer, "device_recipe",
                         lambda device: (torch.contiguous_format, torch.bfloat16))
     config = Config(epochs=2, drop_rate=0.1)
     first, second = (train(fresh_mlp(config=config), config, synthetic, seed=2)
@@ -193,13 +193,13 @@ def test_bf16_on_the_cpu_learns_and_is_deterministic(synthetic, monkeypatch):
 def recorded_learning_rates(monkeypatch, synthetic, config) -> tuple[list, list]:
     """(lr of every optimizer step, (epoch, step, steps per epoch) of every on_step call)."""
     schedulers, rates, calls = [], [], []
-    real = search.trainer.make_scheduler
+    real = search.train.trainer.make_scheduler
 
     def keep(*args, **kwargs):
         schedulers.append(real(*args, **kwargs))
         rates.append(schedulers[-1].get_last_lr()[0])   # the lr of the first step
         return schedulers[-1]
-    monkeypatch.setattr(search.trainer, "make_scheduler", keep)
+    monkeypatch.setattr(search.train.trainer, "make_scheduler", keep)
 
     def on_step(epoch, step, steps):
         calls.append((epoch, step, steps))
@@ -247,8 +247,8 @@ def test_first_epoch_time_is_reported_apart_from_the_steady_mean(synthetic):
 
 def test_data_statistics_are_computed_once_per_process(monkeypatch):
     calls = []
-    real = search.data.channel_stats
-    monkeypatch.setattr(search.data, "channel_stats",
+    real = search.train.data.channel_stats
+    monkeypatch.setattr(search.train.data, "channel_stats",
                         lambda images: calls.append(len(images)) or real(images))
     data = make_dataset("synthetic", seed=0).to("cpu")
     for _ in range(3):                           # three trials of one process

@@ -1,4 +1,4 @@
-"""CUDA graphs of the training and evaluation steps (search/steps.py): on CUDA, chosen
+"""CUDA graphs of the training and evaluation steps (search/train/steps.py): on CUDA, chosen
 automatically (`--capture auto`, the default), never on the CPU or with `--capture off`.
 
 On a GPU, small batches are bound by kernel launches: an eager ResNet18 epoch at batch 128
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from storage import first_line
+from search.train.errors import first_line
 
 log = logging.getLogger(__name__)
 

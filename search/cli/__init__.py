@@ -26,8 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Imported here, inside the handler: Ctrl-C during the imports (a second or more)
         # is an interrupt like any other.
         with _imports_interruptible():
-            from search.arguments import build_parser
-            from search.commands import COMMANDS, command_search
+            from search.cli.arguments import build_parser
+            from search.cli.commands import COMMANDS, command_search
             from search.errors import USER_ERRORS
             from storage import StorageFault
         try:
@@ -71,6 +71,3 @@ def _imports_interruptible():
     finally:
         signal.signal(signal.SIGINT, previous)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

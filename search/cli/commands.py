@@ -1,6 +1,6 @@
 """One function per command of optuna-search: arguments in, a library call, an exit status.
 
-search/cli.py imports this module inside its Ctrl-C handler, so an interrupt while the heavy
+search/cli/__init__.py imports this module inside its Ctrl-C handler, so an interrupt while the heavy
 libraries load is one line and exit 130, never a traceback.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from search.arguments import UsageError, parse_fixed, run_settings, study_spec
+from search.cli.arguments import UsageError, parse_fixed, run_settings, study_spec
 from spaces import Config, apply_overrides
 from storage import check_url, check_writable
 
@@ -24,7 +24,7 @@ def check_before_running(args, joining: bool = False) -> None:
 
 def check_device(name: str) -> None:
     """--device cuda on a machine without a visible GPU is bad input, not a crash."""
-    from search.trainer import pick_device
+    from search.train.trainer import pick_device
     try:
         pick_device(name)
     except RuntimeError as error:
@@ -53,7 +53,7 @@ def command_search(args) -> int:
 
 
 def command_info(args) -> int:
-    from search.models import build, parameter_count, parameters_per_layer
+    from search.train.models import build, parameter_count, parameters_per_layer
     fixed = parse_fixed(args.model, args.set)
     model = build(args.model, apply_overrides(Config(), fixed))
     rows = parameters_per_layer(model)

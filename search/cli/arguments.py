@@ -61,7 +61,7 @@ def seconds(text: str) -> float:
 
 
 def checkpoint_seconds(text: str) -> float:
-    from search.checkpoint import check_every_seconds  # torch: only when the option is given
+    from search.train.checkpoint import check_every_seconds  # torch: only when the option is given
     try:
         return check_every_seconds(float(text))
     except ValueError as error:

@@ -1,7 +1,7 @@
 """One trial's training state on disk, saved off the training loop's critical path.
 
 The caller builds a `Checkpoint(path, every_seconds, identity)` per trial and hands it to
-`search.trainer.train`, which asks `due()` between steps and calls
+`search.train.trainer.train`, which asks `due()` between steps and calls
 `save(state, best_epoch, best_state)`:
 - the tensors are copied into host buffers that are reused from save to save (pinned memory
   and non-blocking copies from a GPU, plain copies on the CPU), and a background thread waits
@@ -16,7 +16,7 @@ The caller builds a `Checkpoint(path, every_seconds, identity)` per trial and ha
   training go on (a checkpoint only saves time after a kill).
 `resume()` returns the saved state when the file is readable and was written for the same
 identity (the caller's dict plus the trainer's); otherwise it logs one warning, deletes the
-file, and training starts over. Warnings go to the `logging` logger "search.checkpoint" (one
+file, and training starts over. Warnings go to the `logging` logger "search.train.checkpoint" (one
 line on stderr when logging is not configured). `remove()` waits for a write in flight and
 deletes every file; `close()` waits and frees the buffers. Neither leaves a thread behind.
 """
@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, Mapping
 
 import torch
 
-from storage import first_line, keep_signals_off_this_thread
+from search.train.errors import first_line
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -137,7 +138,8 @@ class Checkpoint:
         return True
 
     def _write(self, blob: dict, best: dict | None, copied) -> None:
-        keep_signals_off_this_thread()   # Ctrl-C and SIGTERM are the main thread's
+        # Ctrl-C and SIGTERM are the main thread's: one landing here would cut a write
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
         try:
             if copied is not None:
                 copied.synchronize()

@@ -4,7 +4,7 @@ device's recipe (memory format and autocast precision).
 Each batch is copied into preallocated (static) input and label tensors; a step reads only
 those, and adds its loss and correct count to running sums kept on the device. No Python branch
 depends on the data and nothing is read back to the host, so a step is what a CUDA graph can
-capture and replay: given a `Capture` that is on (CUDA, search/capture.py), the first call
+capture and replay: given a `Capture` that is on (CUDA, search/train/capture.py), the first call
 captures the step and every later call replays it; otherwise (the CPU, `--capture off`, a
 failed capture) the step runs eagerly, exactly as written here. A NaN or infinite loss makes
 the running loss sum non-finite for good: the loop checks that sum now and then, not each loss.
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.capture import Capture, LossAndCorrect, release
+from search.train.capture import Capture, LossAndCorrect, release
 
 
 def device_recipe(device: torch.device) -> tuple[torch.memory_format, Optional[torch.dtype]]:

@@ -1,7 +1,7 @@
 """The shared trainer: one model, one configuration, the data on one device. No Optuna here.
 
-Each epoch runs the training step (search/steps.py: fixed-shape tensors, ready to be captured)
-once per batch and steps the learning-rate schedule (search/schedules.py) after it; then it
+Each epoch runs the training step (search/train/steps.py: fixed-shape tensors, ready to be captured)
+once per batch and steps the learning-rate schedule (search/train/schedules.py) after it; then it
 evaluates the validation set and hands the run so far to `on_epoch`, which may ask to stop
 (pruning). It keeps the weights of the best validation epoch, gives them back to the model at
 the end (also when stopped early), and evaluates the test set once with them. A NaN or infinite
@@ -9,8 +9,8 @@ loss raises `Diverged` naming the epoch. On CUDA it trains in bf16 autocast with
 and fused optimizers; on the CPU in bf16 autocast where the CPU has native bf16, else in fp32,
 deterministically either way. The loop reads GPU values back once per epoch (plus one
 finiteness check every 100 steps). On CUDA the steps are captured in CUDA graphs at their
-first call and replayed after it (search/capture.py; `capture="off"` keeps them eager; a failed
-capture warns once and the run goes on eagerly). With a `Checkpoint` (search/checkpoint.py) it
+first call and replayed after it (search/train/capture.py; `capture="off"` keeps them eager; a failed
+capture warns once and the run goes on eagerly). With a `Checkpoint` (search/train/checkpoint.py) it
 saves the whole training state off the critical path, between any two steps, and a run that
 finds one resumes it: on the CPU exactly (same curves, same random numbers, to the last bit);
 on CUDA with the same data order, augmentation and schedule, but not bit for bit (cuDNN's
@@ -29,11 +29,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from search.capture import Capture, wanted
-from search.checkpoint import Checkpoint
-from search.data import Dataset, DeviceLoader
-from search.schedules import make_scheduler
-from search.steps import EvalStep, TrainStep, device_recipe, totals
+from search.train.capture import Capture, wanted
+from search.train.checkpoint import Checkpoint
+from search.train.data import Dataset, DeviceLoader
+from search.train.schedules import make_scheduler
+from search.train.steps import EvalStep, TrainStep, device_recipe, totals
 from spaces import Config
 
 EVAL_BATCH = 1024   # images per evaluation batch
