@@ -19,6 +19,7 @@ import optuna
 import plotly.graph_objects as go
 
 from reports.figures import learning_curves, patch_size_figures
+from storage.internals import set_study_system_attr, study_system_attrs
 
 ORDER = ("curves_val_acc", "curves_train_acc", "curves_val_loss", "curves_train_loss",
          "patch_parameters", "patch_train_seconds", "patch_val_seconds")
@@ -43,10 +44,9 @@ def register_dashboard_figures(study: optuna.Study) -> list[str]:
     for figure_id, figure in figures.items():
         # ids allow letters, digits, "-", "_", ":" and "."
         save_plotly_graph_object(study, figure, graph_object_id=figure_id)
-    storage, study_id = study._storage, study._study_id
-    for key, value in storage.get_study_system_attrs(study_id).items():
+    for key, value in study_system_attrs(study).items():
         # keys are PREFIX + id + ":" + chunk number; the id itself may contain ":"
         figure_id = key[len(PLOT_DATA_PREFIX):].rpartition(":")[0]
         if key.startswith(PLOT_DATA_PREFIX) and figure_id not in figures and value:
-            storage.set_study_system_attr(study_id, key, "")  # attrs cannot be deleted
+            set_study_system_attr(study, key, "")  # attrs cannot be deleted
     return list(figures)

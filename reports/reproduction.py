@@ -19,7 +19,7 @@ from reports.figures import best_pictures, learning_curves, optuna_figures, patc
 from reports.page import Written, _img, write_figures, write_pictures
 from reports.table import ReportError, load_study, to_markdown, top_table
 from spaces import mlpmixer, resnet18
-from storage import artifact_dir, open_storage
+from storage import open_store
 
 # What the report found where it printed no numbers (experiments 1 and 2).
 PUBLISHED_FINDINGS = {
@@ -126,7 +126,7 @@ def winner_line(frame: pd.DataFrame, key: str) -> str:
 
 def write_reproduction(storage_url: str, experiments, out_dir: str | Path,
                        study_names: dict[int, str]) -> Written:
-    storage = open_storage(storage_url, readonly=True)  # one for the five studies
+    store = open_store(storage_url, readonly=True)  # one for the five studies
     out = Path(out_dir)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def write_reproduction(storage_url: str, experiments, out_dir: str | Path,
         name = study_names[e.number]
         md += [f"## {e.number}. {e.title}", "", f"Study `{name}`.", ""]
         try:
-            study = load_study(storage_url, name, storage)
+            study = load_study(storage_url, name, store)
         except ReportError as error:
             md += [f"_not run: {error}_", ""]
             written.notes.append(str(error))
@@ -180,7 +180,7 @@ def write_reproduction(storage_url: str, experiments, out_dir: str | Path,
                 md += [f"Our best on validation: trial {best['trial']} with test acc "
                        f"{best['test acc']:.4f}; the report's best test acc was "
                        f"{theirs['test acc'].max():.4f}.", ""]
-            for fig_name, png in best_pictures(study, artifact_dir(storage_url),
+            for fig_name, png in best_pictures(study, store.artifact_folder,
                                                written.notes).items():
                 number = 18 if e.model == "mlpmixer" else 16 if "rgb" in fig_name else 17
                 pictures[f"fig{number:02d}_{fig_name}"] = png

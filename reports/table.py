@@ -19,7 +19,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import open_storage, redact
+from storage import Store, open_store
 
 
 class ReportError(ValueError):
@@ -42,20 +42,19 @@ METRICS = [("max train acc", "max_train_acc"), ("max val acc", "max_val_acc"),
 ACCURACY_COLUMNS = ("max train acc", "max val acc", "test acc")
 
 
-def load_study(storage_url: str, study_name: str, storage=None) -> optuna.Study:
+def load_study(storage_url: str, study_name: str, store: Store | None = None) -> optuna.Study:
     """Open an existing study for reading; creates no file and no study.
 
-    `storage`: the storage of `storage_url` already opened read-only, for a caller that
-    reads several studies through one. Raises StorageError for a missing storage file,
-    ReportError for an unknown study name.
+    `store`: the storage of `storage_url` already opened read-only, for a caller that reads
+    several studies through one. Raises StorageError for a missing storage file, ReportError
+    for an unknown study name.
     """
-    if storage is None:
-        storage = open_storage(storage_url, readonly=True)  # no lock; refuses a missing file
-    names = optuna.get_all_study_names(storage=storage)
+    store = store or open_store(storage_url, readonly=True)  # no lock; refuses a missing file
+    names = optuna.get_all_study_names(storage=store.optuna)
     if study_name not in names:
         known = ", ".join(names) if names else "none"
-        raise ReportError(f"no study {study_name!r} in {redact(storage_url)} (studies: {known})")
-    return optuna.load_study(study_name=study_name, storage=storage)
+        raise ReportError(f"no study {study_name!r} in {store.name} (studies: {known})")
+    return optuna.load_study(study_name=study_name, storage=store.optuna)
 
 
 def study_setting(study: optuna.Study, key: str, default: Any = None) -> Any:

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from search.settings import RunSettings
 from search.study import TARGET_ATTR
+from storage import Store
 
 DONE, WAIT = "done", "wait"
 
@@ -55,9 +56,9 @@ def progress_line(study: optuna.Study, settings: RunSettings) -> str:
     return line + (f" ({', '.join(busy)})" if busy else "")
 
 
-def claim(study: optuna.Study, settings: RunSettings):
+def claim(study: optuna.Study, store: Store, settings: RunSettings):
     """Under the study's lock: a RUNNING trial for this process, or WAIT, or DONE."""
-    heartbeat = heartbeat_interval(study._storage) is not None
+    heartbeat = store.heartbeat_seconds is not None
     if heartbeat:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -65,28 +66,20 @@ def claim(study: optuna.Study, settings: RunSettings):
     t = tally(study, settings)
     if settings.spec.grid:
         if t.waiting:
-            return _ask(study)
+            return _ask(study, store)
         # Without a heartbeat a dead process's trial stays RUNNING for ever: don't wait on it.
         return WAIT if t.running and heartbeat else DONE
     if t.finished >= t.target:
         return DONE
     if t.finished + t.running >= t.target:
         return WAIT if heartbeat else DONE
-    return _ask(study)
+    return _ask(study, store)
 
 
-def _ask(study: optuna.Study) -> optuna.Trial:
+def _ask(study: optuna.Study, store: Store) -> optuna.Trial:
     """A queued trial (the oldest first) or a new one, RUNNING, with its first heartbeat."""
-    with warnings.catch_warnings():  # we run our own heartbeat around each trial (below)
+    with warnings.catch_warnings():  # we run our own heartbeat around each trial (run.py)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
         trial = study.ask()
-    if heartbeat_interval(study._storage) is not None:
-        # Recorded before the lock is released: a process killed right after claiming leaves
-        # a trial that goes stale (Optuna never judges a trial that has no heartbeat).
-        study._storage.record_heartbeat(trial._trial_id)
+    store.beat_once(trial)
     return trial
-
-
-def heartbeat_interval(storage) -> int | None:
-    get = getattr(storage, "get_heartbeat_interval", None)
-    return get() if get is not None else None

@@ -27,8 +27,8 @@ from typing import Callable, Iterator, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from search.errors import DashboardError
-from storage import (StorageError, StorageFault, artifact_store, check_url, open_storage,
-                     redact, sqlalchemy_url)
+from storage import (StorageError, StorageFault, check_url, open_store, redact,
+                     sqlalchemy_url)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -44,8 +44,8 @@ def dashboard_app(storage_url: str) -> Callable:
         logger.addFilter(_OneLineStorageFaults())
     # A reader: refuses a missing file, no write lock on SQLite, no heartbeat (it never fails
     # another's trials).
-    storage = open_storage(storage_url, readonly=True, patience=DASHBOARD_PATIENCE_SECONDS)
-    app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store(storage_url))
+    store = open_store(storage_url, readonly=True, patience=DASHBOARD_PATIENCE_SECONDS)
+    app = optuna_dashboard.wsgi(store.optuna, artifact_store=store.artifacts())
     return _FiguresInOrder(app)
 
 

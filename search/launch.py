@@ -68,8 +68,9 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
     if data is None:
         data = load_data(settings, say=lambda line: print(line, file=out, flush=True))
     settings = with_loaded_data(settings, data)
-    study = open_study(settings, new_run=False).study
-    where = f"study {settings.study_name!r} in {redact(settings.storage)}"
+    opened = open_study(settings, new_run=False)   # made here, once; runners start runs in it
+    study = opened.study
+    where = f"study {settings.study_name!r} in {opened.store.name}"
     print(f"{where}: {progress_line(study, settings)}; data {data.describe()}",
           file=out, flush=True)
     if is_done(study, settings):
@@ -87,7 +88,7 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
         del data  # each worker loads its own copy
         run_local_processes(settings, out, outcome)
     else:
-        outcome.add(run_process(settings, out, data))
+        outcome.add(run_process(settings, out, data, opened))
     return report(outcome, study, settings, out)
 
 

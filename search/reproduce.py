@@ -19,7 +19,6 @@ from pathlib import Path
 from search.launch import run_search
 from search.run import load_data
 from search.settings import RunSettings, StudySpec
-from storage import DEFAULT_STORAGE
 
 
 @dataclass(frozen=True)
@@ -48,30 +47,6 @@ BUDGETS = {
 }
 
 
-@dataclass
-class ReproduceSettings:
-    out_dir: Path = Path("reproduction")
-    budget: str = "small"
-    epochs: int | None = None         # None: the budget's
-    trials: int | None = None
-    data: str = "cifar10"
-    data_dir: str = "data"
-    storage: str = DEFAULT_STORAGE
-    train_subset: int | None = None
-    test_subset: int | None = None
-    val_size: int | None = None
-    device: str = "auto"
-    seed: int = 0
-
-    def resolved(self) -> dict:
-        """The budget's values, overridden by what the user set."""
-        values = dict(BUDGETS[self.budget])
-        for key in ("epochs", "trials", "train_subset", "test_subset", "val_size"):
-            if getattr(self, key) is not None:
-                values[key] = getattr(self, key)
-        return values
-
-
 IDENTITY_KEYS = ("epochs", "train_subset", "test_subset", "val_size")  # trials: the target
 
 
@@ -86,36 +61,44 @@ def budget_suffix(budget: dict) -> str:
     return "-" + "-".join(f"{labels[k]}{budget[k] or 'all'}" for k in IDENTITY_KEYS)
 
 
-def search_settings(experiment: Experiment, settings: ReproduceSettings) -> RunSettings:
-    budget = settings.resolved()
-    spec = StudySpec(model=experiment.model, fixed=dict(experiment.fixed),
-                     grid=experiment.grid, epochs=budget["epochs"], data=settings.data,
-                     train_subset=budget["train_subset"], test_subset=budget["test_subset"],
-                     val_size=budget["val_size"], seed=settings.seed)
-    return RunSettings(spec=spec, storage=settings.storage,
-                       study=spec.default_study_name() + budget_suffix(budget),
-                       trials=None if experiment.grid else budget["trials"],
-                       data_dir=settings.data_dir, device=settings.device)
+def plan(args) -> list[tuple[Experiment, RunSettings]]:
+    """Each experiment with its run settings, built from the `reproduce` command's arguments:
+    the budget's values (BUDGETS) where the command sets none."""
+    budget = {key: value if getattr(args, key, None) is None else getattr(args, key)
+              for key, value in BUDGETS[args.budget].items()}
+    suffix = budget_suffix(budget)
+    runs = []
+    for experiment in EXPERIMENTS:
+        spec = StudySpec(model=experiment.model, fixed=dict(experiment.fixed),
+                         grid=experiment.grid, epochs=budget["epochs"], data=args.data,
+                         train_subset=budget["train_subset"],
+                         test_subset=budget["test_subset"], val_size=budget["val_size"],
+                         seed=args.seed)
+        runs.append((experiment, RunSettings(
+            spec=spec, storage=args.storage, study=spec.default_study_name() + suffix,
+            trials=None if experiment.grid else budget["trials"], data_dir=args.data_dir,
+            device=args.device)))
+    return runs
 
 
-def run_reproduction(settings: ReproduceSettings, out=None) -> int:
-    """Run what is missing of the five studies, then write the report; 0, or 130 on Ctrl-C."""
+def run_reproduction(runs: list[tuple[Experiment, RunSettings]], out_dir: Path,
+                     out=None) -> int:
+    """Run what is missing of the studies, then write the report; 0, or 130 on Ctrl-C."""
     from reports.reproduction import write_reproduction
     out = sys.stdout if out is None else out
-    data = load_data(search_settings(EXPERIMENTS[0], settings))  # one split serves all five
-    for experiment in EXPERIMENTS:
-        search = search_settings(experiment, settings)
+    data = load_data(runs[0][1])  # one split serves all five
+    for experiment, search in runs:
         print(f"== experiment {experiment.number}: {experiment.title} "
               f"(study {search.study_name!r})", file=out, flush=True)
         status = run_search(search, out=out, data=data)
         if status != 0:
             return status
-    written = write_reproduction(settings.storage, EXPERIMENTS, settings.out_dir,
-                                 {e.number: search_settings(e, settings).study_name
-                                  for e in EXPERIMENTS})
+    storage = runs[0][1].storage
+    written = write_reproduction(storage, [e for e, _ in runs], out_dir,
+                                 {e.number: search.study_name for e, search in runs})
     for note in written.notes:
         print(f"note: {note}", file=out)
-    print(f"wrote {settings.out_dir / 'REPORT.md'}, {settings.out_dir / 'report.html'} and "
-          f"{len(list((settings.out_dir / 'figures').glob('fig*.html')))} figures in "
-          f"{settings.out_dir / 'figures'}", file=out)
+    print(f"wrote {out_dir / 'REPORT.md'}, {out_dir / 'report.html'} and "
+          f"{len(list((out_dir / 'figures').glob('fig*.html')))} figures in "
+          f"{out_dir / 'figures'}", file=out)
     return 0

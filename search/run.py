@@ -11,11 +11,9 @@ the budget to a new sample.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -23,22 +21,21 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.train.data import make_dataset
+from search.claim import DONE, WAIT, claim, tally
 from search.errors import StudyMismatch
-from search.train.gpu_share import cap_memory
 from search.interrupts import Interrupts
-from search.objective import BrokenDevice, Objective, sweep_checkpoints
+from search.objective import BrokenDevice, Objective, Runtime, sweep_checkpoints
 from search.progress import Progress
 from search.settings import RunSettings
-from search.claim import DONE, WAIT, claim, heartbeat_interval, tally
-from search.study import OpenStudy, open_study
+from search.study import OpenStudy, open_study, start_run
+from search.train.data import make_dataset
+from search.train.gpu_share import cap_memory
 from search.train.trainer import pick_device
-from storage import StorageFault, keep_signals_off_this_thread, retry_callback, study_lock
+from storage import StorageFault, retry_callback
 
 MAX_FAILURES_IN_A_ROW = 3     # then this process stops: something is wrong beyond one trial
 WAIT_SECONDS = 5.0            # how often an idle process looks again at trials running elsewhere
 FAIL_WRITE_SECONDS = 5.0      # the storage is gone: how long to try marking the trial FAIL
-HEARTBEAT_JOIN_SECONDS = 1.0
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -55,42 +52,104 @@ class RunResult:
     failures_in_a_row: int = 0
 
 
-def run_process(settings: RunSettings, out, data=None) -> RunResult:
+def run_process(settings: RunSettings, out, data=None,
+                opened: OpenStudy | None = None) -> RunResult:
     """One process's share of a search: load the data once (unless given), open the study as
-    a new run, and run trials until the study needs no more from it.
+    a new run (or start a run in one the launcher opened), and run trials until the study
+    needs no more from this process: claim one under the study's lock (search/claim.py
+    decides from the storage alone), run it with a heartbeat, record how it ended.
 
     Ctrl-C / SIGTERM: the running trial is failed and queued again, and the result says
     `interrupted`; nothing is left RUNNING.
     """
-    interrupts = Interrupts()
+    interrupts, result = Interrupts(), RunResult()
     with interrupts.installed():
         try:
             with interrupts.raising():  # nothing is held yet: an interrupt stops right here
-                device = pick_device(settings.device)
-                if device.type == "cpu" and settings.workers > 1:  # share the cores
-                    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
-                # Trials sharing a GPU: each process its share of the memory, so an
-                # out-of-memory error fails the trial that asked for too much, alone.
-                cap_memory(device, settings.device_shared_by)
-                data = (data if data is not None else load_data(settings)).to(device)
+                device, data = _place(settings, data)
             settings = with_loaded_data(settings, data)  # the parent's, or the study's
         except KeyboardInterrupt:
             return RunResult(interrupted=True)
-        opened = open_study(settings)
-        objective = Objective.for_run(
-            settings, opened.uid, data, device,
-            retries=heartbeat_interval(opened.study._storage) is not None)
+        opened = start_run(opened) if opened is not None else open_study(settings)
+        study, store = opened.study, opened.store
+        objective = Objective(settings.spec, Runtime(
+            store, data, device, opened.uid, capture=settings.capture,
+            shared_by=settings.device_shared_by,
+            # checkpoints are worth writing where a killed trial is retried (a heartbeat)
+            checkpoint_every=settings.checkpoint_every if store.heartbeat_seconds else None))
         objective.progress = progress = Progress(out, quiet=settings.quiet)
+        said_waiting = False
+        t = tally(study, settings)
+        progress.study(t.finished, t.target, settings.spec.epochs, _best(study))
+        deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
         gc.freeze()  # the data and libraries: the per-trial gc.collect skips them (~0.2 s)
         try:
-            result = run_trials(opened, settings, objective, progress, interrupts)
+            while not interrupts.requested:
+                if deadline is not None and time.monotonic() >= deadline:
+                    result.timed_out = True
+                    break
+                with store.lock(settings.study_name):
+                    claimed = claim(study, store, settings)
+                if claimed == DONE:
+                    break
+                if claimed == WAIT:
+                    if not said_waiting:
+                        running = tally(study, settings).running
+                        progress.line(f"waiting: {running} trial(s) still running elsewhere; "
+                                      "one that dies comes back here as a retry")
+                        said_waiting = True
+                    interrupts.sleep(_wait_seconds(store))
+                    continue
+                said_waiting = False
+                claimed.set_user_attr("run", {
+                    "run": opened.run, "sampler_seed": opened.sampler_seed,
+                    "host": socket.gethostname(), "pid": os.getpid()})
+                frozen = run_one(opened, claimed, objective, interrupts, settings)
+                progress.trial_finished(frozen, tally(study, settings).finished, _best(study))
+                if _count(result, frozen, interrupts):
+                    break
+        except StorageFault as fault:
+            result.storage_error = str(fault)
+        except BrokenDevice as failure:
+            again = "the trial is queued again and " if failure.retry else "the trial failed; "
+            result.stopped = (f"the device failed ({str(failure)[:300]}); this process's GPU "
+                              f"is unusable, so it stopped; {again}the same command resumes "
+                              "in a new process")
         finally:
             gc.unfreeze()  # matters when several runs share one process (tests, reproduce)
             progress.close()
+        result.interrupted = interrupts.requested
         if not (result.interrupted or result.timed_out or result.stopped
                 or result.storage_error):  # the study is done: what no retry will read goes
-            sweep_checkpoints(objective.s.checkpoint_dir, opened.uid, opened.study)
+            sweep_checkpoints(store, opened.uid, study)
     return result
+
+
+def _place(settings: RunSettings, data):
+    """The device of this process, its share of it, and the data on it (loaded unless given)."""
+    device = pick_device(settings.device)
+    if device.type == "cpu" and settings.workers > 1:  # share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    # Trials sharing a GPU: each process its share of the memory, so an out-of-memory error
+    # fails the trial that asked for too much, alone.
+    cap_memory(device, settings.device_shared_by)
+    return device, (data if data is not None else load_data(settings)).to(device)
+
+
+def _count(result: RunResult, frozen: optuna.trial.FrozenTrial, interrupts: Interrupts) -> bool:
+    """Count how the trial ended; True when this process should stop (failures in a row)."""
+    if frozen.state in FINISHED:
+        result.finished.append(frozen.number)
+        result.failures_in_a_row = 0
+    elif frozen.state == TrialState.FAIL:
+        result.failed.append(frozen.number)
+        result.failures_in_a_row += 1
+        if result.failures_in_a_row >= MAX_FAILURES_IN_A_ROW and not interrupts.requested:
+            reason = frozen.user_attrs.get("fail_reason", "no reason recorded")
+            result.stopped = (f"{MAX_FAILURES_IN_A_ROW} trials in a row failed here "
+                              f"(last: {reason[:200]}); fix that and run the same command")
+            return True
+    return False
 
 
 def load_data(settings: RunSettings, say=None):
@@ -114,74 +173,16 @@ def with_loaded_data(settings: RunSettings, data) -> RunSettings:
     return settings
 
 
-def run_trials(opened: OpenStudy, settings: RunSettings, objective, progress: Progress,
-               interrupts: Interrupts) -> RunResult:
-    """Claim and run trials until the study needs no more from this process."""
-    result = RunResult()
-    try:
-        _loop(opened, settings, objective, progress, interrupts, result)
-    except StorageFault as fault:
-        result.storage_error = str(fault)
-    except BrokenDevice as failure:
-        again = ("the trial is queued again and " if failure.retry
-                 else "the trial failed; ")
-        result.stopped = (f"the device failed ({str(failure)[:300]}); this process's GPU is "
-                          f"unusable, so it stopped; {again}the same command resumes in a new "
-                          "process")
-    result.interrupted = interrupts.requested
-    return result
-
-
-def _loop(opened: OpenStudy, settings: RunSettings, objective, progress: Progress,
-          interrupts: Interrupts, result: RunResult) -> None:
-    study = opened.study
-    started = time.monotonic()
-    said_waiting = False
-    t = tally(study, settings)
-    progress.study(t.finished, t.target, settings.spec.epochs, _best(study))
-    while not interrupts.requested:
-        if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
-            result.timed_out = True
-            return
-        with study_lock(study._storage, settings.storage, settings.study_name):
-            claimed = claim(study, settings)
-        if claimed == DONE:
-            return
-        if claimed == WAIT:
-            if not said_waiting:
-                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-                progress.line(f"waiting: {running} trial(s) still running elsewhere; one "
-                              "that dies comes back here as a retry")
-                said_waiting = True
-            interrupts.sleep(_wait_seconds(study))
-            continue
-        said_waiting = False
-        claimed.set_user_attr("run", {"run": opened.run, "sampler_seed": opened.sampler_seed,
-                                      "host": socket.gethostname(), "pid": os.getpid()})
-        frozen = run_one(study, claimed, objective, interrupts, settings)
-        progress.trial_finished(frozen, tally(study, settings).finished, _best(study))
-        if frozen.state in FINISHED:
-            result.finished.append(frozen.number)
-            result.failures_in_a_row = 0
-        elif frozen.state == TrialState.FAIL:
-            result.failed.append(frozen.number)
-            result.failures_in_a_row += 1
-            if result.failures_in_a_row >= MAX_FAILURES_IN_A_ROW and not interrupts.requested:
-                reason = frozen.user_attrs.get("fail_reason", "no reason recorded")
-                result.stopped = (f"{MAX_FAILURES_IN_A_ROW} trials in a row failed here "
-                                  f"(last: {reason[:200]}); fix that and run the same command")
-                return
-
-
-def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Interrupts,
+def run_one(opened: OpenStudy, trial: optuna.Trial, objective, interrupts: Interrupts,
             settings: RunSettings) -> optuna.trial.FrozenTrial:
     """Run the objective on a claimed trial, record how it ended, queue a retry if due.
 
     Raises StorageFault when the storage is gone: the trial is failed with that reason if
     the storage still answers within a few seconds, else its heartbeat stops and the next
     process that claims a trial takes it for dead and queues it again."""
+    study, store = opened.study, opened.store
     value, state, interrupted, broken = None, TrialState.FAIL, False, None
-    with _heartbeat(study._storage, trial._trial_id):
+    with store.heartbeat(trial):
         try:
             with interrupts.raising():
                 value = objective(trial)
@@ -193,9 +194,9 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another process took this trial for dead (its heartbeat was late) and failed
             # it: its retry is queued already; nothing here is recorded twice.
-            return study._storage.get_trial(trial._trial_id)
+            return store.trial(trial)
         except StorageFault as fault:
-            _fail_quickly(study, trial, str(fault))
+            store.fail(study, trial, str(fault), seconds=FAIL_WRITE_SECONDS)
             raise
         except BrokenDevice as error:  # this process's GPU is unusable: it stops here
             broken, interrupted = error, error.retry   # the trial runs again elsewhere, or not
@@ -204,12 +205,12 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
     # Under the study's lock: a process deciding what runs next (search/claim.py) or queueing
     # grid points (search/study.py) sees the FAIL and its retry together, never the FAIL alone
     # (it would queue the point or sample a trial a second time).
-    with study_lock(study._storage, settings.storage, settings.study_name):
+    with store.lock(settings.study_name):
         try:
             study.tell(trial, value, state=state)
         except optuna.exceptions.UpdateFinishedTrialError:
-            return study._storage.get_trial(trial._trial_id)
-        frozen = study._storage.get_trial(trial._trial_id)
+            return store.trial(trial)
+        frozen = store.trial(trial)
         if state == TrialState.FAIL and (interrupted or settings.spec.grid):
             retry_callback()(study, frozen)
     if broken is not None:
@@ -217,55 +218,11 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Int
     return frozen
 
 
-def _fail_quickly(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    """Mark the trial FAIL with `reason` if the storage answers within a few seconds."""
-    backend = getattr(study._storage, "_backend", study._storage)
-    patience = getattr(backend, "patience", None)
-    if patience is not None:
-        backend.patience = min(patience, FAIL_WRITE_SECONDS)
-    try:
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason[:500])
-        study.tell(trial, state=TrialState.FAIL)
-    except Exception:  # still away: the heartbeat stops, and the trial goes stale
-        pass
-    finally:
-        if patience is not None:
-            backend.patience = patience
-
-
-@contextlib.contextmanager
-def _heartbeat(storage, trial_id: int):
-    """Record the trial's heartbeat every interval while the block runs (RDB storages)."""
-    interval = heartbeat_interval(storage)
-    if interval is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat():
-        keep_signals_off_this_thread()
-        while not stop.wait(interval):
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception:  # the next beat tries again; the storage reports long outages
-                pass
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        # A beat may be waiting out an outage (up to the storage's patience): don't wait
-        # for it; the thread is a daemon and ends with its retry.
-        thread.join(timeout=HEARTBEAT_JOIN_SECONDS)
-
-
 def _best(study: optuna.Study) -> float | None:
     values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     return max(values) if values else None
 
 
-def _wait_seconds(study: optuna.Study) -> float:
-    interval = heartbeat_interval(study._storage)
+def _wait_seconds(store) -> float:
+    interval = store.heartbeat_seconds
     return min(WAIT_SECONDS, float(interval)) if interval else WAIT_SECONDS

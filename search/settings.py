@@ -6,6 +6,9 @@
 - `RunSettings`: the spec plus what only this run decides (storage, study name, the trial
   target, device, workers, time-out, Ray, ...).
 
+A trial's configuration comes from the spec alone (`spec.config(trial)`): the trainer's Config,
+with the searched values, the --set values and the epochs. Every default lives once: the
+training defaults in spaces.Config, the storage's in storage/.
 Nothing here imports torch or optuna: the command line resolves settings before anything heavy
 is imported or anything is written.
 """
@@ -16,8 +19,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from spaces import Config, get_space
+
 DEFAULT_TRIALS = 30     # the target of a new study when --trials is not given
-DEFAULT_EPOCHS = 30
+DEFAULT_EPOCHS = Config.epochs
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,12 @@ class StudySpec:
     def __post_init__(self):
         if "epochs" in self.fixed:  # one place holds the epochs: the spec's own field
             raise ValueError("StudySpec.fixed must not hold epochs; use StudySpec.epochs")
+
+    def config(self, trial) -> Config:
+        """The trainer's Config for an Optuna trial (or FixedTrial): the space samples what
+        is searched; the --set values and the epochs are as given (a grid may set them)."""
+        return get_space(self.model).suggest(trial, {**self.fixed, "epochs": self.epochs},
+                                             self.space, self.grid)
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-able dict (tuples become lists), as stored in the study."""
@@ -98,7 +109,7 @@ class RunSettings:
     ray: str | None = None            # None, "local", "auto" or HOST:PORT
     gpus_per_trial: float | None = None
     join: bool = False                # `optuna-search worker`: the study must exist
-    storage_patience: float = 120.0   # seconds a storage outage is ridden out (storage/)
+    storage_patience: float | None = None   # seconds an outage is ridden out; None: storage's
     checkpoint_every: float = 60.0    # seconds between a trial's checkpoints; 0: every epoch
     device_shared_by: int = 1         # trials sharing this process's device (timings say so)
     quiet: bool = False               # one line per trial, no bars or epoch lines

@@ -11,6 +11,7 @@ This module opens studies; search/run.py runs them.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 import warnings
@@ -23,7 +24,7 @@ from optuna.trial import TrialState
 from search.errors import StudyMismatch
 from search.settings import DEFAULT_TRIALS, RunSettings, StudySpec
 from spaces import get_space
-from storage import MAX_TRIES, open_storage, redact, study_lock
+from storage import MAX_TRIES, Store, open_store
 
 SPEC_ATTR = "optuna_search"     # the StudySpec and the sampler/pruner settings, one write
 TARGET_ATTR = "target_trials"   # finished trials the study should end with
@@ -34,6 +35,8 @@ METRIC_NAME = "val_acc"         # the objective's name in Optuna's figures and t
 @dataclass
 class OpenStudy:
     study: optuna.Study
+    store: Store             # where it lives (storage/store.py)
+    spec: StudySpec
     uid: str                 # made with the study: keys its checkpoints
     run: int | None          # this process's run number; None when it runs no trials
     sampler_seed: int | None
@@ -84,16 +87,19 @@ def recorded_spec(study: optuna.Study) -> StudySpec | None:
     return StudySpec.from_json(record["spec"]) if record else None
 
 
-def open_study(settings: RunSettings, new_run: bool = True) -> OpenStudy:
+def open_study(settings: RunSettings, new_run: bool = True,
+               store: Store | None = None) -> OpenStudy:
     """Create (or load) the study and bring it to this run's settings, under its lock.
 
-    `new_run`: this process will run trials: count the run and seed its sampler with it.
-    Raises StudyMismatch (exit 2) for another spec, or a missing study when joining.
+    `new_run`: this process will run trials: count the run and seed its sampler with it
+    (start_run). Raises StudyMismatch (exit 2) for another spec, or a missing study when
+    joining.
     """
-    storage = open_storage(settings.storage, patience=settings.storage_patience)
+    store = store or open_store(settings.storage, patience=settings.storage_patience)
     name, spec = settings.study_name, settings.spec
-    with study_lock(storage, settings.storage, name):
-        study = _create_or_load(storage, settings)
+    with store.lock(name):
+        study = (_load_made(store, name) if settings.join else optuna.create_study(
+            storage=store.optuna, study_name=name, direction="maximize", load_if_exists=True))
         record = study.user_attrs.get(SPEC_ATTR)
         if record is None:
             if "model" in study.user_attrs:  # made by an optuna-search before specs
@@ -108,7 +114,7 @@ def open_study(settings: RunSettings, new_run: bool = True) -> OpenStudy:
             differences = spec.differences(StudySpec.from_json(record["spec"]))
             if differences:
                 raise StudyMismatch(
-                    f"study {name!r} in {redact(settings.storage)} was made with other "
+                    f"study {name!r} in {store.name} was made with other "
                     f"settings: {'; '.join(differences)}; resume it with its own settings, "
                     "or start another with --study NEW-NAME")
         if study.metric_names != [METRIC_NAME]:
@@ -121,35 +127,34 @@ def open_study(settings: RunSettings, new_run: bool = True) -> OpenStudy:
             _set_target(study, settings.trials)
             if settings.enqueue_report:
                 enqueue_published(study, spec)
-        run = seed = None
-        if new_run:
-            run = study.user_attrs.get(RUNS_ATTR, 0) + 1
-            study.set_user_attr(RUNS_ATTR, run)
-            seed = run_seed(spec.seed, run)
-    study.sampler = make_sampler(spec, spec.seed if seed is None else seed)[0]
-    study.pruner = make_pruner(spec)[0]
-    return OpenStudy(study, study.user_attrs[SPEC_ATTR]["uid"], run, seed)
+    opened = OpenStudy(study, store, spec, study.user_attrs[SPEC_ATTR]["uid"], None, None)
+    study.sampler, study.pruner = make_sampler(spec, spec.seed)[0], make_pruner(spec)[0]
+    return start_run(opened) if new_run else opened
 
 
-def _create_or_load(storage, settings: RunSettings) -> optuna.Study:
-    if settings.join:
-        return _load_made(storage, settings.storage, settings.study_name)
-    return optuna.create_study(storage=storage, study_name=settings.study_name,
-                               direction="maximize", load_if_exists=True)
+def start_run(opened: OpenStudy) -> OpenStudy:
+    """This process will run trials in the study: its run number (counted in the study, under
+    its lock) and the sampler seeded with it."""
+    study, spec = opened.study, opened.spec
+    with opened.store.lock(study.study_name):
+        run = study.user_attrs.get(RUNS_ATTR, 0) + 1
+        study.set_user_attr(RUNS_ATTR, run)
+    seed = run_seed(spec.seed, run)
+    study.sampler = make_sampler(spec, seed)[0]
+    return dataclasses.replace(opened, run=run, sampler_seed=seed)
 
 
-def load_spec(storage_url: str, study_name: str) -> StudySpec:
+def load_spec(store: Store, study_name: str) -> StudySpec:
     """The spec a study was made with, for `optuna-search worker` (which never makes one)."""
-    study = _load_made(open_storage(storage_url, readonly=True), storage_url, study_name)
-    return recorded_spec(study)
+    return recorded_spec(_load_made(store, study_name))
 
 
-def _load_made(storage, storage_url: str, name: str) -> optuna.Study:
+def _load_made(store: Store, name: str) -> optuna.Study:
     """A study that `optuna-search MODEL` made (to join it); StudyMismatch otherwise."""
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=store.optuna)
     except KeyError:
-        raise StudyMismatch(f"no study {name!r} in {redact(storage_url)}; make it with "
+        raise StudyMismatch(f"no study {name!r} in {store.name}; make it with "
                             f"optuna-search MODEL --study {name}") from None
     if SPEC_ATTR not in study.user_attrs:
         raise StudyMismatch(f"study {name!r} records no optuna-search settings (not made "

@@ -8,10 +8,11 @@ from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, MAX_TRIES, 
                           artifact_dir, artifact_store, check_url, check_writable, open_storage,
                           redact, retry_callback, sqlalchemy_url, storage_kind)
 from storage.sqlite import keep_signals_off_this_thread
+from storage.store import Store, open_store
 from storage.writer import TrialWriter
 
 __all__ = ["DEFAULT_PATIENCE_SECONDS", "DEFAULT_STORAGE", "MAX_TRIES", "StorageError",
            "StorageFailure", "StorageFault", "StorageUnavailable", "TrialWriter", "artifact_dir",
            "artifact_store", "check_url", "check_writable", "first_line",
            "keep_signals_off_this_thread", "open_storage", "redact", "retry_callback",
-           "sqlalchemy_url", "storage_kind", "study_lock"]
+           "sqlalchemy_url", "storage_kind", "study_lock", "Store", "open_store"]

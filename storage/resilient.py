@@ -25,21 +25,20 @@ Running a call again must not write twice. Why it cannot, per call:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
-import json
 import random
 import threading
 import time
 import uuid
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
+from storage import internals
 from storage.faults import PERMANENT, StorageFailure, StorageUnavailable, classify
 from storage.schema import schema_lock, server_schema_lock
 from storage.sqlite import SQLiteSettings
@@ -92,6 +91,21 @@ class ResilientStorage(RDBStorage):
 
     # ---------------------------------------------------------------- the retry loop
 
+    @contextlib.contextmanager
+    def patience_for_this_thread(self, seconds: float) -> Iterator[None]:
+        """This thread's calls in the block ride out `seconds` at most (another thread, a
+        heartbeat riding out the same outage, keeps the storage's patience)."""
+        previous = getattr(self._local, "patience", None)
+        self._local.patience = seconds
+        try:
+            yield
+        finally:
+            self._local.patience = previous
+
+    def _patience_now(self) -> float:
+        own = getattr(self._local, "patience", None)
+        return self.patience if own is None else min(own, self.patience)
+
     def retrying(self, call: Callable[[], T]) -> T:
         """`call()` (something else that talks to this storage's database, such as taking a
         lock) retried like the storage's own calls."""
@@ -106,6 +120,7 @@ class ResilientStorage(RDBStorage):
         if getattr(self._local, "depth", 0):
             return attempt(False)
         started, backoff, again = time.monotonic(), FIRST_BACKOFF_SECONDS, False
+        patience = self._patience_now()
         while True:
             self._local.depth = 1
             try:
@@ -118,15 +133,15 @@ class ResilientStorage(RDBStorage):
                 if kind == PERMANENT:
                     raise StorageFailure(f"storage {self.display_name}: {what}") from error
                 waited = time.monotonic() - started
-                if waited >= self.patience:
+                if waited >= patience:
                     raise StorageUnavailable(
                         f"storage {self.display_name} was unreachable for {waited:.0f} s "
-                        f"(patience {self.patience:g} s): {what}") from error
+                        f"(patience {patience:g} s): {what}") from error
             finally:
                 self._local.depth = 0
             self.scoped_session.remove()  # a fresh session (and pooled connection) next time
             # jitter: workers waiting on one server do not all knock at the same moment
-            time.sleep(min(backoff * random.uniform(0.5, 1.0), self.patience - waited))
+            time.sleep(min(backoff * random.uniform(0.5, 1.0), patience - waited))
             backoff, again = min(2 * backoff, MAX_BACKOFF_SECONDS), True
 
     # ---------------------------------------------------------------- calls that are plain reruns
@@ -187,7 +202,7 @@ class ResilientStorage(RDBStorage):
 
         def attempt(again: bool) -> bool:
             if state == TrialState.RUNNING and values is None:
-                return self._claim(trial_id, token)
+                return internals.claim_waiting(self, trial_id, CLAIMED_KEY, token)
             try:
                 return RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except UpdateFinishedTrialError:
@@ -199,53 +214,21 @@ class ResilientStorage(RDBStorage):
                 raise
         return self._retry(attempt)
 
-    def _claim(self, trial_id: int, token: str) -> bool:
-        """WAITING -> RUNNING with our token, in one transaction; True if the trial is ours."""
-        with _create_scoped_session(self.scoped_session) as session:
-            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-            self.check_trial_is_updatable(trial_id, trial.state)
-            if trial.state != TrialState.WAITING:  # taken: by us, if our answer was lost
-                claim = models.TrialSystemAttributeModel.find_by_trial_and_key(
-                    trial, CLAIMED_KEY, session)
-                return claim is not None and json.loads(claim.value_json) == token
-            trial.state = TrialState.RUNNING
-            trial.datetime_start = datetime.datetime.now()
-            self._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel,
-                                                trial_id, CLAIMED_KEY, token)
-        return True
-
     def _create_new_trial(self, study_id: int,
                           template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        """Optuna's trial creation (without its own five quick retries), made idempotent by a
-        creation token: a rerun returns the trial the lost attempt made."""
+        """Optuna's trial creation (storage/internals.py; Optuna's _CachedStorage calls this
+        method by name), made idempotent by a creation token: a rerun returns the trial the
+        lost attempt made."""
         token = uuid.uuid4().hex
         template = _template_with_token(template_trial, token)
 
         def attempt(again: bool) -> FrozenTrial:
             if again:
-                made = self._trial_made_by(study_id, token)
+                made = internals.trial_made_by(self, study_id, CREATED_KEY, token)
                 if made is not None:
                     return made
-            with _create_scoped_session(self.scoped_session) as session:
-                # The study row lock serializes numbering, as in Optuna.
-                models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-                trial = self._get_prepared_new_trial(study_id, template, session)
-                session.flush()
-                frozen = copy.deepcopy(template)
-                frozen.number, frozen._trial_id = trial.number, trial.trial_id
-                frozen.datetime_start = trial.datetime_start
-            return frozen
+            return internals.create_trial(self, study_id, template)
         return self._retry(attempt)
-
-    def _trial_made_by(self, study_id: int, token: str) -> FrozenTrial | None:
-        with _create_scoped_session(self.scoped_session) as session:
-            trial = (session.query(models.TrialModel)
-                     .join(models.TrialSystemAttributeModel)
-                     .filter(models.TrialModel.study_id == study_id,
-                             models.TrialSystemAttributeModel.key == CREATED_KEY,
-                             models.TrialSystemAttributeModel.value_json == json.dumps(token))
-                     .one_or_none())
-            return None if trial is None else self._build_frozen_trial_from_trial_model(trial)
 
 
 def _template_with_token(template: FrozenTrial | None, token: str) -> FrozenTrial:

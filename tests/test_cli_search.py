@@ -18,6 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 import search.cli.commands
+import search.launch
 import search.objective
 import search.study
 from search.cli import main
@@ -168,7 +169,7 @@ def test_a_grid_runs_each_point_exactly_once_over_two_invocations(tmp_path):
 ])
 def test_the_reports_three_sweeps_parse(argv, name, fixed, grid, monkeypatch):
     seen = []
-    monkeypatch.setattr(search.cli.commands, "run_placed", lambda settings: seen.append(settings) or 0)
+    monkeypatch.setattr(search.launch, "run_search", lambda settings: seen.append(settings) or 0)
     assert run(*argv.split()) == (0, "", "")
     (settings,) = seen
     assert (settings.study_name, settings.spec.fixed, settings.spec.grid) == (name, fixed, grid)

@@ -261,7 +261,7 @@ def test_dashboard_beside_a_search_stops_when_the_search_is_interrupted(tmp_path
         if ending == "raises KeyboardInterrupt":
             raise KeyboardInterrupt
         return 130
-    monkeypatch.setattr("search.cli.commands.run_placed", interrupted_search)
+    monkeypatch.setattr("search.launch.run_search", interrupted_search)
     argv = ["mlp", "--data", "synthetic", "--storage", f"sqlite:///{tmp_path / 'x.db'}",
             "--dashboard", "--dashboard-port", str(port)]
     assert main(argv) == 130  # a KeyboardInterrupt outside optimize: main says so, 130

@@ -24,8 +24,9 @@ from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
                      running_with_an_epoch, wait_until)
 from search.cli import main
 from search.train.data import make_dataset
-from search.objective import Objective, ObjectiveSettings
-from spaces import get_space
+from search.objective import Objective, Runtime
+from search.settings import StudySpec
+from storage import open_store
 
 
 def trained_epochs(monkeypatch) -> list[int]:
@@ -259,7 +260,7 @@ def test_out_of_memory_fails_that_trial_and_stops_the_process_only_if_memory_sta
 
 # 11 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ending", ["complete", "pruned", "failed", "diverged"])
-def test_no_model_is_left_alive_after_a_trial_ends(ending, monkeypatch):
+def test_no_model_is_left_alive_after_a_trial_ends(ending, monkeypatch, tmp_path):
     """With the garbage collector off (gc.collect a no-op too), reference counting alone
     frees the model, its gradients and its optimizer when the trial ends."""
     models = []
@@ -278,13 +279,13 @@ def test_no_model_is_left_alive_after_a_trial_ends(ending, monkeypatch):
         monkeypatch.setattr(search.train.trainer, "_train_epoch", failing_epoch)
     fixed = ({"lr": 10.0, "optimizer": "sgd", "activation": "relu", "batch_size": 64}
              if ending == "diverged" else {})
-    study = optuna.create_study(direction="maximize", pruner=(
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}", heartbeat=False)
+    study = optuna.create_study(storage=store.optuna, direction="maximize", pruner=(
         optuna.pruners.ThresholdPruner(lower=2.0) if ending == "pruned"
         else optuna.pruners.NopPruner()))
-    objective = Objective(ObjectiveSettings(
-        model="mlp", space=get_space("mlp"), data=make_dataset("synthetic"),
-        device=torch.device("cpu"), epochs=2,
-        fixed={"hidden_sizes": (16,) if ending != "diverged" else (512, 256), **fixed}))
+    spec = StudySpec(model="mlp", epochs=2, fixed={
+        "hidden_sizes": (16,) if ending != "diverged" else (512, 256), **fixed})
+    objective = Objective(spec, Runtime(store, make_dataset("synthetic"), torch.device("cpu")))
     gc.disable()
     try:
         study.optimize(objective, n_trials=1, catch=(Exception,))

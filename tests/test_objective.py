@@ -9,8 +9,9 @@ from optuna.trial import TrialState
 
 import search.objective
 from search.train.data import make_dataset
-from search.objective import Objective, ObjectiveSettings
-from spaces import get_space
+from search.objective import Objective, Runtime
+from search.settings import StudySpec
+from storage import Store, open_store
 
 EPOCHS = 3
 # adamw at 1e-3 learns the synthetic classes within an epoch; plain SGD at 1e-4 with batches
@@ -27,23 +28,28 @@ def data():
     return make_dataset("synthetic")  # 1,800 train / 200 val / 500 test images
 
 
-def make_objective(data, **overrides) -> Objective:
-    settings = dict(model="mlp", space=get_space("mlp"), data=data, device=torch.device("cpu"),
-                    epochs=EPOCHS)
-    return Objective(ObjectiveSettings(**{**settings, **overrides}))
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return open_store(f"sqlite:///{tmp_path / 's.db'}", heartbeat=False)
 
 
-def make_study(pruner=None) -> optuna.Study:
+def make_objective(store: Store, data, **spec) -> Objective:
+    spec = StudySpec(**{"model": "mlp", "epochs": EPOCHS, **spec})
+    return Objective(spec, Runtime(store, data, torch.device("cpu")))
+
+
+def make_study(store: Store, pruner=None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(direction="maximize", pruner=pruner or optuna.pruners.NopPruner())
+    return optuna.create_study(storage=store.optuna, direction="maximize",
+                               pruner=pruner or optuna.pruners.NopPruner())
 
 
-def test_a_pruned_trial_stops_after_the_epoch_the_pruner_judged(data):
+def test_a_pruned_trial_stops_after_the_epoch_the_pruner_judged(store, data):
     # With one finished trial as reference and no warm-up, the median pruner judges epoch 1.
-    study = make_study(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    study = make_study(store, optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
     study.enqueue_trial(GOOD)
     study.enqueue_trial(BAD)
-    study.optimize(make_objective(data), n_trials=2)
+    study.optimize(make_objective(store, data), n_trials=2)
     good, bad = study.trials
 
     assert good.state == TrialState.COMPLETE
@@ -60,10 +66,10 @@ def test_a_pruned_trial_stops_after_the_epoch_the_pruner_judged(data):
     assert "test_acc" not in bad.user_attrs  # the test set is only for finished trials
 
 
-def test_a_diverging_trial_ends_pruned_with_its_reason(data):
-    study = make_study()
+def test_a_diverging_trial_ends_pruned_with_its_reason(store, data):
+    study = make_study(store)
     study.enqueue_trial(dict(batch_size=128, weight_decay=0.0001, activation="relu"))
-    objective = make_objective(data, fixed={"lr": 10.0, "optimizer": "sgd"})
+    objective = make_objective(store, data, fixed={"lr": 10.0, "optimizer": "sgd"})
     study.optimize(objective, n_trials=1)
     trial = study.trials[0]
 
@@ -76,7 +82,7 @@ def test_a_diverging_trial_ends_pruned_with_its_reason(data):
     assert "fail_reason" not in trial.user_attrs
 
 
-def test_an_error_inside_training_fails_that_trial_with_its_reason(data, monkeypatch):
+def test_an_error_inside_training_fails_that_trial_with_its_reason(store, data, monkeypatch):
     real_train = search.objective.train
 
     def train_out_of_memory_at_1024(model, config, *args, **kwargs):
@@ -85,10 +91,10 @@ def test_an_error_inside_training_fails_that_trial_with_its_reason(data, monkeyp
         return real_train(model, config, *args, **kwargs)
 
     monkeypatch.setattr(search.objective, "train", train_out_of_memory_at_1024)
-    study = make_study()
+    study = make_study(store)
     study.enqueue_trial(dict(GOOD, batch_size=1024))
     study.enqueue_trial(GOOD)
-    study.optimize(make_objective(data, epochs=1), n_trials=2, catch=(Exception,))
+    study.optimize(make_objective(store, data, epochs=1), n_trials=2, catch=(Exception,))
     failed, finished = study.trials
 
     assert failed.state == TrialState.FAIL

@@ -27,6 +27,7 @@ from reports.table import ReportError, columns, to_csv, to_markdown, top_table
 from search.cli import main
 from spaces import get_space
 from storage import artifact_dir, artifact_store
+from storage.internals import study_system_attrs
 
 from helpers import skip_or_fail
 
@@ -464,7 +465,7 @@ def test_end_to_end_mlp_search_then_report_plots_and_dashboard(tmp_path, capsys)
 
 def saved_figure_ids(study: optuna.Study) -> list[str]:
     """The ids of the non-empty figures saved for optuna-dashboard, sorted."""
-    system = study._storage.get_study_system_attrs(study._study_id)
+    system = study_system_attrs(study)
     return sorted({k.split(":")[2] for k, v in system.items()
                    if k.startswith("dashboard:plot_data:") and v})
 

@@ -7,7 +7,7 @@ import pytest
 
 from search.cli.arguments import build_parser, study_spec
 from search.cli import main
-from search.reproduce import EXPERIMENTS, BUDGETS, ReproduceSettings, search_settings
+from search.reproduce import EXPERIMENTS, BUDGETS, plan
 
 TINY = ["--data", "synthetic", "--train-subset", "40", "--test-subset", "40", "--val-size", "30",
         "--epochs", "1", "--trials", "2"]
@@ -19,18 +19,20 @@ def trial_counts(db: str) -> dict[str, int]:
             for name in optuna.get_all_study_names(storage=storage)}
 
 
+def names(command: str) -> list[str]:
+    return [run.study_name for _, run in plan(build_parser().parse_args(command.split()))]
+
+
 def test_the_full_budget_uses_the_single_commands_names_and_others_their_own():
-    names = [search_settings(e, ReproduceSettings(budget="full")).study_name
-             for e in EXPERIMENTS]
-    assert names == ["mlp-grid-activation", "resnet18-optimizer=adam-grid-lr",
-                     "mlpmixer-grid-patch_size", "resnet18", "mlpmixer"]
-    small = [search_settings(e, ReproduceSettings()).study_name for e in EXPERIMENTS]
-    assert small == [f"{name}-small" for name in names]  # a study never mixes two budgets
-    custom = search_settings(EXPERIMENTS[3], ReproduceSettings(epochs=3)).study_name
-    assert custom == "resnet18-epochs3-train500-test500-val250"
+    full = names("reproduce --budget full")
+    assert full == ["mlp-grid-activation", "resnet18-optimizer=adam-grid-lr",
+                    "mlpmixer-grid-patch_size", "resnet18", "mlpmixer"]
+    # a study never mixes two budgets
+    assert names("reproduce") == [f"{name}-small" for name in full]
+    assert names("reproduce --epochs 3")[3] == "resnet18-epochs3-train500-test500-val250"
     # the single command's own spec is the full budget's: the same study, either way
-    full = search_settings(EXPERIMENTS[1], ReproduceSettings(budget="full")).spec
-    assert full == study_spec(build_parser().parse_args(
+    runs = plan(build_parser().parse_args(["reproduce", "--budget", "full"]))
+    assert runs[1][1].spec == study_spec(build_parser().parse_args(
         "resnet18 --set optimizer=adam --grid lr=0.1,0.01,0.001,0.0001,0.00001".split()))
 
 

@@ -10,7 +10,6 @@ import signal
 import optuna
 from optuna.trial import TrialState
 
-import search.claim
 import search.train.trainer
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
                      running_with_an_epoch, wait_until)
@@ -66,21 +65,21 @@ def test_a_larger_target_extends_the_study(tmp_path, capsys):
 
 def test_ctrl_c_right_after_a_trial_is_claimed_fails_it_queues_it_and_exits_130(
         tmp_path, monkeypatch, capsys):
-    ask = search.claim._ask
+    ask = optuna.Study.ask
 
-    def ask_then_interrupt(study):
-        trial = ask(study)
+    def ask_then_interrupt(study, *args, **kwargs):   # Ctrl-C as the claim returns
+        trial = ask(study, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGINT)
         return trial
 
-    monkeypatch.setattr(search.claim, "_ask", ask_then_interrupt)
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_interrupt)
     url = f"sqlite:///{tmp_path}/t.db"
     assert main(["mlp", "--trials", "3", "--epochs", "1", "--storage", url, *TINY]) == 130
     assert "Resume with the same command" in capsys.readouterr().err
     trials = load(tmp_path / "t.db").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert "curves" not in trials[0].user_attrs  # it never trained
-    monkeypatch.setattr(search.claim, "_ask", ask)
+    monkeypatch.setattr(optuna.Study, "ask", ask)
     assert main(["mlp", "--trials", "3", "--epochs", "1", "--storage", url, *TINY]) == 0
     states = [t.state for t in load(tmp_path / "t.db").get_trials()]
     assert states.count(TrialState.COMPLETE) == 3 and TrialState.WAITING not in states

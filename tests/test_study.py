@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 
 from search.errors import StudyMismatch
 from search.settings import RunSettings, StudySpec
+from storage import open_store
 from search.study import (MAX_TRIES, SPEC_ATTR, TARGET_ATTR, enqueue_published, grid_failures,
                           load_spec, make_pruner, make_sampler, open_study, queue_grid_points,
                           recorded_spec, run_seed)
@@ -84,7 +85,8 @@ def test_open_study_records_its_spec_in_one_attribute_names_its_metric_and_count
     second = open_study(settings(tmp_path, fixed={"optimizer": "adam"}, epochs=3))
     assert (first.run, second.run) == (1, 2) and first.sampler_seed != second.sampler_seed
     assert first.uid == second.uid                     # made once, with the study
-    assert load_spec(str(settings(tmp_path).storage), "mlp") == recorded_spec(study)
+    store = open_store(settings(tmp_path).storage, readonly=True)
+    assert load_spec(store, "mlp") == recorded_spec(study)
 
 
 def test_a_run_with_another_spec_is_refused_naming_each_difference(tmp_path):

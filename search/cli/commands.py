@@ -5,6 +5,7 @@ libraries load is one line and exit 130, never a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -31,25 +32,20 @@ def check_device(name: str) -> None:
         raise UsageError(f"{error}; use --device cpu (or auto)") from None
 
 
-def run_placed(settings) -> int:
-    """The search, on Ray when asked (connected first: a bad address writes nothing)."""
-    from search.launch import run_search
-    if not settings.ray:
-        return run_search(settings)
-    from search.ray_cluster import connected
-    with connected(settings):
-        return run_search(settings)
-
-
 def command_search(args) -> int:
-    spec = study_spec(args)
-    settings = run_settings(args, spec)
+    """The search, on Ray when asked (connected first: a bad address writes nothing), with
+    the dashboard beside it when asked."""
+    from search.launch import run_search
+    settings = run_settings(args, study_spec(args))
     check_before_running(args)
-    if args.dashboard:
-        from search.dashboard import dashboard_beside
-        with dashboard_beside(args.storage, port=args.dashboard_port):
-            return run_placed(settings)
-    return run_placed(settings)
+    with contextlib.ExitStack() as beside:
+        if args.dashboard:
+            from search.dashboard import dashboard_beside
+            beside.enter_context(dashboard_beside(args.storage, port=args.dashboard_port))
+        if settings.ray:
+            from search.ray_cluster import connected
+            beside.enter_context(connected(settings))
+        return run_search(settings)
 
 
 def command_info(args) -> int:
@@ -72,10 +68,17 @@ def command_studies(args) -> int:
 
 
 def command_worker(args) -> int:
+    from search.launch import run_search
     from search.study import load_spec
+    from storage import open_store
     check_before_running(args, joining=True)  # a worker joins a study; it never makes one
-    settings = run_settings(args, load_spec(args.storage, args.study), join=True)
-    return run_placed(settings)
+    spec = load_spec(open_store(args.storage, readonly=True), args.study)
+    settings = run_settings(args, spec, join=True)
+    if not settings.ray:
+        return run_search(settings)
+    from search.ray_cluster import connected
+    with connected(settings):
+        return run_search(settings)
 
 
 def command_dashboard(args) -> int:
@@ -110,16 +113,11 @@ def command_plots(args) -> int:
 
 
 def command_reproduce(args) -> int:
-    from search.reproduce import ReproduceSettings, run_reproduction
+    from search.reproduce import plan, run_reproduction
     check_before_running(args)
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise UsageError(f"{args.output} exists and is not a folder")
-    return run_reproduction(ReproduceSettings(
-        out_dir=Path(args.output), budget=args.budget, epochs=args.epochs, trials=args.trials,
-        data=args.data, data_dir=args.data_dir, storage=args.storage,
-        train_subset=args.train_subset, test_subset=args.test_subset,
-        val_size=args.val_size,
-        device=args.device, seed=args.seed))
+    return run_reproduction(plan(args), Path(args.output))
 
 
 COMMANDS = {"reproduce": command_reproduce,

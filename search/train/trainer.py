@@ -141,7 +141,32 @@ def train(model: nn.Module, config: Config, data: Dataset, *, device: torch.devi
     try:
         run = _Run(model, config, data, torch.device(device), seed, on_step, checkpoint,
                    Capture(wanted(capture, device)))
-        return run.train(on_epoch)
+        result = run.result
+        if run.epoch <= config.epochs:
+            result.warmup_epochs.append(run.epoch)
+        for epoch in range(run.epoch, config.epochs + 1):
+            started = time.perf_counter() - run.seconds   # a resumed epoch keeps its time
+            if run.order is None:
+                run.order = run.loader.shuffle()
+                run.step.reset()
+            batches = run.loader.batches(run.order, start=run.first_step)
+            train_loss, train_acc = _train_epoch(run, batches, run.first_step, run.order, epoch)
+            train_seconds = time.perf_counter() - started
+            run.first_step, run.order, run.seconds = 0, None, 0.0
+            val_loss, val_acc, val_seconds = run.evaluate(run.val_loader)
+            if not math.isfinite(val_loss):
+                raise Diverged(f"validation loss became {val_loss} in epoch {epoch}")
+            run.end_epoch(EpochMetrics(epoch, train_loss, train_acc, val_loss, val_acc,
+                                       train_seconds, val_seconds))
+            if on_epoch is not None and on_epoch(result):
+                result.stopped_early = True
+                run.model.load_state_dict(run.best_state)   # the best epoch's, as promised
+                return result
+        if run.best_state is not None:
+            run.model.load_state_dict(run.best_state)
+        result.test_loss, result.test_acc, result.test_seconds = run.evaluate(run.test_loader)
+        run.note_capture()   # the test split's last batch may have had a shape of its own
+        return result
     except BaseException as error:
         # The traceback holds the frames below, and through them the model, its gradients and
         # the optimizer state, for as long as the caller keeps the exception (Optuna keeps a
@@ -197,43 +222,17 @@ class _Run:
             self.optimizer, config, self.steps_per_epoch * config.epochs,
             steps_done=(self.epoch - 1) * self.steps_per_epoch + self.first_step)
 
-    def train(self, on_epoch: OnEpoch | None) -> TrainResult:
-        result, config = self.result, self.config
-        if self.epoch <= config.epochs:
-            result.warmup_epochs.append(self.epoch)
-        for epoch in range(self.epoch, config.epochs + 1):
-            started = time.perf_counter() - self.seconds   # a resumed epoch keeps its time
-            if self.order is None:
-                self.order = self.loader.shuffle()
-                self.step.reset()
-            batches = self.loader.batches(self.order, start=self.first_step)
-            train_loss, train_acc = _train_epoch(self, batches, self.first_step, self.order,
-                                                 epoch)
-            train_seconds = time.perf_counter() - started
-            self.first_step, self.order, self.seconds = 0, None, 0.0
-            val_loss, val_acc, val_seconds = self.evaluate(self.val_loader)
-            if not math.isfinite(val_loss):
-                raise Diverged(f"validation loss became {val_loss} in epoch {epoch}")
-            improved = not result.epochs or val_acc > result.best_val_acc
-            result.epochs.append(EpochMetrics(epoch, train_loss, train_acc, val_loss, val_acc,
-                                              train_seconds, val_seconds))
-            self.note_capture()
-            if improved:
-                result.best_epoch = epoch
-                self.best_state = {k: v.detach().clone()
-                                   for k, v in self.model.state_dict().items()}
-            if self.checkpoint is not None and self.checkpoint.due(epoch_end=True):
-                self.save(epoch + 1, 0, None, 0.0)
-            if on_epoch is not None and on_epoch(result):
-                result.stopped_early = True
-                self.model.load_state_dict(self.best_state)   # the best epoch's, as promised
-                return result
-
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        result.test_loss, result.test_acc, result.test_seconds = self.evaluate(self.test_loader)
-        self.note_capture()   # the test split's last batch may have had a shape of its own
-        return result
+    def end_epoch(self, metrics: EpochMetrics) -> None:
+        """Record an epoch: its metrics, the best weights so far, a checkpoint if due."""
+        result = self.result
+        improved = not result.epochs or metrics.val_acc > result.best_val_acc
+        result.epochs.append(metrics)
+        self.note_capture()
+        if improved:
+            result.best_epoch = metrics.epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.checkpoint is not None and self.checkpoint.due(epoch_end=True):
+            self.save(metrics.epoch + 1, 0, None, 0.0)
 
     def note_capture(self) -> None:
         """The capture seconds (and a failure) so far into the result."""

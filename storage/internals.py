@@ -1,0 +1,83 @@
+"""Every reach into Optuna's private parts, in one place, each with why.
+
+Optuna's public API has no way to
+- name a trial or a study by the id its storage uses (`trial._trial_id`, `study._study_id`):
+  a running trial's fresh reads, its writer and its heartbeat go straight to the storage;
+- read and write a study's system attributes (Study.system_attrs and set_system_attr are gone
+  in Optuna 5), where optuna-dashboard keeps the figures we save for it;
+- create a trial, or move a WAITING trial to RUNNING, together with a token in the same
+  transaction (storage/resilient.py needs that to make a repeated call after a lost answer
+  find what the first one did): that takes the RDB storage's models and sessions.
+When an Optuna release moves one of these, this module is what changes (pyproject.toml pins
+the Optuna versions CI tests).
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+from typing import Any
+
+import optuna
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    return trial._trial_id
+
+
+def study_id(study: optuna.Study) -> int:
+    return study._study_id
+
+
+def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+# ------------------------------------------------------------------ RDB storage transactions
+
+def claim_waiting(storage, trial: int, key: str, token: str) -> bool:
+    """WAITING -> RUNNING with `token` under the system attribute `key`, in one transaction;
+    True if the trial is ours (now, or by an earlier attempt whose answer was lost)."""
+    with _create_scoped_session(storage.scoped_session) as session:
+        row = models.TrialModel.find_or_raise_by_id(trial, session, for_update=True)
+        storage.check_trial_is_updatable(trial, row.state)
+        if row.state != TrialState.WAITING:  # taken: by us, if our answer was lost
+            claim = models.TrialSystemAttributeModel.find_by_trial_and_key(row, key, session)
+            return claim is not None and json.loads(claim.value_json) == token
+        row.state = TrialState.RUNNING
+        row.datetime_start = datetime.datetime.now()
+        storage._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel,
+                                               trial, key, token)
+    return True
+
+
+def create_trial(storage, study: int, template: FrozenTrial) -> FrozenTrial:
+    """Optuna's trial creation from `template` in one transaction, numbered under the study
+    row's lock as Optuna does (without its own five quick retries)."""
+    with _create_scoped_session(storage.scoped_session) as session:
+        models.StudyModel.find_or_raise_by_id(study, session, for_update=True)
+        row = storage._get_prepared_new_trial(study, template, session)
+        session.flush()
+        frozen = copy.deepcopy(template)
+        frozen.number, frozen._trial_id = row.number, row.trial_id
+        frozen.datetime_start = row.datetime_start
+    return frozen
+
+
+def trial_made_by(storage, study: int, key: str, token: str) -> FrozenTrial | None:
+    """The study's trial whose system attribute `key` holds `token`, if any."""
+    with _create_scoped_session(storage.scoped_session) as session:
+        row = (session.query(models.TrialModel)
+               .join(models.TrialSystemAttributeModel)
+               .filter(models.TrialModel.study_id == study,
+                       models.TrialSystemAttributeModel.key == key,
+                       models.TrialSystemAttributeModel.value_json == json.dumps(token))
+               .one_or_none())
+        return None if row is None else storage._build_frozen_trial_from_trial_model(row)
