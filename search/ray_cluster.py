@@ -34,7 +34,7 @@ from search.settings import RunSettings
 from storage import first_line, storage_kind
 
 RAY_MISSING = "--ray needs Ray: pip install 'optuna-search[ray]'"
-CONNECT_SECONDS = 20        # an address that does not answer is bad input within this
+CONNECT_SECONDS = 5         # an address that does not answer is bad input within this
 STOP_SECONDS = 60           # after SIGTERM, how long actors get to fail their trial and return
 ACTOR_RESTARTS = 3          # per slot: an actor (or node) that dies comes back this often
 POLL_SECONDS = 0.2
@@ -56,7 +56,7 @@ def connected(settings: RunSettings, err=None) -> Iterator[None]:
             raise UsageError(f"{settings.storage} is a file on this machine; Ray at {address} "
                              "runs trials on other machines: use --storage postgresql://...")
         try:  # a quick TCP check: a clear line in seconds instead of Ray's long retries
-            socket.create_connection((host, port), timeout=5).close()
+            socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
         except OSError as error:
             raise UsageError(f"no Ray cluster at {address} ({error.strerror or error}); "
                              "start one with `ray start --head`, or use --ray local") from None

@@ -40,10 +40,13 @@ class StudySpec:
     seed: int = 0
     sampler: str = "tpe"
     pruner: str = "median"
+    lists: dict[str, Any] | None = None   # the space's value lists; None: the model's today
 
     def __post_init__(self):
         if "epochs" in self.fixed:  # one place holds the epochs: the spec's own field
             raise ValueError("StudySpec.fixed must not hold epochs; use StudySpec.epochs")
+        if self.lists is None:  # a study records the lists it searches (spaces/space.py)
+            object.__setattr__(self, "lists", get_space(self.model).recorded())
 
     def config(self, trial) -> Config:
         """The trainer's Config for an Optuna trial (or FixedTrial): the space samples what
@@ -70,8 +73,13 @@ class StudySpec:
         machines, other folders): its content does."""
         mine, theirs = self.as_json(), other.as_json()
         same_place = {"data"} if mine["data_content"] and theirs["data_content"] else set()
+        lists = [f"the {name} list {_show(mine['lists'].get(name))} (asked) vs "
+                 f"{_show(theirs['lists'].get(name))} (study)"
+                 for name in {**mine["lists"], **theirs["lists"]}
+                 if mine["lists"].get(name) != theirs["lists"].get(name)]
         return [f"{name} {_show(mine[name])} (asked) vs {_show(theirs[name])} (study)"
-                for name in mine if mine[name] != theirs[name] and name not in same_place]
+                for name in mine if mine[name] != theirs[name]
+                and name not in same_place | {"lists"}] + lists
 
     def with_data(self, fingerprint: str) -> "StudySpec":
         """This spec once its data is loaded: with the content's fingerprint."""

@@ -2,7 +2,7 @@
 
 patch_size stays at 4 unless --set or --grid changes it (the report searched it on its own).
 """
-from spaces.resnet18 import BATCH_SIZES, MOMENTA, OPTIMIZERS
+from spaces.shared import BATCH_SIZES, MOMENTA, OPTIMIZERS
 from spaces.space import Space
 
 LEARNING_RATES = (0.01, 0.025, 0.05, 0.075, 0.001, 0.0025, 0.005, 0.0075, 0.0001, 0.00025, 0.00075)

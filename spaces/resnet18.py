@@ -1,11 +1,7 @@
 """ResNet18's search space: the report's lists (../shared/REPORT-FACTS.md), duplicates removed."""
+from spaces.shared import (BATCH_SIZES, MOMENTA, OPTIMIZERS, RESNET18_LEARNING_RATES,
+                           RESNET18_WEIGHT_DECAYS)
 from spaces.space import Space
-
-BATCH_SIZES = (64, 128, 256, 512, 1024)
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-LEARNING_RATES = (0.01, 0.025, 0.05, 0.075, 0.001, 0.0025, 0.0075, 0.0001, 0.00025, 0.00075)
-MOMENTA = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-WEIGHT_DECAYS = (0.01, 0.075, 0.001, 0.005, 0.0075, 0.0001, 0.00025, 0.00075)
 
 # The report's Table 1 (its ResNet18 top 8): the searched parameters and published accuracies.
 PUBLISHED_TOP = (
@@ -21,7 +17,7 @@ PUBLISHED_TOP = (
 
 SPACE = Space(
     model="resnet18",
-    lists=dict(batch_size=BATCH_SIZES, optimizer=OPTIMIZERS, lr=LEARNING_RATES,
-               momentum=MOMENTA, weight_decay=WEIGHT_DECAYS),
+    lists=dict(batch_size=BATCH_SIZES, optimizer=OPTIMIZERS, lr=RESNET18_LEARNING_RATES,
+               momentum=MOMENTA, weight_decay=RESNET18_WEIGHT_DECAYS),
     published_top=PUBLISHED_TOP,
 )

@@ -17,7 +17,6 @@ from typing import Any, Mapping
 
 from spaces.defaults import SCHEDULES, Config, ConfigError, apply_overrides
 
-SPACE_KINDS = ("report", "wide")
 # Continuous in the wide space; everything else stays a categorical list there too.
 _LOG_UNIFORM = ("lr", "weight_decay")
 _UNIFORM = ("momentum",)
@@ -43,6 +42,14 @@ class Space:
     def parameters(self) -> tuple[str, ...]:
         """Every parameter this model uses (searched or not)."""
         return (*self.lists, *self.int_ranges, *self.fixed_params, *TRAINING_PARAMS, "epochs")
+
+    def recorded(self) -> dict[str, Any]:
+        """The lists and ranges as a study records them (JSON): a study refuses a space whose
+        lists changed since it was made, naming the list, rather than fail every trial with
+        Optuna's "dynamic value space" error."""
+        return {**{name: list(values) for name, values in self.lists.items()},
+                **{name: {"from": low, "to": high}
+                   for name, (low, high) in self.int_ranges.items()}}
 
     def check_names(self, names) -> None:
         for name in names:

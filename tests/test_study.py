@@ -3,12 +3,15 @@ checked, the target, grid points queued once, a seed per run, the report's publi
 warm starts."""
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from search.errors import StudyMismatch
 from search.settings import RunSettings, StudySpec
+from spaces import SPACES, get_space
 from storage import open_store
 from search.study import (MAX_TRIES, SPEC_ATTR, TARGET_ATTR, enqueue_published, grid_failures,
                           load_spec, make_pruner, make_sampler, open_study, queue_grid_points,
@@ -174,3 +177,24 @@ def test_joining_a_study_that_is_not_there_or_not_ours_is_refused(tmp_path):
     optuna.create_study(study_name="mlp", storage=url)
     with pytest.raises(StudyMismatch, match="records no optuna-search settings"):
         open_study(joined)
+
+
+def test_a_list_changed_under_a_study_is_refused_with_a_line_naming_it(tmp_path, monkeypatch,
+                                                                        capsys):
+    """The spec records the space's lists: editing one (here the MLP's learning rates) under
+    an existing study is bad input, one line naming the list, not a failure of every trial
+    (Optuna's "dynamic value space" error)."""
+    from helpers import TINY
+    from search.cli import main
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    command = ["mlp", "--trials", "1", "--epochs", "1", "--storage", url, *TINY]
+    assert main(command) == 0
+    mlp = get_space("mlp")
+    edited = dataclasses.replace(mlp, lists={**mlp.lists, "lr": (0.1, 0.01)})
+    monkeypatch.setitem(SPACES, "mlp", edited)
+    capsys.readouterr()
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the lr list 0.1,0.01 (asked) vs 0.01,0.025" in err[0], err
+    monkeypatch.setitem(SPACES, "mlp", mlp)            # the lists it was made with: resumes
+    assert main([*command[:2], "2", *command[3:]]) == 0
