@@ -46,8 +46,9 @@ from storage.sqlite import SQLiteSettings
 T = TypeVar("T")
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 2.0  # short: a trial's heartbeat must land soon after the server is back
-CREATED_KEY = "storage:created_by"  # system attrs: the token of the call that made the trial
-CLAIMED_KEY = "storage:claimed_by"  # ... and of the call that moved it WAITING -> RUNNING
+TOKEN_PREFIX = "storage:"  # our tokens among a trial's system attrs, hidden from readers
+CREATED_KEY = TOKEN_PREFIX + "created_by"  # the token of the call that made the trial
+CLAIMED_KEY = TOKEN_PREFIX + "claimed_by"  # ... and of the call that moved it WAITING -> RUNNING
 
 
 def _retried(method: Callable) -> Callable:
@@ -166,7 +167,6 @@ class ResilientStorage(RDBStorage):
     get_trial = _retried(RDBStorage.get_trial)
     get_trial_params = _retried(RDBStorage.get_trial_params)
     get_trial_user_attrs = _retried(RDBStorage.get_trial_user_attrs)
-    get_trial_system_attrs = _retried(RDBStorage.get_trial_system_attrs)
     get_all_trials = _retried(RDBStorage.get_all_trials)
     _get_trials = _retried(RDBStorage._get_trials)
     get_n_trials = _retried(RDBStorage.get_n_trials)
@@ -174,6 +174,20 @@ class ResilientStorage(RDBStorage):
     _get_best_trial_id = _retried(RDBStorage._get_best_trial_id)
     record_heartbeat = _retried(RDBStorage.record_heartbeat)
     _get_stale_trial_ids = _retried(RDBStorage._get_stale_trial_ids)
+
+    # ---------------------------------------------------------------- what callers read
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict:
+        """What callers set, without our tokens (Optuna's contract; its storage test-suite)."""
+        attrs = self._retry(lambda _again: RDBStorage.get_trial_system_attrs(self, trial_id))
+        return {k: v for k, v in attrs.items() if not k.startswith(TOKEN_PREFIX)}
+
+    def _build_frozen_trial_from_trial_model(self, trial) -> FrozenTrial:
+        """Every trial Optuna's reads return is built here: without our tokens."""
+        frozen = RDBStorage._build_frozen_trial_from_trial_model(self, trial)
+        frozen.system_attrs = {k: v for k, v in frozen.system_attrs.items()
+                               if not k.startswith(TOKEN_PREFIX)}
+        return frozen
 
     # ---------------------------------------------------------------- calls a rerun must check
 
