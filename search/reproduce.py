@@ -69,6 +69,8 @@ def plan(args) -> list[tuple[Experiment, RunSettings]]:
     suffix = budget_suffix(budget)
     runs = []
     for experiment in EXPERIMENTS:
+        if experiment.number not in getattr(args, "experiments", (1, 2, 3, 4, 5)):
+            continue
         spec = StudySpec(model=experiment.model, fixed=dict(experiment.fixed),
                          grid=experiment.grid, epochs=budget["epochs"], data=args.data,
                          train_subset=budget["train_subset"],
@@ -86,7 +88,7 @@ def run_reproduction(runs: list[tuple[Experiment, RunSettings]], out_dir: Path,
     """Run what is missing of the studies, then write the report; 0, or 130 on Ctrl-C."""
     from reports.reproduction import write_reproduction
     out = sys.stdout if out is None else out
-    data = load_data(runs[0][1])  # one split serves all five
+    data = load_data(runs[0][1])  # one split serves them all
     for experiment, search in runs:
         print(f"== experiment {experiment.number}: {experiment.title} "
               f"(study {search.study_name!r})", file=out, flush=True)

@@ -31,7 +31,7 @@ LOCK_FOLDER = ".locks"
 def study_lock(storage, storage_url: str, study_name: str) -> Iterator[None]:
     """Hold the study's lock for the duration of the block (waits for it, no time-out)."""
     if storage_kind(storage_url) == "postgresql":
-        with _advisory_lock(getattr(storage, "_backend", storage), study_name):  # not the cache
+        with _advisory_lock(storage, study_name):
             yield
     else:
         with _file_lock(artifact_dir(storage_url) / LOCK_FOLDER / _file_name(study_name)):

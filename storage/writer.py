@@ -120,8 +120,7 @@ class TrialWriter:
                     self._in_flight = None
                     self._changed.notify_all()
         finally:
-            remove_session = getattr(getattr(self.storage, "_backend", self.storage),
-                                     "remove_session", None)
+            remove_session = getattr(self.storage, "remove_session", None)
             if remove_session:
                 remove_session()  # give this thread's connection back to the pool
 

@@ -76,3 +76,11 @@ def test_reproduce_bad_input_writes_nothing(tmp_path, capsys):
     code = main(["reproduce", "-o", str(out), "--storage", "nope://x", *TINY])
     assert code == 2 and not out.exists()
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_experiments_picks_which_of_the_five_run(capsys):
+    assert names("reproduce --budget full --experiments 3,1") == [
+        "mlp-grid-activation", "mlpmixer-grid-patch_size"]
+    assert main(["reproduce", "--experiments", "1,6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "experiment numbers 1-5" in err[0]

@@ -38,6 +38,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def experiment_numbers(text: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        numbers = ()
+    if not numbers or not set(numbers) <= {1, 2, 3, 4, 5}:
+        raise argparse.ArgumentTypeError(f"{text!r}: give experiment numbers 1-5, e.g. 1,3")
+    return numbers
+
+
 def port_number(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
@@ -261,6 +271,9 @@ def build_parser() -> Parser:
                         "full: the report's 30 epochs and 30 trials")
     p.add_argument("--epochs", type=positive_int, help="override the budget's epochs")
     p.add_argument("--trials", type=positive_int, help="override the budget's trials per search")
+    p.add_argument("--experiments", type=experiment_numbers, default=(1, 2, 3, 4, 5),
+                   metavar="N,N", help="which of the five to run, e.g. 1,3 (the two that fit "
+                   "a CPU at the full budget); default all")
     add_data(p)
     p.set_defaults(val_size=None)  # None: the budget's validation size
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
