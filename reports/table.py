@@ -37,6 +37,9 @@ MODEL_PARAMS = {
     "mlp": [("activation", "activation")],
 }
 # (column, user attr) for the measured numbers, all written by search/objective.py.
+# search/objective.py answers a trial whose parameters a finished trial was trained with from
+# that trial's result, without training, and marks it with the original's number.
+REPEAT_ATTR = "repeat_of"
 METRICS = [("max train acc", "max_train_acc"), ("max val acc", "max_val_acc"),
            ("test acc", "test_acc"), ("epochs run", "epochs_run")]
 ACCURACY_COLUMNS = ("max train acc", "max val acc", "test acc")
@@ -87,13 +90,15 @@ def columns(model: str, include_state: bool = False) -> list[str]:
 
 
 def ranked_trials(study: optuna.Study, include_pruned: bool = False) -> list[FrozenTrial]:
-    """Complete trials (and, if asked, the others that have a config), best max val acc first.
+    """Complete trials (and, if asked, the others that have a config), best max val acc first;
+    a repeat of a trained configuration (REPEAT_ATTR) is its original's row, shown once.
 
     Ties keep the earlier trial first; a trial with no validation epoch yet goes last.
     """
     trials = [t for t in study.get_trials(deepcopy=False)
-              if t.state == TrialState.COMPLETE
-              or (include_pruned and "config" in t.user_attrs)]
+              if REPEAT_ATTR not in t.user_attrs and (
+                  t.state == TrialState.COMPLETE
+                  or (include_pruned and "config" in t.user_attrs))]
     return sorted(trials, key=lambda t: (-_val_acc(t), t.number))
 
 

@@ -3,7 +3,9 @@
 - heartbeat-stale trials (their process died) are failed and queued again as retries;
 - a grid study runs its queued points (put in the storage once, by search/study.py);
 - any other study runs a queued trial (a retry, a published row) or samples a new one while
-  finished (COMPLETE + PRUNED) + running trials stay below the study's target.
+  finished (COMPLETE + PRUNED) + running trials stay below the study's target, and its space
+  has configurations left; a repeat of a trained configuration does not count (it trains
+  nothing: search/objective.py answers it from the trained one).
 When nothing can be claimed but trials still run elsewhere, the answer is WAIT: one of them
 may die and come back as a retry. search/run.py asks, runs what it gets, and records it.
 """
@@ -16,28 +18,40 @@ import optuna
 from optuna.trial import TrialState
 
 from search.settings import RunSettings
+from reports.table import REPEAT_ATTR
 from search.study import TARGET_ATTR
+from spaces import get_space
 from storage import Store
 
 DONE, WAIT = "done", "wait"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass
 class Tally:
     """The study's trials by state, read from the storage, and its target."""
-    finished: int      # COMPLETE + PRUNED: what the target counts
+    finished: int      # COMPLETE + PRUNED and trained: what the target counts
     running: int
     waiting: int       # queued: retries, grid points, published rows
     target: int        # the study's target; for a grid, its number of points
+    repeats: int = 0   # finished without training: answered from a trained twin
+    space: int | None = None   # distinct configurations the space has (None: continuous)
+
+    @property
+    def exhausted(self) -> bool:
+        """Every configuration of a finite space is trained: no sampler can find another."""
+        return self.space is not None and self.finished >= self.space
 
 
 def tally(study: optuna.Study, settings: RunSettings) -> Tally:
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
-    target = (len(settings.spec.grid_points) if settings.spec.grid
-              else study.user_attrs[TARGET_ATTR])
-    return Tally(count[TrialState.COMPLETE] + count[TrialState.PRUNED],
-                 count[TrialState.RUNNING], count[TrialState.WAITING], target)
+    repeats = sum(REPEAT_ATTR in t.user_attrs for t in trials if t.state in FINISHED)
+    spec = settings.spec
+    target = len(spec.grid_points) if spec.grid else study.user_attrs[TARGET_ATTR]
+    space = None if spec.grid else get_space(spec.model).size(spec.space, spec.fixed)
+    return Tally(count[TrialState.COMPLETE] + count[TrialState.PRUNED] - repeats,
+                 count[TrialState.RUNNING], count[TrialState.WAITING], target, repeats, space)
 
 
 def is_done(study: optuna.Study, settings: RunSettings) -> bool:
@@ -45,7 +59,7 @@ def is_done(study: optuna.Study, settings: RunSettings) -> bool:
     t = tally(study, settings)
     if settings.spec.grid:
         return not t.waiting and not t.running
-    return t.finished >= t.target
+    return t.finished >= t.target or t.exhausted
 
 
 def progress_line(study: optuna.Study, settings: RunSettings) -> str:
@@ -69,7 +83,7 @@ def claim(study: optuna.Study, store: Store, settings: RunSettings):
             return _ask(study, store)
         # Without a heartbeat a dead process's trial stays RUNNING for ever: don't wait on it.
         return WAIT if t.running and heartbeat else DONE
-    if t.finished >= t.target:
+    if t.finished >= t.target or t.exhausted:
         return DONE
     if t.finished + t.running >= t.target:
         return WAIT if heartbeat else DONE

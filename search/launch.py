@@ -28,7 +28,7 @@ import torch
 
 from search.errors import USER_ERRORS
 from search.progress import LineSender, print_summary, quiet_optuna
-from search.claim import is_done, progress_line
+from search.claim import is_done, progress_line, tally
 from search.run import RunResult, load_data, run_process, with_loaded_data
 from search.settings import RunSettings
 from search.study import grid_failures, open_study
@@ -117,6 +117,10 @@ def report(outcome: Outcome, study: optuna.Study, settings: RunSettings, out) ->
               "fail_reason in `optuna-search report --include-pruned`)", file=sys.stderr)
     if outcome.timed_out:
         print("--timeout reached: no new trial was started after it", file=out)
+    t = tally(study, settings)
+    if not settings.spec.grid and t.exhausted and t.finished < t.target:
+        print(f"the space has {t.space} configurations and every one is trained: the "
+              f"study ends with {t.finished} of its target {t.target}", file=out)
     failed = outcome.errors or outcome.killed or outcome.stopped or exhausted
     return 1 if failed else 0
 

@@ -16,6 +16,7 @@ import optuna
 import torch
 
 from reports.pictures import save_first_layer_picture
+from reports.table import REPEAT_ATTR
 from search.train.checkpoint import Checkpoint
 from search.train.data import Dataset
 from search.train.gpu_share import stuck_memory
@@ -31,6 +32,7 @@ GRAY_PICTURE_ARTIFACT = "first_layer_gray.png"  # ResNet18 only
 INTERRUPT_FLUSH_SECONDS = 2.0   # Ctrl-C: how long the last epochs may take to land
 PRUNE_WAIT_SECONDS = 1.0        # how long an epoch waits for its writes before the pruner
 LAND_MARGIN_SECONDS = 5.0       # beyond the storage's patience, for the writes in the queue
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 @dataclass
@@ -55,6 +57,9 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         spec, run = self.spec, self.run
         config = spec.config(trial)
+        original = trained_twin(trial)
+        if original is not None:  # trained already: its result answers, nothing is trained
+            return answer_from(trial, original)
         trial.set_user_attr("config", _jsonable(config.as_dict()))
         torch.manual_seed(spec.seed)  # same initial weights for every trial: only params differ
         model = build(spec.model, config)
@@ -224,6 +229,26 @@ def broken_device(error: BaseException) -> bool:
     return type(error).__name__ == "AcceleratorError" or any(
         mark in text for mark in ("CUDA error", "device-side assert", "CUBLAS_STATUS",
                                   "CUDNN_STATUS", "illegal memory access"))
+
+
+def trained_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """The study's finished (COMPLETE or PRUNED) trained trial with the same parameters, if
+    any. The report's spaces are lists, and samplers propose a finished point again (TPE did
+    in a 30-trial MLP search): a repeat would cost a trial's training for nothing."""
+    for past in trial.study.get_trials(deepcopy=False, states=FINISHED):
+        if past.params == trial.params and REPEAT_ATTR not in past.user_attrs:
+            return past
+    return None
+
+
+def answer_from(trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float:
+    """Answer a repeat with its original's result: a COMPLETE one's value, which the sampler
+    learns from, or PRUNED (no epochs reported: the pruner's medians count the original
+    once). Marked as a repeat, the trial is left out of the study's target and the tables."""
+    trial.set_user_attr(REPEAT_ATTR, original.number)
+    if original.state == optuna.trial.TrialState.COMPLETE:
+        return original.value
+    raise optuna.TrialPruned(f"repeat of trial {original.number}, which was pruned")
 
 
 def _land(writer: TrialWriter, store: Store) -> None:

@@ -188,7 +188,9 @@ def trial_line(trial: optuna.trial.FrozenTrial) -> str:
     value = ACCURACY.format(trial.value) if trial.value is not None else "  -   "
     seconds = (trial.duration.total_seconds() if trial.duration else 0.0)
     params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    reason = trial.user_attrs.get("diverged") or trial.user_attrs.get("fail_reason") or ""
+    repeat = trial.user_attrs.get("repeat_of")
+    reason = (f"repeat of trial {repeat}: not trained" if repeat is not None else
+              trial.user_attrs.get("diverged") or trial.user_attrs.get("fail_reason") or "")
     epochs = trial.user_attrs.get("epochs_run", "?")
     return (f"trial {trial.number:>3} {trial.state.name:<8} val_acc={value} epochs={epochs} "
             f"{seconds:7.1f}s  {params}{'  (' + reason[:100] + ')' if reason else ''}")
@@ -204,7 +206,10 @@ def print_summary(study: optuna.Study, settings, out) -> int:
     counts = {s.name: 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] += 1
-    print("trials: " + ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n), file=out)
+    repeats = sum("repeat_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
+    print("trials: " + ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n)
+          + (f" ({repeats} of them repeats of trained configurations, not trained)"
+             if repeats else ""), file=out)
     if not complete:
         print("no trial completed yet", file=out)
         return 0

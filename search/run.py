@@ -21,6 +21,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from reports.table import REPEAT_ATTR
 from search.claim import DONE, WAIT, claim, tally
 from search.errors import StudyMismatch
 from search.interrupts import Interrupts
@@ -34,6 +35,7 @@ from search.train.trainer import pick_device
 from storage import StorageFault, retry_callback
 
 MAX_FAILURES_IN_A_ROW = 3     # then this process stops: something is wrong beyond one trial
+MAX_REPEATS_IN_A_ROW = 100    # proposals of trained configurations (instant each), then stop
 WAIT_SECONDS = 5.0            # how often an idle process looks again at trials running elsewhere
 FAIL_WRITE_SECONDS = 5.0      # the storage is gone: how long to try marking the trial FAIL
 
@@ -50,6 +52,7 @@ class RunResult:
     storage_error: str | None = None  # the storage is gone: one line, exit 1
     timed_out: bool = False
     failures_in_a_row: int = 0
+    repeats_in_a_row: int = 0
 
 
 def run_process(settings: RunSettings, out, data=None,
@@ -138,9 +141,16 @@ def _place(settings: RunSettings, data):
 
 def _count(result: RunResult, frozen: optuna.trial.FrozenTrial, interrupts: Interrupts) -> bool:
     """Count how the trial ended; True when this process should stop (failures in a row)."""
-    if frozen.state in FINISHED:
+    if frozen.state in FINISHED and REPEAT_ATTR in frozen.user_attrs:
+        result.repeats_in_a_row += 1
+        if result.repeats_in_a_row >= MAX_REPEATS_IN_A_ROW:
+            result.stopped = (f"the sampler proposed {MAX_REPEATS_IN_A_ROW} configurations in "
+                              "a row that were trained already: the space is nearly "
+                              "exhausted; run a larger space (--space wide) or fewer --trials")
+            return True
+    elif frozen.state in FINISHED:
         result.finished.append(frozen.number)
-        result.failures_in_a_row = 0
+        result.failures_in_a_row = result.repeats_in_a_row = 0
     elif frozen.state == TrialState.FAIL:
         result.failed.append(frozen.number)
         result.failures_in_a_row += 1

@@ -51,6 +51,25 @@ class Space:
                 **{name: {"from": low, "to": high}
                    for name, (low, high) in self.int_ranges.items()}}
 
+    def size(self, kind: str = "report", fixed: Mapping[str, Any] | None = None) -> int | None:
+        """How many distinct configurations `suggest` can give; None where it draws from
+        continuous ranges (the wide space). Plain SGD has no momentum: one configuration
+        per optimizer without it."""
+        if kind == "wide":
+            return None
+        fixed = fixed or {}
+        count = 1
+        for name, options in self.lists.items():
+            if name not in fixed and name not in ("optimizer", "momentum"):
+                count *= len(options)
+        for name, (low, high) in self.int_ranges.items():
+            if name not in fixed:
+                count *= high - low + 1
+        optimizers = ([fixed["optimizer"]] if "optimizer" in fixed
+                      else list(self.lists.get("optimizer", [None])))
+        momenta = 1 if "momentum" in fixed else len(self.lists.get("momentum", [None]))
+        return count * sum(momenta if o in _OPTIMIZERS_WITH_MOMENTUM else 1 for o in optimizers)
+
     def check_names(self, names) -> None:
         for name in names:
             if name not in self.parameters:

@@ -102,3 +102,30 @@ def test_an_error_inside_training_fails_that_trial_with_its_reason(store, data, 
     assert failed.user_attrs["config"]["batch_size"] == 1024
     assert finished.state == TrialState.COMPLETE
     assert "fail_reason" not in finished.user_attrs
+
+
+def test_a_configuration_trained_already_is_answered_from_its_result(store, data, monkeypatch):
+    """The same parameters twice (the second a certain repeat): the second trains nothing,
+    returns the first's value for the sampler, and says whose repeat it is."""
+    study = make_study(store)
+    study.enqueue_trial(GOOD)
+    study.enqueue_trial(GOOD, skip_if_exists=False)
+    trained = []
+    real_train = search.objective.train
+    monkeypatch.setattr(search.objective, "train",
+                        lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    study.optimize(make_objective(store, data, epochs=1), n_trials=2)
+    first, repeat = study.trials
+    assert len(trained) == 1
+    assert repeat.state == TrialState.COMPLETE and repeat.value == first.value
+    assert repeat.user_attrs == {"repeat_of": 0} and repeat.intermediate_values == {}
+
+
+def test_a_repeat_of_a_pruned_configuration_is_pruned_without_training(store, data):
+    study = make_study(store, optuna.pruners.ThresholdPruner(lower=2.0))  # prunes at epoch 1
+    study.enqueue_trial(GOOD)
+    study.enqueue_trial(GOOD, skip_if_exists=False)
+    study.optimize(make_objective(store, data, epochs=2), n_trials=2)
+    first, repeat = study.trials
+    assert first.state == repeat.state == TrialState.PRUNED
+    assert repeat.user_attrs == {"repeat_of": 0} and repeat.intermediate_values == {}

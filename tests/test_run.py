@@ -163,3 +163,30 @@ def test_a_storage_that_fails_outside_a_trial_is_one_line_and_exit_1(tmp_path, m
     assert err.strip().splitlines() == [
         "optuna-search: error: storage sqlite:///x.db did not answer for 3 s"], err
     assert finished(db) == 1  # the trial itself landed
+
+
+def test_repeats_train_nothing_and_the_target_counts_trained_configurations(tmp_path, capsys):
+    """A space of 3 configurations (every MLP list fixed but the activation) and a target of
+    5: the (seeded) random sampler proposes trained configurations again; those answer without
+    training, do not count towards the target, show once in the table, and the study ends
+    when all 3 are trained, saying so."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    fixed = ["--set", "batch_size=64", "--set", "optimizer=sgd", "--set", "weight_decay=0.001",
+             "--set", "lr=0.01"]
+    assert main(["mlp", "--trials", "5", "--epochs", "1", "--storage", url, *TINY,
+                 *fixed]) == 0
+    out = capsys.readouterr().out
+    trials = load(tmp_path / "t.db").get_trials()
+    trained = [t for t in trials if "repeat_of" not in t.user_attrs]
+    repeats = [t for t in trials if "repeat_of" in t.user_attrs]
+    assert sorted(t.params["activation"] for t in trained) == ["relu", "sigmoid", "tanh"]
+    assert len(repeats) == 5   # seeded: the same proposals every run
+    for repeat in repeats:     # answered from the trained one, its value for the sampler
+        original = trials[repeat.user_attrs["repeat_of"]]
+        assert original.params == repeat.params and original.value == repeat.value
+        assert "curves" not in repeat.user_attrs
+    assert "(5 of them repeats of trained configurations, not trained)" in out
+    assert "the space has 3 configurations and every one is trained" in out
+    assert main(["report", "mlp", "--storage", url]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 3   # the header and each trained configuration once
