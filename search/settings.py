@@ -33,7 +33,7 @@ class StudySpec:
     grid: dict[str, list] | None = None
     epochs: int = DEFAULT_EPOCHS
     data: str = "cifar10"                                 # the source as named when made
-    data_content: str = ""     # fingerprint of the data's content (search/train/data.py), once loaded
+    data_content: str = ""     # fingerprint of the data's content (train/data.py), once loaded
     train_subset: int | None = None
     test_subset: int | None = None
     val_size: int = 5000

@@ -139,7 +139,8 @@ class Store:
         riding out the same outage keeps its own."""
         try:
             with self.patience_for(seconds):
-                self.optuna.set_trial_user_attr(internals.trial_id(trial), "fail_reason", reason[:500])
+                self.optuna.set_trial_user_attr(internals.trial_id(trial), "fail_reason",
+                                                reason[:500])
                 study.tell(trial, state=TrialState.FAIL)
             return True
         except Exception:  # still away: the heartbeat stops, and the trial goes stale

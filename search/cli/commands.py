@@ -1,7 +1,7 @@
 """One function per command of optuna-search: arguments in, a library call, an exit status.
 
-search/cli/__init__.py imports this module inside its Ctrl-C handler, so an interrupt while the heavy
-libraries load is one line and exit 130, never a traceback.
+search/cli/__init__.py imports this module inside its Ctrl-C handler, so an interrupt while
+the heavy libraries load is one line and exit 130, never a traceback.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The shared trainer: one model, one configuration, the data on one device. No Optuna here.
 
-Each epoch runs the training step (search/train/steps.py: fixed-shape tensors, ready to be captured)
-once per batch and steps the learning-rate schedule (search/train/schedules.py) after it; then it
+Each epoch runs the training step (steps.py: fixed-shape tensors, ready to be captured) once
+per batch and steps the learning-rate schedule (schedules.py) after it; then it
 evaluates the validation set and hands the run so far to `on_epoch`, which may ask to stop
 (pruning). It keeps the weights of the best validation epoch, gives them back to the model at
 the end (also when stopped early), and evaluates the test set once with them. A NaN or infinite
@@ -9,8 +9,8 @@ loss raises `Diverged` naming the epoch. On CUDA it trains in bf16 autocast with
 and fused optimizers; on the CPU in bf16 autocast where the CPU has native bf16, else in fp32,
 deterministically either way. The loop reads GPU values back once per epoch (plus one
 finiteness check every 100 steps). On CUDA the steps are captured in CUDA graphs at their
-first call and replayed after it (search/train/capture.py; `capture="off"` keeps them eager; a failed
-capture warns once and the run goes on eagerly). With a `Checkpoint` (search/train/checkpoint.py) it
+first call and replayed after it (capture.py; `capture="off"` keeps them eager; a failed
+capture warns once and the run goes on eagerly). With a `Checkpoint` (checkpoint.py) it
 saves the whole training state off the critical path, between any two steps, and a run that
 finds one resumes it: on the CPU exactly (same curves, same random numbers, to the last bit);
 on CUDA with the same data order, augmentation and schedule, but not bit for bit (cuDNN's
