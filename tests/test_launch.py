@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from helpers import (FAST_HEARTBEAT, TINY, alive, children_of, finished, integrity, load,
                      query, run_cli, running_with_an_epoch, wait_until)
+from reports.table import REPEAT_ATTR
 from search import launch
 from search.cli import main
 
@@ -36,7 +37,7 @@ def test_eight_workers_run_200_trials_on_sqlite_without_losing_or_repeating_one(
     trials = load(db).get_trials()
     # A random sampler may propose a configuration trained already: that repeat is answered
     # from the trained one (repeat_of) and the target counts trained configurations only.
-    trained = [t for t in trials if "repeat_of" not in t.user_attrs]
+    trained = [t for t in trials if REPEAT_ATTR not in t.user_attrs]
     assert {t.state for t in trials} == {TrialState.COMPLETE} and len(trained) == 200
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     assert all(t.user_attrs["epochs_run"] == 1 and "test_acc" in t.user_attrs for t in trained)
