@@ -23,7 +23,7 @@ pytestmark = pytest.mark.postgres
 
 
 def search(argv: list[str], **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *argv], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "search.cli", *argv],
                             env={**os.environ, "PYTHONPATH": str(REPO), **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
