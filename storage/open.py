@@ -119,6 +119,7 @@ def _check_existing_file(kind: str, path: Path) -> None:
     # dashboard beside a search) would lose its locks; another process closing its last
     # connection would then take itself for the last user and delete the WAL under it
     # ("disk I/O error"). SQLite defers closing a file whose locks other connections hold.
+    _roll_back_a_killed_write(path)
     try:  # read-only: checking must not write (not even a journal) into someone else's file
         connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
         try:
@@ -136,6 +137,28 @@ def _check_existing_file(kind: str, path: Path) -> None:
         shown = ", ".join(sorted(tables)[:5])
         raise StorageError(f"{path} is an SQLite file with other tables ({shown}), not an "
                            "Optuna storage; name another file with --storage")
+
+
+def _roll_back_a_killed_write(path: Path) -> None:
+    """A process killed mid-write (making a new file's tables, before WAL mode is set) leaves
+    a hot journal, X.db-journal: the file is not consistent until SQLite rolls it back, which
+    only a read-write connection does (a read-only one fails "attempt to write a readonly
+    database", for good). So open it read-write once, through SQLite (never a plain open():
+    see below), and read. A journal of a live writer is not hot: the read waits for it."""
+    journal = path.with_name(path.name + "-journal")
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return
+    try:
+        connection = sqlite3.connect(f"file:{path.resolve()}?mode=rw", uri=True,
+                                     timeout=SQLITE_BUSY_SECONDS)
+        try:
+            connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise StorageError(f"{path} has a write left unfinished by a killed process "
+                           f"({journal.name}), which only a process that may write there can "
+                           f"undo ({error}); run the command once where it may") from None
 
 
 def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True, readonly: bool = False,
