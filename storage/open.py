@@ -8,8 +8,8 @@
   for several processes on one machine without a database;
 - postgresql://user:pass@host/db: an RDBStorage for studies shared by many machines.
 RDB storages ride out outages of their database (storage/resilient.py) and run Optuna's
-heartbeat: a trial whose worker died is marked FAIL and retried
-(RetryHeartbeatStaleTrialCallback) with its intermediate values.
+heartbeat: a trial whose worker died is marked FAIL and retried with its intermediate values
+(storage/retries.py).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from storage.faults import (PERMANENT, StorageFailure, StorageFault, classify, first_line,
                             folder_problem)
 from storage.resilient import ResilientStorage
+from storage.retries import retry_callback
 from storage.sqlite import SQLiteSettings
 
 DEFAULT_STORAGE = "sqlite:///optuna-search.db"
@@ -37,7 +38,6 @@ DEFAULT_STORAGE = "sqlite:///optuna-search.db"
 # shorten them through the environment.
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 90
-MAX_TRIES = 3            # a trial (a grid point, an interrupted trial) runs 3 times at most
 SQLITE_BUSY_SECONDS = 60      # how long a writer waits for the lock before giving up
 PG_CONNECT_SECONDS = 5
 DEFAULT_PATIENCE_SECONDS = 120.0  # how long a call waits out an outage of the storage
@@ -267,13 +267,3 @@ def artifact_store(url: str) -> FileSystemArtifactStore:
     folder = artifact_dir(url)
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))
-
-
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """How a failed trial is queued again, the same for a dead worker (the heartbeat's) and an
-    interrupted trial or failed grid point (search/run.py): same params, history and reported
-    epochs, MAX_TRIES tries in all."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_TRIES - 1, inherit_intermediate_values=True)

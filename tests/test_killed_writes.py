@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from helpers import FAST_HEARTBEAT, TINY, integrity, load, run_cli, wait_for_running
+from helpers import FAST_HEARTBEAT, TINY, integrity, load, run_cli
 from search.cli import main
 
 # 1 -------------------------------------------------------------------------------------------
@@ -77,3 +77,55 @@ def test_a_hot_journal_that_cannot_be_rolled_back_here_is_one_line_naming_the_fi
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{tiny_disk / db.name} has a write left unfinished" in err[0], err
     assert "s.db-journal" in err[0]
+
+
+# 2 -------------------------------------------------------------------------------------------
+# A worker that kills itself in epoch 2 of its first trial (no cleanup: its trial stays RUNNING
+# and goes stale), and one that kills itself the moment it is to queue a retry: after it has
+# marked a dead trial FAIL, the one moment a retry could be lost.
+KILLED_IN_EPOCH_2 = """
+import os, signal
+import search.train.trainer as trainer
+train_epoch = trainer._train_epoch
+def dying(run, batches, first_step, order, epoch):
+    if epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_epoch(run, batches, first_step, order, epoch)
+trainer._train_epoch = dying
+"""
+KILLED_BEFORE_THE_RETRY = """
+import os, signal
+import optuna
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+optuna.storages.RetryHeartbeatStaleTrialCallback.__call__ = killed
+"""
+
+
+@pytest.mark.parametrize("grid", [True, False], ids=["grid", "trials"])
+def test_a_process_killed_between_a_fail_and_its_retry_loses_no_retry(tmp_path, grid):
+    db = tmp_path / "s.db"
+    command = ["mlp", "--study", "s", "--epochs", "3", "--storage", f"sqlite:///{db}", *TINY,
+               *(["--grid", "activation=relu,tanh"] if grid else ["--trials", "2"])]
+    first = run_cli(command, KILLED_IN_EPOCH_2, **FAST_HEARTBEAT)
+    assert first.wait(timeout=300) == -signal.SIGKILL, first.stderr.read()
+    [dead] = [t for t in load(db, "s").get_trials() if t.state == TrialState.RUNNING]
+    time.sleep(5)  # past the 4 s grace: the dead trial is stale at the next process's claim
+
+    failer = run_cli(command, KILLED_BEFORE_THE_RETRY, **FAST_HEARTBEAT)
+    assert failer.wait(timeout=300) == -signal.SIGKILL, failer.stderr.read()
+    trials = load(db, "s").get_trials()
+    assert trials[dead.number].state == TrialState.FAIL         # failed, and then killed:
+    assert not any(t.system_attrs.get("retry_history") for t in trials)   # no retry queued
+
+    last = run_cli(command, **FAST_HEARTBEAT)
+    out, err = last.communicate(timeout=300)
+    assert last.returncode == 0, err[-2000:]
+    trials = load(db, "s").get_trials()
+    [retry] = [t for t in trials if t.system_attrs.get("retry_history") == [dead.number]]
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and not [t for t in trials if t.state == TrialState.RUNNING]
+    if grid:   # each point finished exactly once
+        assert sorted(t.params["activation"] for t in complete) == ["relu", "tanh"]
+    assert integrity(db) == "ok"
