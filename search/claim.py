@@ -1,6 +1,7 @@
 """What runs next, decided from the storage alone, under the study's lock (storage/lock.py).
 
-- heartbeat-stale trials (their process died) are failed and queued again as retries;
+- heartbeat-stale trials (their process died) are failed and queued again as retries, and
+  a failed trial whose retry was lost (its failer killed in between) is queued again;
 - a grid study runs its queued points (put in the storage once, by search/study.py);
 - any other study runs a queued trial (a retry, a published row) or samples a new one while
   finished (COMPLETE + PRUNED) + running trials stay below the study's target, and its space
@@ -73,10 +74,7 @@ def progress_line(study: optuna.Study, settings: RunSettings) -> str:
 def claim(study: optuna.Study, store: Store, settings: RunSettings):
     """Under the study's lock: a RUNNING trial for this process, or WAIT, or DONE."""
     heartbeat = store.heartbeat_seconds is not None
-    if heartbeat:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+    store.fail_stale_trials(study)   # and queues a retry its failer died before queuing
     t = tally(study, settings)
     if settings.spec.grid:
         if t.waiting:

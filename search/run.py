@@ -32,7 +32,7 @@ from search.study import OpenStudy, open_study, start_run
 from search.train.data import make_dataset
 from search.train.gpu_share import cap_memory
 from search.train.trainer import pick_device
-from storage import StorageFault, retry_callback
+from storage import StorageFault
 
 MAX_FAILURES_IN_A_ROW = 3     # then this process stops: something is wrong beyond one trial
 MAX_REPEATS_IN_A_ROW = 100    # proposals of trained configurations (instant each), then stop
@@ -215,14 +215,19 @@ def run_one(opened: OpenStudy, trial: optuna.Trial, objective, interrupts: Inter
     # Under the study's lock: a process deciding what runs next (search/claim.py) or queueing
     # grid points (search/study.py) sees the FAIL and its retry together, never the FAIL alone
     # (it would queue the point or sample a trial a second time).
+    # The FAIL and its retry go in steps that a kill at any point leaves whole (retries.py).
     with store.lock(settings.study_name):
         try:
-            study.tell(trial, value, state=state)
+            if state == TrialState.FAIL and (interrupted or settings.spec.grid):
+                frozen = store.fail_and_retry(study, trial,
+                                              lambda: study.tell(trial, value, state=state))
+                if frozen is None:
+                    return store.trial(trial)
+            else:
+                study.tell(trial, value, state=state)
+                frozen = store.trial(trial)
         except optuna.exceptions.UpdateFinishedTrialError:
             return store.trial(trial)
-        frozen = store.trial(trial)
-        if state == TrialState.FAIL and (interrupted or settings.spec.grid):
-            retry_callback()(study, frozen)
     if broken is not None:
         raise broken.with_traceback(None)
     return frozen

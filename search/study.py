@@ -122,6 +122,8 @@ def open_study(settings: RunSettings, new_run: bool = True,
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([METRIC_NAME])
         if spec.grid:
+            # Retries first: a point whose FAIL has a retry due (or lost) is not queued anew.
+            store.fail_stale_trials(study)
             queue_grid_points(study, spec)
         else:
             _set_target(study, settings.trials)

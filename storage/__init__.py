@@ -4,9 +4,10 @@ store that lives beside it, a background writer for a running trial, and the loc
 serialises the decisions about what runs next."""
 from storage.faults import StorageFailure, StorageFault, StorageUnavailable, first_line
 from storage.lock import study_lock
-from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, MAX_TRIES, StorageError,
+from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, StorageError,
                           artifact_dir, artifact_store, check_url, check_writable, open_storage,
-                          redact, retry_callback, sqlalchemy_url, storage_kind)
+                          redact, sqlalchemy_url, storage_kind)
+from storage.retries import MAX_TRIES, retry_callback
 from storage.sqlite import keep_signals_off_this_thread
 from storage.store import Store, open_store
 from storage.writer import TrialWriter

@@ -3,6 +3,8 @@
 Optuna's public API has no way to
 - name a trial or a study by the id its storage uses (`trial._trial_id`, `study._study_id`):
   a running trial's fresh reads, its writer and its heartbeat go straight to the storage;
+- list the trials whose heartbeat went stale (fail_stale_trials fails them and queues their
+  retries in separate writes: storage/retries.py needs the list to do it in safe steps);
 - read and write a study's system attributes (Study.system_attrs and set_system_attr are gone
   in Optuna 5), where optuna-dashboard keeps the figures we save for it;
 - create a trial, or move a WAITING trial to RUNNING, together with a token in the same
@@ -30,6 +32,12 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
 
 def study_id(study: optuna.Study) -> int:
     return study._study_id
+
+
+def stale_trial_ids(storage, study: optuna.Study) -> list[int]:
+    """The study's RUNNING trials whose heartbeat is older than the grace period: what
+    optuna.storages.fail_stale_trials fails, which storage/retries.py does in its own steps."""
+    return storage._get_stale_trial_ids(study._study_id)
 
 
 def study_system_attrs(study: optuna.Study) -> dict[str, Any]:

@@ -8,8 +8,8 @@
   for several processes on one machine without a database;
 - postgresql://user:pass@host/db: an RDBStorage for studies shared by many machines.
 RDB storages ride out outages of their database (storage/resilient.py) and run Optuna's
-heartbeat: a trial whose worker died is marked FAIL and retried
-(RetryHeartbeatStaleTrialCallback) with its intermediate values.
+heartbeat: a trial whose worker died is marked FAIL and retried with its intermediate values
+(storage/retries.py).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from storage.faults import (PERMANENT, StorageFailure, StorageFault, classify, first_line,
                             folder_problem)
 from storage.resilient import ResilientStorage
+from storage.retries import retry_callback
 from storage.sqlite import SQLiteSettings
 
 DEFAULT_STORAGE = "sqlite:///optuna-search.db"
@@ -37,7 +38,6 @@ DEFAULT_STORAGE = "sqlite:///optuna-search.db"
 # shorten them through the environment.
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 90
-MAX_TRIES = 3            # a trial (a grid point, an interrupted trial) runs 3 times at most
 SQLITE_BUSY_SECONDS = 60      # how long a writer waits for the lock before giving up
 PG_CONNECT_SECONDS = 5
 DEFAULT_PATIENCE_SECONDS = 120.0  # how long a call waits out an outage of the storage
@@ -119,6 +119,7 @@ def _check_existing_file(kind: str, path: Path) -> None:
     # dashboard beside a search) would lose its locks; another process closing its last
     # connection would then take itself for the last user and delete the WAL under it
     # ("disk I/O error"). SQLite defers closing a file whose locks other connections hold.
+    _roll_back_a_killed_write(path)
     try:  # read-only: checking must not write (not even a journal) into someone else's file
         connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
         try:
@@ -136,6 +137,28 @@ def _check_existing_file(kind: str, path: Path) -> None:
         shown = ", ".join(sorted(tables)[:5])
         raise StorageError(f"{path} is an SQLite file with other tables ({shown}), not an "
                            "Optuna storage; name another file with --storage")
+
+
+def _roll_back_a_killed_write(path: Path) -> None:
+    """A process killed mid-write (making a new file's tables, before WAL mode is set) leaves
+    a hot journal, X.db-journal: the file is not consistent until SQLite rolls it back, which
+    only a read-write connection does (a read-only one fails "attempt to write a readonly
+    database", for good). So open it read-write once, through SQLite (never a plain open():
+    see below), and read. A journal of a live writer is not hot: the read waits for it."""
+    journal = path.with_name(path.name + "-journal")
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return
+    try:
+        connection = sqlite3.connect(f"file:{path.resolve()}?mode=rw", uri=True,
+                                     timeout=SQLITE_BUSY_SECONDS)
+        try:
+            connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise StorageError(f"{path} has a write left unfinished by a killed process "
+                           f"({journal.name}), which only a process that may write there can "
+                           f"undo ({error}); run the command once where it may") from None
 
 
 def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True, readonly: bool = False,
@@ -244,13 +267,3 @@ def artifact_store(url: str) -> FileSystemArtifactStore:
     folder = artifact_dir(url)
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))
-
-
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """How a failed trial is queued again, the same for a dead worker (the heartbeat's) and an
-    interrupted trial or failed grid point (search/run.py): same params, history and reported
-    epochs, MAX_TRIES tries in all."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_TRIES - 1, inherit_intermediate_values=True)

@@ -71,6 +71,7 @@ class ResilientStorage(RDBStorage):
         self.display_name, self.patience, self.sqlite = name, patience, sqlite
         self.path = sqlite.path if sqlite else None
         self._local = threading.local()
+        self._outage_since: float | None = None  # first failure of the outage now under way
         # Several processes (an array of Slurm tasks, a Job's pods) may make a new database's
         # tables at once: one at a time, or all but one fail ("type studydirection exists").
         with schema_lock(self.path), server_schema_lock(url, kwargs.get("engine_kwargs")):
@@ -85,6 +86,7 @@ class ResilientStorage(RDBStorage):
 
     def __setstate__(self, state: dict) -> None:
         state["_local"] = threading.local()
+        state["_outage_since"] = None  # another process's clock
         with schema_lock(state["path"]):
             super().__setstate__(state)  # a new engine: without the SQLite settings
         if self.sqlite:
@@ -125,7 +127,9 @@ class ResilientStorage(RDBStorage):
         while True:
             self._local.depth = 1
             try:
-                return attempt(again)
+                answer = attempt(again)
+                self._outage_since = None   # the database answers: the outage is over
+                return answer
             except Exception as error:
                 fault = classify(error, self.path)
                 if fault is None:
@@ -133,8 +137,14 @@ class ResilientStorage(RDBStorage):
                 kind, what = fault
                 if kind == PERMANENT:
                     raise StorageFailure(f"storage {self.display_name}: {what}") from error
-                waited = time.monotonic() - started
-                if waited >= patience:
+                # One window per outage, from its first failure, shared by every call and
+                # thread: calls one after another (a claim, the FAIL of a trial, a heartbeat)
+                # do not each wait the patience again.
+                now = time.monotonic()
+                if self._outage_since is None:
+                    self._outage_since = now
+                waited = max(now - started, now - self._outage_since)
+                if now - started >= patience or now - self._outage_since >= self.patience:
                     raise StorageUnavailable(
                         f"storage {self.display_name} was unreachable for {waited:.0f} s "
                         f"(patience {patience:g} s): {what}") from error
@@ -142,7 +152,8 @@ class ResilientStorage(RDBStorage):
                 self._local.depth = 0
             self.scoped_session.remove()  # a fresh session (and pooled connection) next time
             # jitter: workers waiting on one server do not all knock at the same moment
-            time.sleep(min(backoff * random.uniform(0.5, 1.0), patience - waited))
+            time.sleep(max(0.0, min(backoff * random.uniform(0.5, 1.0), patience - waited,
+                                    self.patience - waited)))
             backoff, again = min(2 * backoff, MAX_BACKOFF_SECONDS), True
 
     # ---------------------------------------------------------------- calls that are plain reruns

@@ -18,7 +18,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import internals
+from storage import internals, retries
 from storage.lock import study_lock
 from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, artifact_dir,
                           open_storage, redact, storage_kind)
@@ -92,6 +92,22 @@ class Store:
             return trial
         return self.optuna.get_trial(self.optuna.get_trial_id_from_study_id_trial_number(
             internals.study_id(study), history[0]))
+
+    # ---------------------------------------------------------------- failures and retries
+
+    def fail_stale_trials(self, study: optuna.Study) -> None:
+        """Fail the trials whose process died (silent heartbeat) and queue their retries; and
+        queue any retry a process killed after a FAIL did not (storage/retries.py). Under the
+        study's lock."""
+        if self.heartbeat_seconds is not None:
+            retries.fail_stale_trials(self.optuna, study)
+        retries.queue_lost_retries(study)
+
+    def fail_and_retry(self, study: optuna.Study, trial: optuna.Trial,
+                       finish) -> FrozenTrial | None:
+        """`finish()` marks the trial FAIL, and its retry is queued, so that a kill in between
+        loses no retry (storage/retries.py); None if another process finished it first."""
+        return retries.fail_and_retry(self.optuna, study, internals.trial_id(trial), finish)
 
     def writer(self, trial: optuna.Trial) -> TrialWriter:
         """A background writer of the trial's epochs and attributes (storage/writer.py)."""

@@ -1,5 +1,6 @@
-"""Shared fixtures: where the real CIFAR-10 archive lives, a private cache folder, and a tiny
-disk to fill."""
+"""Shared fixtures: every test in a folder of its own (never the checkout, where a user's
+./optuna-search.db may be), where the real CIFAR-10 archive lives, a private cache folder, and
+a tiny disk to fill."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,23 @@ from helpers import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def _storage_files_in_the_checkout() -> set[str]:
+    return {path.name for pattern in ("*.db*", "*.log", "optuna-search-artifacts")
+            for path in REPO.glob(pattern)}
+
+
+@pytest.fixture(autouse=True)
+def _own_folder(tmp_path, monkeypatch, request):
+    """Run each test in its own temporary folder, so a command without --storage writes its
+    default ./optuna-search.db there; and fail a test that still leaves a storage file (or a
+    -wal/-shm beside the user's) in the checkout's root."""
+    before = _storage_files_in_the_checkout()
+    monkeypatch.chdir(tmp_path)
+    yield
+    new = _storage_files_in_the_checkout() - before
+    assert not new, f"{request.node.nodeid} wrote {sorted(new)} into the checkout {REPO}"
 
 
 @pytest.fixture(autouse=True)

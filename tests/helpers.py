@@ -92,8 +92,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_cli(argv: list[str], code: str = "", cwd: Path = REPO, **env) -> subprocess.Popen:
-    """optuna-search in a subprocess of its own session, after `code` (a monkeypatch)."""
+def run_cli(argv: list[str], code: str = "", cwd: Path | None = None, **env) -> subprocess.Popen:
+    """optuna-search in a subprocess of its own session, after `code` (a monkeypatch); in the
+    test's own folder unless `cwd` is given (tests/conftest.py)."""
     script = f"import sys\n{code}\nfrom search.cli import main\nsys.exit(main(sys.argv[1:]))"
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen([sys.executable, "-c", script, *argv], cwd=cwd,

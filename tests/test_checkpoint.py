@@ -247,6 +247,19 @@ def test_a_checkpoint_of_the_old_trainer_is_discarded_with_a_warning(tmp_path, c
     assert not path.exists()
 
 
+def test_a_foreign_pickle_is_discarded_in_one_line_of_ours(tmp_path, caplog):
+    """Not PyTorch's paragraph advising weights_only=False (that would run the file's code)."""
+    path = tmp_path / "foreign.pt"
+    torch.save({"format": object()}, path)              # a pickle of more than tensors
+    with caplog.at_level(logging.WARNING, logger="search.train.checkpoint"):
+        assert Checkpoint(path, every_seconds=0).resume({"config": {}}) is None
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "foreign.pt discarded: it is unreadable (not a checkpoint of this trainer" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert not path.exists()
+
+
 def test_a_checkpoint_of_another_configuration_is_discarded_with_a_warning(
         data, tmp_path, caplog):
     checkpoint = Checkpoint(tmp_path / "t.pt", every_seconds=0, identity={"study": 1})

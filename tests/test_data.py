@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import search.train.data as data
+from search.cli import main
 from search.train.data import DataError, DeviceLoader, Images, make_dataset
 from spaces import Config
 
@@ -318,6 +319,22 @@ def test_a_file_that_is_not_an_archive_is_a_clear_error(tmp_path, cache):
     fake.write_bytes(b"this is not gzip data at all")
     with pytest.raises(DataError, match="is not a readable .tar.gz archive"):
         make_dataset(str(fake))
+
+
+def test_a_truncated_archive_is_one_line_naming_it_and_exit_2(cifar_tarball, tmp_path, cache,
+                                                             capsys):
+    """A download cut short: the first 30,000 bytes of the real CIFAR-10 tarball."""
+    truncated = tmp_path / "cifar10-jpeg.tar.gz"
+    with open(cifar_tarball, "rb") as whole:
+        truncated.write_bytes(whole.read(30_000))
+    with pytest.raises(DataError, match="is truncated or damaged"):
+        make_dataset(str(truncated))
+    db = tmp_path / "s.db"
+    assert main(["mlp", "--trials", "1", "--epochs", "1", "--data", str(truncated),
+                 "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{truncated} is truncated or damaged" in err
 
 
 def test_test_classes_without_training_images_are_refused(tmp_path, cache):

@@ -5,16 +5,21 @@ Trials are short: the MLP with 16 hidden units on 100 synthetic images, a few ms
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from storage import open_storage
+from storage.open import PG_CONNECT_SECONDS
 
 from helpers import REPO, TINY
 from pg_server import pg_ctl, pg_study_name, pg_url  # noqa: F401 (fixtures)
@@ -23,7 +28,7 @@ pytestmark = pytest.mark.postgres
 
 
 def search(argv: list[str], **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *argv], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "search.cli", *argv],
                             env={**os.environ, "PYTHONPATH": str(REPO), **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -107,3 +112,70 @@ def test_a_server_down_past_the_patience_is_one_line_exit_1_and_the_same_command
     retry = next(t for t in done if t.system_attrs.get("failed_trial") == interrupted.number)
     assert_contiguous_and_complete(retry, epochs)
     assert sum(state == TrialState.COMPLETE for state in states.values()) >= 2
+
+
+class Forwarder:
+    """A TCP relay to the server on a port of its own: stop() cuts every connection and
+    refuses new ones, as a stopped server does, without stopping the server that other
+    tests (and other users) share."""
+
+    def __init__(self, host: str, port: int):
+        self.target, self.sockets = (host, port), []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the accept() (a close alone does not)
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for end in self.sockets:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+
+def test_the_patience_is_one_window_from_the_outage_s_first_failure(pg_url, pg_study_name):
+    """--storage-patience 5, the server gone mid-trial: the process gives up within the
+    patience and one connect timeout of the first failure, not once per storage call."""
+    parts = urlsplit(pg_url)
+    relay = Forwarder(parts.hostname, parts.port or 5432)
+    url = urlunsplit(parts._replace(netloc=f"{parts.netloc.rsplit('@', 1)[0]}@127.0.0.1:"
+                                            f"{relay.port}"))
+    argv = ["mlp", "--trials", "2", "--epochs", "100", "--storage", url, "--study",
+            pg_study_name, "--storage-patience", "5", *TINY]
+    process = search(argv, OPTUNA_SEARCH_HEARTBEAT="1", OPTUNA_SEARCH_GRACE="2")
+    wait_mid_trial(pg_url, pg_study_name, running=1, process=process)
+    relay.stop()
+    stopped = time.monotonic()
+    said = process.stderr.readline()          # the process's one line: when it gave up
+    waited = time.monotonic() - stopped
+    out, err = process.communicate(timeout=120)
+    print(f"gave up after {waited:.1f} s, exit {process.returncode}: {said.strip()}")
+    assert process.returncode == 1 and not err.strip(), said + err[-3000:]
+    assert "unreachable for" in said and "(patience 5 s)" in said
+    # Before: 11-13 s here (a window for each call), 24-28 s in issue 24. (The time from
+    # this line to the exit is the interpreter's own, not the patience's.)
+    assert waited < 5 + PG_CONNECT_SECONDS

@@ -26,9 +26,11 @@ import json
 import logging
 import math
 import os
+import pickle
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -77,7 +79,7 @@ class Checkpoint:
         if not self.path.exists():
             return None
         try:
-            blob = torch.load(self.path, map_location="cpu", weights_only=True)
+            blob = _load(self.path)
             if not isinstance(blob, dict) or blob.get("format") != FORMAT:
                 return self._discard("it was written by another version of the trainer")
             differences = _differences(blob["identity"], self._full_identity)
@@ -86,14 +88,12 @@ class Checkpoint:
                                      f"{', '.join(differences)})")
             state = blob["state"]
             if blob["best_epoch"] is not None:
-                best = torch.load(self._best_path(blob["best_epoch"]), map_location="cpu",
-                                  weights_only=True)
+                best = _load(self._best_path(blob["best_epoch"]))
                 state["best_state"] = best["state"]
             self._best_on_disk = blob["best_epoch"]
             return state
         except Exception as error:  # truncated, not a checkpoint, or from an older format
-            return self._discard(f"it is unreadable ({type(error).__name__}: "
-                                 f"{first_line(error)})")
+            return self._discard(f"it is unreadable ({_why_unreadable(error)})")
 
     def _discard(self, why: str) -> None:
         log.warning("checkpoint %s discarded: %s; training starts from epoch 1",
@@ -283,6 +283,28 @@ def _tensors(tree: Any):
     elif isinstance(tree, (list, tuple)):
         for value in tree:
             yield from _tensors(value)
+
+
+
+def _load(path: Path):
+    """torch.load of tensors only, without PyTorch's multi-line warning about a foreign
+    file's pickle protocol (the failure that follows is reported in one line of ours)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _why_unreadable(error: Exception) -> str:
+    """Our own words for why torch.load failed. PyTorch's own message for a file holding more
+    than tensors is a paragraph advising weights_only=False, which would run the file's code:
+    never for a file found on disk."""
+    if isinstance(error, pickle.UnpicklingError):
+        return "not a checkpoint of this trainer: it holds more than tensors"
+    if isinstance(error, (EOFError, RuntimeError)):  # cut short, or its zip records damaged
+        return f"truncated or damaged: {type(error).__name__}"
+    if isinstance(error, (KeyError, TypeError)):
+        return "not a checkpoint of this trainer"
+    return f"{type(error).__name__}: {first_line(error, 120)}"
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict:

@@ -8,12 +8,14 @@ Decoded image folders are cached in ~/.cache/optuna-search (never beside the sou
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import os
 import shutil
 import tarfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from search.train.errors import DataError
+from search.train.errors import DataError, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CLASSES = 10          # the models' outputs: CIFAR-10's classes
@@ -212,6 +214,14 @@ def _decode_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
                         files[parts[0]].setdefault(parts[1], []).append(data)
         except tarfile.TarError as error:
             raise DataError(f"{path} is not a readable .tar.gz archive ({error})") from None
+        except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
+            # A download cut short ends mid-stream (EOFError); flipped bytes fail a check
+            # (zlib.error, BadGzipFile, or bz2/lzma's OSError without an errno).
+            if isinstance(error, OSError) and error.errno is not None \
+                    and not isinstance(error, gzip.BadGzipFile):
+                raise DataError(f"{path} cannot be read ({error.strerror})") from None
+            raise DataError(f"{path} is truncated or damaged ({first_line(error)}); "
+                            "download or copy it again") from None
     classes = sorted(files["train"])
     if not classes or not files["test"]:
         raise DataError(f"{path} holds no images in train/<class>/ and test/<class>/ folders")
