@@ -59,24 +59,16 @@ class Interrupts:
 
     @contextlib.contextmanager
     def installed(self):
-        """The handlers on, and the stop signals unblocked: a launcher may start a process
-        with them blocked (Ray's local cluster, search/ray_cluster.py; --workers children,
-        search/child.py), so that one sent during its start-up waits for this handler."""
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
         previous = {s: signal.getsignal(s) for s in signals}
-        for s in STOP_SIGNALS:
+        for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, self._handle)
-        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one: now
         try:
             yield self
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 RETRY_SECONDS = 0.02  # how soon to look again whether a storage call has returned

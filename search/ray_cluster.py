@@ -12,11 +12,6 @@ its samplers and pruners and optuna-dashboard work as without Ray (no Ray Tune).
 - Ctrl-C / SIGTERM to this process: every actor gets SIGTERM on its own node, fails its running
   trial, queues it again and returns; then the actors are ended and, with `--ray local`, the
   cluster is stopped. Nothing is left RUNNING, no Ray process is left behind.
-- SIGTERM to the whole process group (Slurm's scancel, a container's stop) reaches the local
-  cluster's own processes too: they start with SIGTERM blocked (as Ray blocks SIGINT), so the
-  raylet stays up while the actors record their trials FAIL, and this process stops it after.
-- The terminal gets our one line per event: the actors' own output is not forwarded
-  (log_to_driver=False), and Ray's multi-line reports of a dead worker are cut to one line.
 - Several machines need a storage they all reach (PostgreSQL) and, for checkpoints and
   pictures, a shared artifact folder (OPTUNA_SEARCH_ARTIFACTS).
 """
@@ -66,20 +61,12 @@ def connected(settings: RunSettings, err=None) -> Iterator[None]:
             raise UsageError(f"no Ray cluster at {address} ({error.strerror or error}); "
                              "start one with `ray start --head`, or use --ray local") from None
     import ray
-    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init sets its own (sys.exit)
-    # Inherited by the processes of a local cluster: a SIGTERM to the group waits in them
-    # until ray.shutdown below ends them, after the actors have failed their trials.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                 configure_logging=True, log_to_driver=False)
+                 configure_logging=True)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UsageError(f"could not connect to Ray at {address}: "
                          f"{first_line(error)}") from None
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, sigterm)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
         _check_cluster(settings, local_file, err)
         yield
@@ -164,7 +151,6 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
     actors = [actor.remote(slot, i) for i in range(settings.workers)]
     running = {actors[i].run.remote(lines): i for i in range(len(actors))}
     signal_on = ray.remote(num_cpus=0)(_signal)
-    here = ray.get_runtime_context().get_node_id()  # an actor on this node is signalled directly
     stopping = threading.Event()
 
     def stop(signum, _frame):
@@ -194,11 +180,8 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
                 for index in running.values():
                     if index in where and where[index] not in signalled:
                         node, pid = where[index]
-                        if node == here:  # no Ray task: a new worker takes seconds to start
-                            _signal(pid, signal.SIGTERM)
-                        else:
-                            signal_on.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                                node, soft=False)).remote(pid, signal.SIGTERM)
+                        signal_on.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                            node, soft=False)).remote(pid, signal.SIGTERM)
                         signalled.add(where[index])
             if asked_at is not None and time.monotonic() - asked_at > STOP_SECONDS:
                 outcome.errors.append("Ray workers did not stop within "

