@@ -129,7 +129,7 @@ def test_sigterm_to_the_group_fails_and_requeues_every_trial_within_10_s(tmp_pat
     db = tmp_path / "scancel.db"
     search = run_cli(["mlp", "--workers", workers, "--trials", "6", "--epochs", "2000",
                       "--storage", f"sqlite:///{db}", *TINY])
-    wait_for_running(db, int(workers))
+    wait_for_running(db, int(workers), seconds=240)  # 2 workers start slowly on a loaded box
     sent = time.monotonic()
     os.killpg(search.pid, signal.SIGTERM)
     out, err = search.communicate(timeout=120)
