@@ -7,15 +7,16 @@ Local processes are started with "spawn" (CUDA cannot be forked). Each loads the
 fills the cache once) and prints one line per finished trial through the parent, prefixed
 by its number ("[w2] trial  17 COMPLETE ..."). GPUs go out round-robin through
 CUDA_VISIBLE_DEVICES. Ctrl-C / SIGTERM reach every process: each fails its running trial,
-queues it again and exits. When the parent dies by any signal, SIGKILL included, its children
-get SIGTERM from the kernel (Linux's parent-death signal; elsewhere a watchdog thread notices
-within a second) and do the same: no orphan keeps running trials unseen.
+queues it again and exits; one still importing exits at once (search/child.py, the first code
+each runs, has its handler on before torch loads). When the parent dies by any signal, SIGKILL
+included, its children get SIGTERM from the kernel (Linux's parent-death signal; elsewhere a
+watchdog thread notices within a second) and do the same: no orphan keeps running trials unseen.
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 import optuna
 import torch
 
+from search import child
 from search.errors import USER_ERRORS
 from search.progress import LineSender, print_summary, quiet_optuna
 from search.claim import is_done, progress_line, tally
@@ -35,7 +37,6 @@ from search.study import grid_failures, open_study
 from storage import redact
 
 POLL_SECONDS = 0.2      # how often the parent looks at its workers while no line arrives
-PARENT_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -145,9 +146,9 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
     # Timings of trials that share a device (a GPU, or the CPU's cores) are not those of one
     # trial alone: each trial records how many shared it, and reports say so.
     shared = [gpus.count(gpu) if gpu is not None else settings.workers for gpu in gpus]
-    processes = [context.Process(target=worker_main, name=f"optuna-search-w{i}",
-                                 args=(settings.replace(device_shared_by=shared[i]), i, gpus[i],
-                                       os.getpid(), messages))
+    processes = [context.Process(target=child.start, name=f"optuna-search-w{i}",
+                                 args=(pickle.dumps(settings.replace(device_shared_by=shared[i])),
+                                       i, gpus[i], os.getpid(), messages))
                  for i in range(settings.workers)]
 
     def forward(signum, _frame):
@@ -160,8 +161,15 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
     if threading.current_thread() is threading.main_thread():
         handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for process in processes:
-            process.start()
+        # Started with the stop signals blocked (the mask is inherited): each child takes a
+        # signal sent meanwhile once its handler is on (search/child.py); here it is taken
+        # when the mask is restored, and forwarded to the children started by then.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, child.STOP_SIGNALS)
+        try:
+            for process in processes:
+                process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         while any(p.is_alive() for p in processes):
             _relay(messages, out, outcome, timeout=POLL_SECONDS)
         while _relay(messages, out, outcome, timeout=0):  # lines sent just before exiting
@@ -173,7 +181,9 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
             signal.signal(signum, handler)
     for i, process in enumerate(processes):
         code = process.exitcode
-        if code is not None and code < 0 and not outcome.interrupted:
+        if outcome.interrupted and (code == child.INTERRUPTED or (code or 0) < 0):
+            continue  # stopped by the interrupt (before its loop started, or by the signal)
+        if code is not None and code < 0:
             outcome.killed.append((i, -code))
         elif code and i not in outcome.reported:  # it died before its loop could say why
             outcome.errors.append(f"worker {i} exited with status {code} before it reported "
@@ -198,37 +208,17 @@ def _relay(messages, out, outcome: Outcome, timeout: float) -> bool:
     return True
 
 
-def worker_main(settings: RunSettings, index: int, gpu: str | None, parent: int,
-                messages) -> None:
-    """One local worker process: the run loop, its lines and result sent to the parent."""
-    if gpu is not None:  # before anything touches CUDA in this fresh (spawned) process
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    messages.cancel_join_thread()  # a dead parent must not keep this process from exiting
-    die_with_parent(parent)
+def worker_main(settings: RunSettings, index: int, messages) -> int:
+    """One local worker process (started by search/child.py): the run loop, its lines and
+    result sent to the parent; returns the exit status."""
     quiet_optuna()
     try:
         result = run_process(settings, LineSender(messages.put, index))
         messages.put(("result", index, result))
+        return 0
     except USER_ERRORS as error:
         messages.put(("error", index, str(error)))
     except Exception as error:  # unexpected: say so in one line, the details on stderr
         traceback.print_exc()
         messages.put(("error", index, f"{type(error).__name__}: {error}"))
-
-
-def die_with_parent(parent: int) -> None:
-    """SIGTERM to this process when its parent dies (the loop then fails, requeues, exits)."""
-    try:
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the watchdog below does it, within 1 s
-        pass
-
-    def watch():
-        while os.getppid() == parent:
-            threading.Event().wait(PARENT_CHECK_SECONDS)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    if os.getppid() != parent:  # died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+    return 1

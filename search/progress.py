@@ -207,7 +207,7 @@ def print_summary(study: optuna.Study, settings, out) -> int:
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] += 1
     repeats = sum("repeat_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
-    print("trials: " + ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n)
+    print("trials: " + (", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n) or "none")
           + (f" ({repeats} of them repeats of trained configurations, not trained)"
              if repeats else ""), file=out)
     if not complete:

@@ -88,9 +88,6 @@ def run_process(settings: RunSettings, out, data=None,
         gc.freeze()  # the data and libraries: the per-trial gc.collect skips them (~0.2 s)
         try:
             while not interrupts.requested:
-                if deadline is not None and time.monotonic() >= deadline:
-                    result.timed_out = True
-                    break
                 with store.lock(settings.study_name):
                     claimed = claim(study, store, settings)
                 if claimed == DONE:
@@ -110,6 +107,11 @@ def run_process(settings: RunSettings, out, data=None,
                 frozen = run_one(opened, claimed, objective, interrupts, settings)
                 progress.trial_finished(frozen, tally(study, settings).finished, _best(study))
                 if _count(result, frozen, interrupts):
+                    break
+                # Checked after a trial, not before the first: each process runs at least
+                # one, however long its start-up (a loaded machine, a slow storage) took.
+                if deadline is not None and time.monotonic() >= deadline:
+                    result.timed_out = True
                     break
         except StorageFault as fault:
             result.storage_error = str(fault)

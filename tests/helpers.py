@@ -92,15 +92,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_cli(argv: list[str], code: str = "", cwd: Path | None = None, **env) -> subprocess.Popen:
+def run_cli(argv: list[str], code: str = "", cwd: Path | None = None, preexec_fn=None,
+            **env) -> subprocess.Popen:
     """optuna-search in a subprocess of its own session, after `code` (a monkeypatch); in the
-    test's own folder unless `cwd` is given (tests/conftest.py)."""
-    script = f"import sys\n{code}\nfrom search.cli import main\nsys.exit(main(sys.argv[1:]))"
+    test's own folder unless `cwd` is given (tests/conftest.py); `preexec_fn` runs in the child
+    before it starts (say, to ignore a signal)."""
+    script = f"import sys\n{code}\nfrom search.cli import entry\nentry(sys.argv[1:])"
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen([sys.executable, "-c", script, *argv], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": path, **env},
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=preexec_fn)
 
 
 def alive(pid: int) -> bool:
@@ -124,3 +126,19 @@ def children_of(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line, "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def maps(pid: int) -> str:
+    """The files a process has mapped (its loaded libraries), "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""

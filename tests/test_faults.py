@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 
 import search.objective
 import search.train.trainer
-from helpers import TINY, integrity, load, query, run_cli, states, wait_for_running
+from helpers import (TINY, children_of, cmdline, integrity, load, maps, query, run_cli, states,
+                     wait_for_running, wait_until)
 from search.cli import main
 
 # ------------------------------------------------------------------ 3. a killed worker
@@ -95,6 +96,87 @@ def test_a_signal_ends_the_running_trial_cleanly(tmp_path, signum):
     assert "interrupted" in err and "Traceback" not in err
     assert states(db) == ["FAIL", "WAITING"]  # failed, and queued again for the same command
     assert integrity(db) == "ok"
+
+
+def ignoring_sigint() -> None:
+    """How nohup and a script's `cmd &` start a program: SIGINT ignored, inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def importing_workers(parent: int) -> list[int]:
+    """The --workers children of `parent` that are still loading torch (not yet mapped)."""
+    pids = [pid for pid in children_of(parent) if "spawn_main" in cmdline(pid)]
+    return [pid for pid in pids if "libtorch" not in maps(pid)]
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_while_workers_import_is_one_line_and_exit_130(tmp_path, inherited):
+    db = tmp_path / "importing.db"
+    parent = run_cli(["mlp", "--workers", "2", "--trials", "4", "--storage", f"sqlite:///{db}",
+                      *TINY], preexec_fn=ignoring_sigint if inherited == "ignored" else None)
+    wait_until(lambda: len(importing_workers(parent.pid)) == 2, what="2 workers importing")
+    os.killpg(parent.pid, signal.SIGINT)  # a terminal's Ctrl-C: the parent and each worker
+    out, err = parent.communicate(timeout=120)
+    assert parent.returncode == 130, err
+    assert "Traceback" not in err and "before it reported" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert query(db, "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'", 0) == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_to_the_group_fails_and_requeues_every_trial_within_10_s(tmp_path, workers):
+    """What Slurm's scancel and Kubernetes send: SIGTERM to every process at once."""
+    db = tmp_path / "scancel.db"
+    search = run_cli(["mlp", "--workers", workers, "--trials", "6", "--epochs", "2000",
+                      "--storage", f"sqlite:///{db}", *TINY])
+    wait_for_running(db, int(workers), seconds=240)  # 2 workers start slowly on a loaded box
+    sent = time.monotonic()
+    os.killpg(search.pid, signal.SIGTERM)
+    out, err = search.communicate(timeout=120)
+    took = time.monotonic() - sent
+    print(f"--workers {workers}: exit {search.returncode} {took:.1f} s after SIGTERM to the "
+          f"group, {len(err.splitlines())} stderr line(s)")
+    assert search.returncode == 130, err
+    assert took < 10, took
+    assert sorted(states(db)) == ["FAIL"] * int(workers) + ["WAITING"] * int(workers)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+# Data that takes minutes to load: a SIGINT during the load must end it (not wait it out).
+SLOW_DATA = """
+import time
+import search.run
+make_dataset = search.run.make_dataset
+def slow(*args, **kwargs):
+    sys.stderr.write("loading\\n")
+    sys.stderr.flush()
+    time.sleep(600)
+    return make_dataset(*args, **kwargs)
+search.run.make_dataset = slow
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigint_stops_a_search_started_with_sigint_ignored(tmp_path, workers):
+    """nohup and `cmd &` start a search with SIGINT ignored; `kill -INT` still stops it."""
+    db = tmp_path / "nohup.db"
+    search = run_cli(["mlp", "--workers", workers, "--trials", "2", "--storage",
+                      f"sqlite:///{db}", *TINY], SLOW_DATA, preexec_fn=ignoring_sigint)
+    assert search.stderr.readline() == "loading\n"  # past the imports, before any trial
+    search.send_signal(signal.SIGINT)
+    out, err = search.communicate(timeout=120)
+    assert search.returncode == 130, err
+    assert err.strip() == "optuna-search: interrupted; nothing was left running"
+
+
+def test_sigint_stops_workers_started_with_sigint_ignored_once_they_train(tmp_path):
+    db = tmp_path / "nohup.db"
+    parent = run_cli(["mlp", "--workers", "2", "--trials", "6", "--epochs", "2000",
+                      "--storage", f"sqlite:///{db}", *TINY], preexec_fn=ignoring_sigint)
+    wait_for_running(db, 2)
+    parent.send_signal(signal.SIGINT)
+    assert parent.wait(timeout=60) == 130
+    assert sorted(states(db)) == ["FAIL", "FAIL", "WAITING", "WAITING"]
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM-to-parent", "Ctrl-C"])
@@ -251,13 +333,28 @@ def test_a_postgresql_port_that_never_answers_gives_up_in_seconds(capsys):
     assert "could not open storage" in line and "secret" not in line
 
 
+HANDLER_INSTALLED_SAYS_GO = """
+import signal
+install = signal.signal
+def installing(signum, handler):
+    previous = install(signum, handler)
+    if signum == signal.SIGINT and callable(handler) and not hasattr(installing, "said"):
+        installing.said = sys.stderr.write("go\\n")
+        sys.stderr.flush()
+    return previous
+signal.signal = installing
+"""
+
+
 def test_ctrl_c_at_any_moment_of_the_first_seconds_is_one_line_and_exit_130(tmp_path):
     """Imports (torch, optuna: seconds) run inside main()'s handler: no traceback, ever."""
     db = tmp_path / "early.db"
-    # From main()'s first line on. Before it are the interpreter's start-up (~0.2 s of
-    # site-packages) and finding and running the entry module search.cli (~1 ms, stdlib
-    # only); a signal there is Python's own, so "go" is written once search.cli is imported.
-    started = "import search.cli; sys.stderr.write('go\\n'); sys.stderr.flush()"
+    # From the moment main() has its handler on. Before it are the interpreter's start-up
+    # (~0.2 s of site-packages) and finding the entry module search.cli (~1 ms, stdlib
+    # only); a signal there is Python's own. So "go" is written by signal.signal itself,
+    # once SIGINT's handler is installed: a condition, not a moment that a loaded machine
+    # may move.
+    started = HANDLER_INSTALLED_SAYS_GO
     for delay in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 1.8, 2.5, 3.5):
         search = run_cli(["mlp", "--trials", "2", "--epochs", "50", "--storage",
                           f"sqlite:///{db}", *TINY], started)

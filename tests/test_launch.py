@@ -16,10 +16,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from helpers import (FAST_HEARTBEAT, TINY, alive, children_of, finished, integrity, load,
-                     query, run_cli, running_with_an_epoch, wait_until)
+from helpers import (FAST_HEARTBEAT, TINY, alive, children_of, cmdline, finished, integrity,
+                     load, maps, query, run_cli, running_with_an_epoch, wait_until)
 from reports.table import REPEAT_ATTR
-from search import launch
+from search import child, launch
 from search.cli import main
 
 TRIAL_LINE = re.compile(r"^\[w(\d+)\] trial +(\d+) (COMPLETE|PRUNED|FAIL)", re.MULTILINE)
@@ -102,14 +102,14 @@ def test_worker_joins_a_study_with_the_settings_it_was_made_with(tmp_path, capsy
     assert len(re.findall(r"^trial +\d+ COMPLETE", out, re.MULTILINE)) == 2
 
 
-def exit_before_the_loop(settings, index, gpu, parent, messages) -> None:
+def exit_before_the_loop(payload, index, gpu, parent, messages) -> None:
     """Stands in for a worker that dies before its loop could report (a failing import)."""
     os._exit(3)
 
 
 def test_a_worker_that_exits_before_it_reports_is_an_error_not_a_silent_success(
         tmp_path, monkeypatch, capfd):
-    monkeypatch.setattr(launch, "worker_main", exit_before_the_loop)  # spawn finds it by name
+    monkeypatch.setattr(child, "start", exit_before_the_loop)  # spawn finds it by name
     db = tmp_path / "quiet.db"
     code = main(["mlp", "--trials", "2", "--workers", "2", "--storage", f"sqlite:///{db}",
                  *TINY])
@@ -144,9 +144,11 @@ def test_a_parent_killed_outright_takes_its_workers_with_it_and_the_command_comp
     parent.kill()
     assert parent.wait(timeout=60) == -signal.SIGKILL
     killed_at = time.monotonic()
-    wait_until(lambda: not any(alive(pid) for pid in workers), seconds=5,
-               what="no child alive 5 s after its parent was killed")
-    assert time.monotonic() - killed_at < 5
+    wait_until(lambda: not any(alive(pid) for pid in workers), seconds=30,
+               what="no child alive after its parent was killed")
+    took = time.monotonic() - killed_at
+    print(f"children gone {took:.1f} s after their parent's SIGKILL (while training)")
+    assert took < 5
     trials = load(db).get_trials()
     assert TrialState.RUNNING not in {t.state for t in trials}  # failed and queued again
     again = run_cli(command)
@@ -155,6 +157,27 @@ def test_a_parent_killed_outright_takes_its_workers_with_it_and_the_command_comp
     trials = load(db).get_trials()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
     assert integrity(db) == "ok"
+
+
+def test_workers_still_importing_leave_within_5_s_of_their_parents_kill(tmp_path):
+    db = tmp_path / "orphans.db"
+    parent = run_cli(["mlp", "--workers", "2", "--trials", "4", "--storage", f"sqlite:///{db}",
+                      *TINY])
+    workers = []
+
+    def importing() -> bool:  # both started, neither has torch loaded yet
+        workers[:] = [pid for pid in children_of(parent.pid) if "spawn_main" in cmdline(pid)]
+        return len(workers) == 2 and not any("libtorch" in maps(pid) for pid in workers)
+
+    wait_until(importing, what="2 workers importing")
+    parent.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: not any(alive(pid) for pid in workers), seconds=30,
+               what="no child alive after its parent was killed")
+    took = time.monotonic() - killed_at
+    print(f"children gone {took:.1f} s after their parent's SIGKILL (while importing)")
+    assert took < 5
+    assert parent.wait(timeout=60) == -signal.SIGKILL
 
 
 def running_pids(db) -> list[int]:

@@ -100,6 +100,31 @@ def test_ctrl_c_stops_every_actor_leaves_nothing_running_and_no_ray_process(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(reason="issue 24 point 5 for --ray local is not fixed yet: the group's "
+                   "SIGTERM stops the raylet before the actors record their trials FAIL")
+def test_sigterm_to_the_group_fails_and_requeues_every_trial_within_10_s(tmp_path):
+    """What Slurm's scancel sends: SIGTERM to the driver, the cluster and the actors at once."""
+    db = tmp_path / "ray.db"
+    before = ray_processes()
+    search = run_cli(["mlp", *RAY, "--trials", "6", "--epochs", "2000", "--storage",
+                      f"sqlite:///{db}", *TINY], cwd=tmp_path)
+    wait_until(lambda: running_with_an_epoch(db) >= 2, what="both actors training")
+    sent = time.monotonic()
+    os.killpg(search.pid, signal.SIGTERM)  # the group: the driver, raylet, GCS, actors
+    out, err = search.communicate(timeout=120)
+    took = time.monotonic() - sent
+    print(f"--ray local: exit {search.returncode} {took:.1f} s after SIGTERM to the group, "
+          f"{len(err.splitlines())} stderr line(s)")
+    assert search.returncode == 130, err[-3000:]
+    assert took < 10, took
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    states = [t.state for t in load(db).get_trials()]
+    assert states.count(TrialState.FAIL) == 2 and states.count(TrialState.WAITING) == 2, states
+    wait_until(lambda: not (ray_processes() - before), seconds=30, what="no Ray process left")
+    assert integrity(db) == "ok"
+
+
+@pytest.mark.slow
 def test_ctrl_c_while_ray_restarts_an_actor_stops_the_restarted_one_too(tmp_path):
     """The stop reaches an actor that reports only after Ctrl-C (restarted by Ray here)."""
     from search.ray_cluster import STOP_SECONDS

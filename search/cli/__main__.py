@@ -1,6 +1,4 @@
 """`python -m search.cli ...`: the optuna-search command."""
-import sys
+from search.cli import entry
 
-from search.cli import main
-
-sys.exit(main())
+entry()

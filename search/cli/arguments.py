@@ -148,7 +148,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="run every value (every combination) once, e.g. --grid lr=0.1,0.01")
     p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
-                   help="stop starting trials after this many seconds")
+                   help="start no trial after this many seconds (each process runs one at least)")
     p.add_argument("--enqueue-report", action="store_true",
                    help="first run the report's published top configurations that fit")
     add_placement(p)
@@ -225,7 +225,7 @@ def build_parser() -> Parser:
     p.add_argument("--data-dir", default="data", help="where cifar10 lives (default ./data)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
-                   help="stop starting trials after this many seconds")
+                   help="start no trial after this many seconds (each process runs one at least)")
     add_placement(p)
     add_capture(p)
     add_patience(p)

@@ -1,0 +1,97 @@
+"""The first code a `--workers` process runs (search/launch.py starts it with `start`): the
+standard library only, so that Ctrl-C and SIGTERM are handled before torch and optuna load
+(seconds), and so that the process leaves at once when its launcher dies.
+
+The launcher starts each process with SIGINT and SIGTERM blocked (a child inherits the mask):
+a signal sent while the interpreter starts (a terminal's Ctrl-C reaches the whole group) waits
+until `start` has its handler on, then stops the process quietly with exit 130. It is handled
+even where the shell started the search with SIGINT ignored (nohup, `cmd &`): the launcher
+forwards every stop to its workers, and a worker obeys it.
+
+A process leaves with os._exit once it has said what it did: the interpreter's own shutdown
+would spend 8-12 s (measured on 2 loaded cores) collecting torch's and optuna's objects, and
+after its launcher's death nobody waits for that.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+
+INTERRUPTED = 130            # stopped by a signal: the launcher counts it as stopped, no error
+FAILED = 1
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+PARENT_CHECK_SECONDS = 1.0   # where prctl is missing: how often a watchdog looks at the parent
+FLUSH_SECONDS = 5.0          # how long the last lines and the result may take to reach a parent
+
+
+def start(payload: bytes, index: int, gpu: str | None, parent: int, messages) -> None:
+    """One worker: handlers first, then the heavy imports and the run loop; never returns.
+
+    `payload` is the pickled RunSettings: unpickling it imports the settings' modules, which
+    must happen under the handler, not while multiprocessing reads this call's arguments."""
+    interrupted: list[int] = []
+
+    def note(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, note)
+    code = FAILED
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one pending raises here
+        die_with_parent(parent)
+        if gpu is not None:  # before anything touches CUDA in this fresh (spawned) process
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        try:
+            from search.launch import worker_main
+            settings = pickle.loads(payload)
+        except Exception:
+            if interrupted:  # a library that turned the interrupt into an ImportError
+                raise KeyboardInterrupt from None
+            raise
+        code = worker_main(settings, index, messages)
+    except KeyboardInterrupt:  # outside the run loop's own handling: nothing is held
+        code = INTERRUPTED
+    except BaseException:  # unexpected: the details on stderr, the launcher says the rest
+        traceback.print_exc()
+    leave(code, messages, parent)
+
+
+def leave(code: int, messages, parent: int) -> None:
+    """Hand over what is still buffered (while the parent lives to read it), then exit now."""
+    try:
+        for signum in STOP_SIGNALS:  # stopping already: a second signal changes nothing
+            signal.signal(signum, signal.SIG_IGN)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        messages.close()
+        flushing = threading.Thread(target=messages.join_thread, daemon=True)
+        flushing.start()
+        flushing.join(FLUSH_SECONDS if os.getppid() == parent else 0)
+    finally:
+        os._exit(code)
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM to this process when its parent dies (the loop then fails its trial, queues it
+    again and leaves; before the loop it leaves at once)."""
+    try:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the watchdog below does it, within 1 s
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            threading.Event().wait(PARENT_CHECK_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if os.getppid() != parent:  # died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
