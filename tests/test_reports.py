@@ -217,11 +217,64 @@ def test_every_figure_has_units_a_legend_below_and_no_study_name():
             assert layout.legend.orientation == "h"
 
 
-def test_loss_axis_turns_logarithmic_only_past_a_100x_range():
+def test_a_diverged_trial_is_cut_off_a_loss_axis_and_a_wide_bulk_turns_it_logarithmic():
     figures = learning_curves(thirty_trial_study())
-    assert figures["curves_val_loss"].layout.yaxis.type == "log"      # 1.5 .. 600
+    val_loss = figures["curves_val_loss"].layout
+    assert val_loss.yaxis.type is None and val_loss.yaxis.range[1] < 2    # 1.5, not 600
+    assert "5 points above" in val_loss.annotations[0].text               # its 5 epochs
     assert figures["curves_train_loss"].layout.yaxis.type is None     # 1.6 .. 2.0: linear
     assert figures["curves_val_acc"].layout.yaxis.type is None        # never for accuracy
+    study = make_study("resnet18", 0)
+    for seed in range(4):   # every curve falls from 3 to 0.003: the bulk spans 1000x
+        trial = fake_trial("resnet18", random.Random(seed), epochs=5)
+        trial.user_attrs["curves"]["val_loss"] = [3.0, 0.3, 0.03, 0.01, 0.003]
+        study.add_trial(trial)
+    assert learning_curves(study)["curves_val_loss"].layout.yaxis.type == "log"
+
+
+def pruned_after_one_epoch_study(storage=None, name="s") -> optuna.Study:
+    """The issue's MLP search: 19 trials of 8 epochs (losses under 2.5), 11 pruned after
+    epoch 1 with a training loss of 24.75 and a validation loss of ~14."""
+    study = make_study("mlp", 0, storage=storage, name=name)
+    rng = random.Random(11)
+    for number in range(30):
+        pruned = number % 2 == 1 and number <= 21   # 11 of them, spread over the search
+        trial = fake_trial("mlp", rng, TrialState.PRUNED if pruned else TrialState.COMPLETE,
+                           epochs=1 if pruned else 8)
+        curves = trial.user_attrs["curves"]
+        if pruned:
+            curves.update(train_loss=[24.75], val_loss=[14.0 + rng.random()])
+        else:
+            curves.update(train_loss=[2.3 - 0.1 * e - rng.random() / 10 for e in range(8)],
+                          val_loss=[2.2 - 0.08 * e - rng.random() / 10 for e in range(8)])
+        study.add_trial(trial)
+    return study
+
+
+def test_every_trial_is_drawn_and_pruned_outliers_do_not_flatten_the_loss_curves():
+    study = pruned_after_one_epoch_study()
+    figures = learning_curves(study)
+    for name, figure in figures.items():
+        per_trial = [t for t in figure.data if t.x != (None,)]
+        assert len(per_trial) == 30, name                                # every trial drawn
+        legend = next(t for t in figure.data if t.x == (None,))
+        grey = [t for t in per_trial if not t.showlegend]
+        assert legend.name == f"other trials ({len(grey)})" == "other trials (25)"
+        for trace in per_trial:
+            if len(trace.x) == 1:   # one epoch: a visible marker, not a one-point line
+                assert "markers" in trace.mode and trace.marker.size[0] >= 5, name
+    for name in ("curves_train_loss", "curves_val_loss"):
+        layout = figures[name].layout
+        low, high = layout.yaxis.range
+        assert high < 3, (name, high)          # the 19 curves (< 2.5) fill the plot ...
+        bulk = [v for t in study.trials if t.state == TrialState.COMPLETE
+                for v in t.user_attrs["curves"][name[7:]]]
+        assert (max(bulk) - min(bulk)) / (high - low) > 0.6, name
+        assert layout.annotations[0].text.startswith("▲ 11 points above"), name
+        tops = [t for t in figures[name].data if t.x != (None,) and len(t.x) == 1]
+        assert all(high - (high - low) / 10 < t.y[0] <= high for t in tops)
+        assert all(t.marker.symbol[0] == "triangle-up" for t in tops)   # ... the 11 at the edge
+        assert all("customdata" in t.hovertemplate for t in tops)       # hover: the true value
 
 
 def test_optuna_figures_name_the_objective_val_acc():
