@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 import search.objective
 import search.train.trainer
 from helpers import TINY, integrity, load, query, run_cli, states, wait_for_running
+from reports.trial_data import trial_curves
 from search.cli import main
 
 # ------------------------------------------------------------------ 3. a killed worker
@@ -76,7 +77,7 @@ def test_a_killed_worker_loses_nothing_the_retry_resumes_after_the_last_epoch(
     assert trained == [2, 3]                                   # only the missing epochs
     assert list(retry.intermediate_values) == [1, 2, 3]        # no gap, no duplicate
     assert retry.intermediate_values[1] == killed.intermediate_values[1]
-    assert len(retry.user_attrs["curves"]["val_acc"]) == 3 and retry.user_attrs["epochs_run"] == 3
+    assert len(trial_curves(retry)["val_acc"]) == 3 and retry.user_attrs["epochs_run"] == 3
     assert not checkpoint.exists()                              # removed when the trial ended
     assert integrity(db) == "ok"
 
