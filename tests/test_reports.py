@@ -425,9 +425,59 @@ def test_html_page_is_offline_with_one_plotly_copy(tmp_path):
     assert page.count("plotly.js v") == 1           # the library's own banner, embedded once
     # plotly.js itself mentions cdn.plot.ly (map data); no <script> may load from a network
     assert not re.search(r"<script[^>]*\bsrc=", page)
-    assert page.count("<img alt='first_layer_rows_trial3' src='data:image/png;base64,") == 1
+    assert page.count("src='data:image/png;base64,") == 1
     assert page.count("<div id=\"figure-") == 7     # 4 curves + 3 Optuna figures
     assert "<table" in page and "max val acc" in page
+
+
+def report_study(storage: str, name: str = "mlp") -> optuna.Study:
+    """The issue's 30-trial MLP search, with the settings and split sizes a search records."""
+    study = pruned_after_one_epoch_study(storage=storage, name=name)
+    study.set_user_attr("optuna_search", {"spec": {
+        "model": "mlp", "space": "report", "epochs": 8, "data": "cifar10-jpeg.tar.gz",
+        "seed": 0, "sampler": "tpe", "pruner": "median", "grid": None}})
+    study.set_user_attr("data_sizes", {"train": 2000, "val": 500, "test": 1000})
+    return study
+
+
+def test_report_page_says_what_was_run_and_heads_and_captions_every_figure(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    report_study(url)
+    page = render_report(url, "mlp", fmt="html")
+    header = " ".join(re.findall(r"<p class='header'>(.*?)</p>", page))
+    assert "Model mlp, 8 epochs per trial" in header and "cifar10-jpeg.tar.gz" in header
+    assert "2,000 train / 500 validation / 1,000 test images" in header
+    assert "Trials: 19 complete, 11 pruned." in header
+    figures = re.findall(r"<figure><h3>(.*?)</h3><p class='caption'>(.*?)</p>", page)
+    assert len(figures) == page.count("<figure>") == 7          # 4 curves, 3 Optuna figures
+    for heading, caption in figures:
+        assert "_" not in heading and caption, (heading, caption)   # no file names
+    assert "Validation loss per epoch" in [h for h, _ in figures]
+
+
+def test_report_table_states_constant_columns_once_and_aligns_words_left(tmp_path):
+    from reports.page import table_html
+    table = top_table(report_study(f"sqlite:///{tmp_path / 'r.db'}"), 8)
+    assert len(table) == 8 and set(table["schedule"]) == {"constant"}
+    box = table_html(table)
+    heads = re.findall(r"<th class='(\w+)'>(.*?)</th>", box)
+    assert ("text", "optimizer") in heads and ("number", "max val acc") in heads
+    assert "schedule" not in [h for _, h in heads] and "epochs run" not in [h for _, h in heads]
+    assert "In every row: schedule constant, epochs run 8." in box
+    markdown = to_markdown(table).splitlines()               # the export keeps every column
+    assert len(markdown) == 2 + 8 and "schedule" in markdown[0]
+    rule = dict(zip([c.strip() for c in markdown[0].strip("|").split("|")],
+                    markdown[1].strip("|").split("|")))
+    assert rule["schedule"].startswith(":") and rule["optimizer"].startswith(":")  # left
+    assert rule["max val acc"].endswith(":") and not rule["max val acc"].startswith(":")
+
+
+def test_a_picture_page_has_a_heading_and_a_caption(tmp_path):
+    from reports.page import write_pictures
+    write_pictures({"first_layer_rgb_trial26": b"png"}, tmp_path)
+    page = (tmp_path / "first_layer_rgb_trial26.html").read_text()
+    assert "<h1>First layer of the best trial (RGB), #26</h1>" in page
+    assert "<figcaption class='caption'>ResNet18 conv1: its 64 RGB kernels" in page
 
 
 def test_cli_report_and_clear_errors(tmp_path, capsys):
