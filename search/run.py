@@ -4,11 +4,11 @@ every Ray actor call `run_process`; none of them keeps its own count.
 
 Each turn claims a trial under the study's lock (search/claim.py decides from the storage
 alone), runs it with a heartbeat, records how it ended and saves the study's figures for
-optuna-dashboard (throttled to ~10% of the time: reports/dashboard_figures.py). When nothing can be claimed but
-trials still run elsewhere, the loop waits: one of them may die and come back as a retry. A
-trial that fails is queued again when it was interrupted (Ctrl-C, a signal: it resumes from
-its checkpoint) or is a grid point (3 tries in all); other failures (say, out of memory) leave
-the budget to a new sample.
+optuna-dashboard (at most ~10% of the time: reports/dashboard_figures.py). When nothing can
+be claimed but trials still run elsewhere, the loop waits: one of them may die and come back
+as a retry. A trial that fails is queued again when it was interrupted (Ctrl-C, a signal: it
+resumes from its checkpoint) or is a grid point (3 tries in all); other failures (say, out of
+memory) leave the budget to a new sample.
 """
 from __future__ import annotations
 
