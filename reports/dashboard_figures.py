@@ -12,8 +12,14 @@ optuna-dashboard 0.21 lists the ids from a set (any order); search/dashboard.py 
 sorted by id. Figures an older version saved under other ids are emptied, and that server
 leaves empty ones out. The first-layer pictures are already per-trial artifacts
 (first_layer.png, uploaded by the objective), which the dashboard shows on each trial's page.
+
+While a search runs, its run loop (search/run.py) saves them again after each trial through
+LiveFigures, which skips a turn when saving would take more than SHARE of the wall time, so a
+person watching sees the curves grow; the search's summary saves them once more at the end.
 """
 from __future__ import annotations
+
+import time
 
 import optuna
 import plotly.graph_objects as go
@@ -24,6 +30,7 @@ from storage.internals import set_study_system_attr, study_system_attrs
 ORDER = ("curves_val_acc", "curves_train_acc", "curves_val_loss", "curves_train_loss",
          "patch_parameters", "patch_train_seconds", "patch_val_seconds")
 PLOT_DATA_PREFIX = "dashboard:plot_data:"  # optuna-dashboard's study system attr keys
+SHARE = 0.1  # of a search's wall time, at most, spent saving figures while it runs
 
 
 def dashboard_figures(study: optuna.Study) -> dict[str, go.Figure]:
@@ -50,3 +57,34 @@ def register_dashboard_figures(study: optuna.Study) -> list[str]:
         if key.startswith(PLOT_DATA_PREFIX) and figure_id not in figures and value:
             set_study_system_attr(study, key, "")  # attrs cannot be deleted
     return list(figures)
+
+
+class LiveFigures:
+    """Save a running study's figures after a trial, at most SHARE of the time in all: after
+    a save that took s seconds, the next waits s * (1 / SHARE - 1) seconds (a 30-trial study
+    saves in ~0.5 s; trials take seconds to hours)."""
+
+    def __init__(self, study: optuna.Study, clock=time.monotonic):
+        self.study, self.clock = study, clock
+        self.next_at = clock()
+        self.saves = 0
+        self.failed = False
+
+    def after_trial(self) -> str | None:
+        """Save if due. Returns one line the first time saving fails (the search goes on:
+        the figures are a convenience), else None."""
+        start = self.clock()
+        if start < self.next_at:
+            return None
+        try:
+            register_dashboard_figures(self.study)
+        except Exception as error:
+            self.next_at = self.clock() + 60.0  # seconds: try again later, quietly
+            if self.failed:
+                return None
+            self.failed = True
+            return (f"figures for optuna-dashboard not saved ({type(error).__name__}: "
+                    f"{str(error)[:200]}); the search goes on")
+        self.saves += 1
+        self.next_at = self.clock() + (self.clock() - start) * (1 / SHARE - 1)
+        return None

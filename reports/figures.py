@@ -25,6 +25,7 @@ from reports.curves import curve_trials, learning_curves
 from reports.pictures import picture_png, picture_variants
 from reports.style import legend_below, metric_name, tidy
 from reports.table import ranked_trials, study_model
+from reports.trial_data import trial_config
 
 PATCH_FIGURES = {  # figure name -> (user attr, title, y-axis title with unit)
     "patch_parameters": ("parameters", "parameters against patch size", "parameters (count)"),
@@ -42,7 +43,7 @@ def patch_size_figures(study: optuna.Study) -> dict[str, go.Figure]:
     Values are the mean over the complete trials of each patch size (one per size in a grid).
     """
     trials = ranked_trials(study)
-    rows = [{"patch size": t.user_attrs.get("config", {}).get("patch_size"),
+    rows = [{"patch size": trial_config(t).get("patch_size"),
              **{attr: t.user_attrs.get(attr) for attr, _, _ in PATCH_FIGURES.values()}}
             for t in trials]
     frame = pd.DataFrame(rows).dropna(subset=["patch size"]) if rows else pd.DataFrame()

@@ -20,11 +20,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from reports.captions import figure_text, picture_text
 from reports.figures import best_pictures, study_figures
-from reports.pictures import CAPTIONS
 from reports.png import PngError, write_pngs
-from reports.table import (ReportError, display_table, load_study, study_setting, to_csv,
-                           to_markdown, top_table)
+from reports.table import (DATA_SIZES_ATTR, REPEAT_ATTR, ReportError, constant_columns,
+                           display_table, load_study, study_model, study_setting, text_columns,
+                           to_csv, to_markdown, top_table)
 from storage import artifact_dir
 
 FORMATS = ("markdown", "csv", "html")
@@ -54,29 +55,37 @@ def render_report(storage_url: str, study_name: str, top: int = 8, fmt: str = "m
     return page_html(study, table, figures, pictures, notes)
 
 
+PAGE_STYLE = (  # the table scrolls inside its own box: the page itself never gets wider
+    "body{font-family:sans-serif;margin:1.5em;max-width:1200px;line-height:1.4}"
+    "h1{font-size:1.5em}.caption{color:#444;margin:.2em 0 .6em}"
+    ".table-box{max-width:100%;overflow-x:auto}table{border-collapse:collapse;font-size:.9em}"
+    "td,th{border:1px solid #ccc;padding:.2em .4em}th{white-space:normal;vertical-align:bottom}"
+    "td.number,th.number{text-align:right}td.text,th.text{text-align:left}"
+    "td{white-space:nowrap}img{max-width:100%;height:auto}figure{margin:1.5em 0}")
+
+
 def page_html(study: optuna.Study, table: pd.DataFrame, figures: dict[str, go.Figure],
               pictures: dict[str, bytes], notes: list[str] = ()) -> str:
-    """One self-contained page: the table, every figure (one plotly.js copy), the pictures."""
+    """One self-contained page: a header saying what was run on what, the table, every
+    figure (one plotly.js copy) and picture, each with a heading and a one-line caption."""
     title = html.escape(f"optuna-search report: {study.study_name}")
-    attrs = ", ".join(f"{k}={study_setting(study, k)}" for k in
-                      ("model", "space", "fixed", "grid", "epochs", "seed", "data")
-                      if study_setting(study, k))
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}</style>",
-             f"</head><body><h1>{title}</h1><p>{html.escape(attrs)}</p>",
-             "<h2>Best trials (ranked by max validation accuracy)</h2>",
-             display_table(table).to_html(index=False, escape=True, border=0)]
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<style>{PAGE_STYLE}</style></head><body><h1>{title}</h1>",
+             *(f"<p class='header'>{html.escape(line)}</p>" for line in header_lines(study)),
+             "<h2>Best trials</h2>", table_html(table)]
     parts.append("<h2>Figures</h2>")
     for index, (name, figure) in enumerate(figures.items()):
+        heading, caption = figure_text(name)
         # The first figure carries plotly.js; the rest reuse it from the same page.
-        parts.append(figure.to_html(full_html=False, include_plotlyjs=index == 0,
-                                    div_id=f"figure-{name}"))
+        parts.append(f"<figure><h3>{html.escape(heading)}</h3><p class='caption'>"
+                     f"{html.escape(caption)}</p>" + figure.to_html(
+                         full_html=False, include_plotlyjs=index == 0,
+                         div_id=f"figure-{name}") + "</figure>")
     for name, png in pictures.items():
-        variant, _, trial = name.rpartition("_trial")
-        caption = f"{CAPTIONS.get(variant, variant)} (best trial, number {trial})"
-        parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(caption)}</p>"
-                     f"{_img(png, name)}")
+        heading, caption = picture_text(name)
+        parts.append(f"<figure><h3>{html.escape(heading)}</h3><p class='caption'>"
+                     f"{html.escape(caption)}</p>{_img(png, heading)}</figure>")
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
                      + "</ul>")
@@ -84,9 +93,49 @@ def page_html(study: optuna.Study, table: pd.DataFrame, figures: dict[str, go.Fi
     return "\n".join(parts)
 
 
-def _img(png: bytes, name: str) -> str:
+def header_lines(study: optuna.Study) -> list[str]:
+    """What was run on what: the model and search, the data and its split, the trials."""
+    setting = lambda key: study_setting(study, key)  # noqa: E731
+    search = ", ".join(f"{k} {setting(k)}" for k in ("space", "sampler", "pruner")
+                       if setting(k))
+    changed = "; ".join(f"{k} {setting(k)}" for k in ("fixed", "grid") if setting(k))
+    lines = [f"Model {study_model(study)}, {setting('epochs') or '?'} epochs per trial"
+             f"{', ' + search if search else ''}{'; ' + changed if changed else ''}"
+             f"{', seed ' + str(setting('seed')) if setting('seed') is not None else ''}."]
+    sizes = study.user_attrs.get(DATA_SIZES_ATTR)
+    split = (f"{sizes['train']:,} train / {sizes['val']:,} validation / {sizes['test']:,} "
+             "test images" if sizes else "split sizes not recorded (a study run before they "
+             "were)")
+    lines.append(f"Data: {setting('data') or 'not recorded'}, {split}.")
+    states = pd.Series([t.state.name.lower() for t in study.trials]).value_counts()
+    repeats = sum(REPEAT_ATTR in t.user_attrs for t in study.trials)
+    lines.append("Trials: " + (", ".join(f"{n} {s}" for s, n in states.items()) or "none")
+                 + (f" ({repeats} of them repeats of a trained configuration)"
+                    if repeats else "") + ".")
+    return lines
+
+
+def table_html(table: pd.DataFrame) -> str:
+    """The table in a box that scrolls sideways on a narrow screen; the columns with one
+    value in every row said once above it; words left, numbers right."""
+    constant = constant_columns(table)
+    shown = display_table(table.drop(columns=list(constant)))
+    text = set(text_columns(table))
+    caption = "Ranked by max validation accuracy (chosen on validation, never on test)."
+    if constant:
+        caption += " In every row: " + ", ".join(f"{k} {v}" for k, v in constant.items()) + "."
+    kind = {c: "text" if c in text else "number" for c in shown.columns}
+    head = "".join(f"<th class='{kind[c]}'>{html.escape(c)}</th>" for c in shown.columns)
+    rows = "".join("<tr>" + "".join(f"<td class='{kind[c]}'>{html.escape(str(v))}</td>"
+                                    for c, v in row.items()) + "</tr>"
+                   for _, row in shown.iterrows())
+    return (f"<p class='caption'>{html.escape(caption)}</p><div class='table-box'><table>"
+            f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def _img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
 
 
 def write_plots(storage_url: str, study_name: str, out_dir: str | Path) -> Written:
@@ -128,8 +177,11 @@ def write_pictures(pictures: dict[str, bytes], out: Path) -> list[Path]:
     paths = []
     for name, png in pictures.items():
         (out / f"{name}.png").write_bytes(png)
-        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{name}</title>"
-                f"</head><body><img alt='{html.escape(name)}' src='{name}.png'></body></html>")
+        heading, caption = (html.escape(text) for text in picture_text(name))
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{heading}</title>"
+                f"<style>{PAGE_STYLE}</style></head><body><figure><h1>{heading}</h1>"
+                f"<img alt='{heading}' src='{name}.png'><figcaption class='caption'>"
+                f"{caption}</figcaption></figure></body></html>")
         (out / f"{name}.html").write_text(page, encoding="utf-8")
         paths += [out / f"{name}.png", out / f"{name}.html"]
     return paths

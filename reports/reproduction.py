@@ -15,6 +15,7 @@ import markdown
 import pandas as pd
 from optuna.trial import TrialState
 
+from reports.captions import figure_text, picture_text
 from reports.figures import best_pictures, learning_curves, optuna_figures, patch_size_figures
 from reports.page import Written, _img, write_figures, write_pictures
 from reports.table import ReportError, load_study, to_markdown, top_table
@@ -204,12 +205,16 @@ def write_reproduction(storage_url: str, experiments, out_dir: str | Path,
 
 
 PAGE_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
-              "table{border-collapse:collapse;margin:.5em 0}"
-              "td,th{border:1px solid #ccc;padding:.2em .5em}code{background:#f4f4f4}")
+              # a wide table scrolls inside its own box, so the page never gets wider
+              "table{border-collapse:collapse;margin:.5em 0;display:block;max-width:100%;"
+              "overflow-x:auto}td,th{border:1px solid #ccc;padding:.2em .5em}"
+              "code{background:#f4f4f4}.caption{color:#444;margin:.2em 0 .6em}"
+              "img{max-width:100%;height:auto}")
 
 
 def _page(md: list[str], numbered: dict, extra: dict, pictures: dict) -> str:
-    """REPORT.md rendered as HTML (its tables as tables) and every figure, plotly.js once."""
+    """REPORT.md rendered as HTML (its tables as tables) and every figure, plotly.js once,
+    each under a heading and a one-line caption (reports/captions.py)."""
     converter = markdown.Markdown(extensions=["tables"])
     # Any HTML in the text (a study name, an error message) shows as text, never as markup.
     converter.preprocessors.deregister("html_block")
@@ -218,8 +223,13 @@ def _page(md: list[str], numbered: dict, extra: dict, pictures: dict) -> str:
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>optuna-search "
              f"reproduction</title><style>{PAGE_STYLE}</style></head><body>", body]
     for index, (name, figure) in enumerate({**numbered, **extra}.items()):
-        parts.append(f"<h3>{html.escape(name)}</h3>")
+        parts.append(_heading(*figure_text(name)))
         parts.append(figure.to_html(full_html=False, include_plotlyjs=index == 0))
     for name, png in pictures.items():
-        parts.append(f"<h3>{html.escape(name)}</h3>{_img(png, name)}")
+        heading, caption = picture_text(name)
+        parts.append(_heading(heading, caption) + _img(png, heading))
     return "\n".join(parts + ["</body></html>"])
+
+
+def _heading(heading: str, caption: str) -> str:
+    return f"<h3>{html.escape(heading)}</h3><p class='caption'>{html.escape(caption)}</p>"

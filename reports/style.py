@@ -19,7 +19,11 @@ DEFAULT_METRIC = "val_acc"   # what the objective returns: the trial's max valid
 BEST_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
                 "#F0B000")
 OTHERS_GREY = "rgba(130, 130, 130, 0.45)"
+OTHERS_MARKER = "rgba(110, 110, 110, 0.8)"  # a lone epoch's marker: a dot must not be faint
 LOG_RANGE = 100              # a loss axis turns logarithmic when max / min exceeds this
+BULK_QUANTILE = 0.9          # of the drawn points, weighted as below: the axis shows these ...
+BULK_MARGIN = 1.15           # ... with this much headroom
+CLIP_WHEN_OVER = 1.5         # clip only when the highest point is this far above the ceiling
 MARGIN = dict(l=64, r=16, t=40, b=8)  # pixels; automargin adds room for the legend below
 
 
@@ -60,6 +64,43 @@ def log_axis_if_wide(figure: go.Figure, values: Iterable[float]) -> bool:
         return False
     figure.update_yaxes(type="log")
     return True
+
+
+def bulk_ceiling(curves: list[list[float]]) -> float | None:
+    """The top of a y axis that the bulk of the curves fill, or None when nothing sticks out.
+
+    One trial pruned after epoch 1 with a training loss of 24.75, beside 19 curves under 2.5,
+    left those curves flat in the bottom 8% of the plot. Each curve counts with its highest
+    value once per point drawn, so a curve of 8 epochs weighs 8 times a lone point: the
+    ceiling is BULK_MARGIN times the BULK_QUANTILE of those, unless every point fits under
+    CLIP_WHEN_OVER times that (a ceiling that would hide little is not worth a cut axis).
+    """
+    weighted, highest = [], -math.inf
+    for curve in curves:
+        finite = [v for v in curve if v is not None and math.isfinite(v)]
+        if finite:
+            weighted += [max(finite)] * len(finite)
+            highest = max(highest, max(finite))
+    if not weighted:
+        return None
+    weighted.sort()
+    ceiling = BULK_MARGIN * weighted[min(len(weighted) - 1, int(BULK_QUANTILE * len(weighted)))]
+    return ceiling if ceiling > 0 and highest > CLIP_WHEN_OVER * ceiling else None
+
+
+def cut_axis(figure: go.Figure, values: Iterable[float], ceiling: float) -> int:
+    """Range the y axis from the lowest value to `ceiling` and say on the figure how many
+    points lie above it (drawn at the top edge as triangles); returns that count."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    above = sum(v > ceiling for v in finite)
+    low = min(min(finite), ceiling)
+    pad = 0.04 * (ceiling - low) or 0.05 * abs(ceiling) or 0.05
+    figure.update_yaxes(range=[low - pad, ceiling + pad])
+    figure.add_annotation(text=f"▲ {above} point{'s' * (above != 1)} above {ceiling:.3g}, "
+                               "drawn at the top edge (hover for values)",
+                          xref="paper", yref="paper", x=1, y=1, xanchor="right",
+                          yanchor="bottom", showarrow=False, font=dict(size=11, color="#555"))
+    return above
 
 
 def short(value) -> str:

@@ -1,6 +1,6 @@
 """Study -> the report's top-k table (a DataFrame), and Markdown / CSV text of it.
 
-Columns are chosen explicitly from each trial's user_attrs["config"] and its metric attrs
+Columns are chosen explicitly from each trial's config (reports/trial_data.py) and its metrics
 (never the whole of trials_dataframe, which carries system_attrs_* columns):
 
     rank, trial, batch size, learning rate, optimizer, momentum, weight decay,
@@ -19,6 +19,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from reports.trial_data import has_config, trial_config
 from storage import Store, open_store
 
 
@@ -40,6 +41,7 @@ MODEL_PARAMS = {
 # search/objective.py answers a trial whose parameters a finished trial was trained with from
 # that trial's result, without training, and marks it with the original's number.
 REPEAT_ATTR = "repeat_of"
+DATA_SIZES_ATTR = "data_sizes"  # study user attr: {"train": n, "val": n, "test": n} images
 METRICS = [("max train acc", "max_train_acc"), ("max val acc", "max_val_acc"),
            ("test acc", "test_acc"), ("epochs run", "epochs_run")]
 ACCURACY_COLUMNS = ("max train acc", "max val acc", "test acc")
@@ -72,7 +74,7 @@ def study_model(study: optuna.Study) -> str:
     if model in MODEL_PARAMS:
         return model
     for trial in study.get_trials(deepcopy=False):
-        config = trial.user_attrs.get("config", {})
+        config = trial_config(trial)
         if "activation" in trial.params:
             return "mlp"
         if "embed_dim" in trial.params or "num_blocks" in trial.params:
@@ -98,7 +100,7 @@ def ranked_trials(study: optuna.Study, include_pruned: bool = False) -> list[Fro
     trials = [t for t in study.get_trials(deepcopy=False)
               if REPEAT_ATTR not in t.user_attrs and (
                   t.state == TrialState.COMPLETE
-                  or (include_pruned and "config" in t.user_attrs))]
+                  or (include_pruned and has_config(t)))]
     return sorted(trials, key=lambda t: (-_val_acc(t), t.number))
 
 
@@ -122,7 +124,7 @@ def top_table(study: optuna.Study, top: int = 8, include_pruned: bool = False) -
     params = COMMON_PARAMS + MODEL_PARAMS[model]
     rows = []
     for rank, trial in enumerate(trials[:top], start=1):
-        config = trial.user_attrs.get("config", {})
+        config = trial_config(trial)
         row: dict[str, Any] = {"rank": rank, "trial": trial.number}
         for column, key in params:
             row[column] = config.get(key, trial.params.get(key))
@@ -157,12 +159,27 @@ def _cell(column: str, value: Any) -> str:
     return str(value)
 
 
-TEXT_COLUMNS = ("optimizer", "activation", "state")
+def text_columns(table: pd.DataFrame) -> list[str]:
+    """The columns holding words (optimizer, schedule, activation, state): aligned left;
+    numbers are aligned right."""
+    return [c for c in table.columns
+            if any(isinstance(v, str) for v in table[c] if v is not None)]
+
+
+def constant_columns(table: pd.DataFrame) -> dict[str, str]:
+    """Column -> its one value, for the columns whose cell is the same in every row (of two
+    or more): a page says them once above the table instead of in every row."""
+    if len(table) < 2:
+        return {}
+    shown = display_table(table)
+    return {c: shown[c].iloc[0] for c in table.columns
+            if c not in ("rank", "trial") and shown[c].nunique() == 1}
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     # disable_numparse keeps "0.0001" and "2.5e-05" exactly as display_table wrote them
-    align = ["left" if c in TEXT_COLUMNS else "right" for c in table.columns]
+    text = text_columns(table)
+    align = ["left" if c in text else "right" for c in table.columns]
     return display_table(table).to_markdown(index=False, disable_numparse=True, colalign=align)
 
 

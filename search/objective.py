@@ -1,8 +1,10 @@
 """The objective: the ONLY module that touches an optuna.Trial during training.
 
-suggest -> build -> train (trial.report / should_prune each epoch) -> user_attrs + artifacts.
+suggest -> build -> train (trial.report / should_prune each epoch) -> attributes + artifacts.
 Value: the best validation accuracy over the epochs. Every finished or pruned trial keeps its
-per-epoch curves and summary in user_attrs, so reports read everything from the storage.
+summary in user_attrs (short values, one line each on the dashboard) and its per-epoch curves
+and config in system attrs (reports/trial_data.py), so reports read everything from the
+storage.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 
 from reports.pictures import save_first_layer_picture
 from reports.table import REPEAT_ATTR
+from reports.trial_data import CONFIG, CURVES
 from search.train.checkpoint import Checkpoint
 from search.train.data import Dataset
 from search.train.gpu_share import stuck_memory
@@ -60,7 +63,7 @@ class Objective:
         original = trained_twin(trial)
         if original is not None:  # trained already: its result answers, nothing is trained
             return answer_from(trial, original)
-        trial.set_user_attr("config", _jsonable(config.as_dict()))
+        run.store.set_system_attr(trial, CONFIG, _jsonable(config.as_dict()))
         torch.manual_seed(spec.seed)  # same initial weights for every trial: only params differ
         model = build(spec.model, config)
         trial.set_user_attr("parameters", parameter_count(model))
@@ -82,7 +85,7 @@ class Objective:
             last = result.epochs[-1]
             self.progress.epoch_done(last.epoch, config.epochs, last.val_acc)
             report_new_epochs(result)
-            writer.set_user_attr("curves", result.curves())  # live in the dashboard
+            writer.set_system_attr(CURVES, result.curves())  # live, for the figures
             # The pruner compares this trial's epochs, read from the storage, with the other
             # trials': judge only once they have landed there (milliseconds, unless the
             # storage is away: then training goes on and the next epoch is judged).
@@ -150,7 +153,7 @@ class Objective:
 
     def _save_summary(self, trial: optuna.Trial, result: TrainResult) -> None:
         curves = result.curves()
-        trial.set_user_attr("curves", curves)
+        self.run.store.set_system_attr(trial, CURVES, curves)
         trial.set_user_attr("epochs_run", len(result.epochs))
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("max_train_acc", max(curves["train_acc"]))

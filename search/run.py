@@ -3,11 +3,12 @@ queue is empty). The plain search, every `--workers` process, `optuna-search wor
 every Ray actor call `run_process`; none of them keeps its own count.
 
 Each turn claims a trial under the study's lock (search/claim.py decides from the storage
-alone), runs it with a heartbeat, and records how it ended. When nothing can be claimed but
-trials still run elsewhere, the loop waits: one of them may die and come back as a retry. A
-trial that fails is queued again when it was interrupted (Ctrl-C, a signal: it resumes from
-its checkpoint) or is a grid point (3 tries in all); other failures (say, out of memory) leave
-the budget to a new sample.
+alone), runs it with a heartbeat, records how it ended and saves the study's figures for
+optuna-dashboard (at most ~10% of the time: reports/dashboard_figures.py). When nothing can
+be claimed but trials still run elsewhere, the loop waits: one of them may die and come back
+as a retry. A trial that fails is queued again when it was interrupted (Ctrl-C, a signal: it
+resumes from its checkpoint) or is a grid point (3 tries in all); other failures (say, out of
+memory) leave the budget to a new sample.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from reports.table import REPEAT_ATTR
+from reports.table import DATA_SIZES_ATTR, REPEAT_ATTR
 from search.claim import DONE, WAIT, claim, tally
 from search.errors import StudyMismatch
 from search.interrupts import Interrupts
@@ -75,6 +76,9 @@ def run_process(settings: RunSettings, out, data=None,
             return RunResult(interrupted=True)
         opened = start_run(opened) if opened is not None else open_study(settings)
         study, store = opened.study, opened.store
+        sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+        if study.user_attrs.get(DATA_SIZES_ATTR) != sizes:  # what the report's header says
+            study.set_user_attr(DATA_SIZES_ATTR, sizes)
         objective = Objective(settings.spec, Runtime(
             store, data, device, opened.uid, capture=settings.capture,
             shared_by=settings.device_shared_by,
@@ -82,6 +86,10 @@ def run_process(settings: RunSettings, out, data=None,
             checkpoint_every=settings.checkpoint_every if store.heartbeat_seconds else None))
         objective.progress = progress = Progress(out, quiet=settings.quiet)
         said_waiting = False
+        # The dashboard's learning curves, while the search runs; imported here, as plotly
+        # takes ~1 s to import and the command's first line should not wait for it.
+        from reports.dashboard_figures import LiveFigures
+        figures = LiveFigures(study)
         t = tally(study, settings)
         progress.study(t.finished, t.target, settings.spec.epochs, _best(study))
         deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
@@ -106,6 +114,9 @@ def run_process(settings: RunSettings, out, data=None,
                     "host": socket.gethostname(), "pid": os.getpid()})
                 frozen = run_one(opened, claimed, objective, interrupts, settings)
                 progress.trial_finished(frozen, tally(study, settings).finished, _best(study))
+                trouble = figures.after_trial()
+                if trouble:
+                    progress.line(trouble)
                 if _count(result, frozen, interrupts):
                     break
                 # Checked after a trial, not before the first: each process runs at least

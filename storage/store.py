@@ -113,6 +113,11 @@ class Store:
         """A background writer of the trial's epochs and attributes (storage/writer.py)."""
         return TrialWriter(self.optuna, internals.trial_id(trial))
 
+    def set_system_attr(self, trial: optuna.Trial, key: str, value) -> None:
+        """A trial system attribute (Optuna 5's Trial has no setter): long data that the
+        dashboard's trial page would show as one giant line (reports/trial_data.py)."""
+        self.optuna.set_trial_system_attr(internals.trial_id(trial), key, value)
+
     def beat_once(self, trial: optuna.Trial) -> None:
         """The trial's first heartbeat: recorded at its claim, before the study's lock goes,
         so a process killed right after claiming leaves a trial that goes stale (Optuna never

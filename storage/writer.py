@@ -3,21 +3,21 @@ storage is away.
 
     writer = TrialWriter(storage, trial_id)
     writer.report(epoch, val_acc)          # returns at once
-    writer.set_user_attr("curves", curves)
+    writer.set_system_attr("optuna_search:curves", curves)   # long data: hidden from the dashboard
     if writer.flush(timeout=0) ...         # True once everything has landed
     writer.close()
 
 One thread applies the writes in the order they were made, each through the storage's own
 retry (storage/resilient.py), so after an outage they land in order, none lost; none doubled,
 since each write is keyed (step, attribute name) and a repeat stores the same thing.
-One exception to "in order", not visible in what is stored at the end: set_user_attr of a
-key that is still waiting replaces that write by a new one at the end of the queue (only the
-latest value of an attribute matters). Heartbeats are not written here: search/run.py's
-heartbeat thread writes them.
+One exception to "in order", not visible in what is stored at the end: set_user_attr (or
+set_system_attr) of a key that is still waiting replaces that write by a new one at the end
+of the queue (only the latest value of an attribute matters). Heartbeats are not written
+here: search/run.py's heartbeat thread writes them.
 When the storage gives up (StorageUnavailable past its patience, StorageFailure, or the trial
 was finished by someone else: UpdateFinishedTrialError) the thread stops, keeps the write that
 failed and those after it (pending() counts them), and `error` holds the exception, raised again
-by the next report/set_user_attr/flush.
+by the next report/set_user_attr/set_system_attr/flush.
 """
 from __future__ import annotations
 
@@ -48,11 +48,11 @@ class TrialWriter:
         self._add(("report", int(step), float(value)))
 
     def set_user_attr(self, key: str, value: Any) -> None:
-        with self._changed:
-            self._raise_error()
-            self._writes = collections.deque(
-                w for w in self._writes if not (w[0] == "user_attr" and w[1] == key))
-        self._add(("user_attr", key, value))
+        self._replace(("user_attr", key, value))
+
+    def set_system_attr(self, key: str, value: Any) -> None:
+        """A trial system attribute: data too long to show on the dashboard's trial page."""
+        self._replace(("system_attr", key, value))
 
     def pending(self) -> int:
         """How many writes have not landed yet (the one being applied included)."""
@@ -84,6 +84,13 @@ class TrialWriter:
         return not self._thread.is_alive()
 
     # ---------------------------------------------------------------- the background thread
+
+    def _replace(self, write: tuple) -> None:
+        """Queue an attribute write, dropping a waiting write of the same attribute."""
+        with self._changed:
+            self._raise_error()
+            self._writes = collections.deque(w for w in self._writes if w[:2] != write[:2])
+        self._add(write)
 
     def _add(self, write: tuple) -> None:
         with self._changed:
@@ -128,5 +135,7 @@ class TrialWriter:
         kind, *args = write
         if kind == "report":
             self.storage.set_trial_intermediate_value(self.trial_id, *args)
+        elif kind == "system_attr":
+            self.storage.set_trial_system_attr(self.trial_id, *args)
         else:
             self.storage.set_trial_user_attr(self.trial_id, *args)

@@ -82,6 +82,13 @@ def test_dashboard_shows_study_trials_and_first_layer_picture(tmp_path, browser)
              if img.get_attribute("src") == picture_url), False))
         wait.until(lambda b: b.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth > 0", picture))
+        # The user attributes read at a glance: the page is no wider than the window (a
+        # 910-character `curves` attribute made it 7,870 px in a 1,400 px window).
+        wait.until(lambda _: "max_val_acc" in page_text())
+        widths = browser.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths
+        assert "curves" not in page_text() and "test_acc" in page_text()
         browser.execute_script("arguments[0].scrollIntoView()", picture)
         shot = tmp_path / "dashboard-trial-first-layer.png"
         assert browser.save_screenshot(str(shot))
@@ -146,3 +153,70 @@ def test_dashboard_names_the_objective_and_shows_the_figures_in_reading_order(tm
         assert "Objective 0" not in browser.find_element(By.TAG_NAME, "body").text
     finally:
         server.stop()
+
+
+def test_loss_curves_fill_the_plot_beside_trials_pruned_at_a_huge_loss(tmp_path, browser,
+                                                                        monkeypatch):
+    """11 of 30 trials pruned after epoch 1 at loss 24.75 left the 19 other curves in the
+    bottom 8% of the plot: they now span most of its height, and the 11 are drawn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from reports.page import write_plots
+    from test_reports import pruned_after_one_epoch_study
+
+    url = f"sqlite:///{tmp_path / 'pruned.db'}"
+    pruned_after_one_epoch_study(storage=url, name="pruned")
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-browser"))  # HTML only: faster
+    write_plots(url, "pruned", tmp_path / "figs")
+    browser.set_window_size(900, 600)
+    for name in ("curves_train_loss", "curves_val_loss"):
+        browser.get((tmp_path / "figs" / f"{name}.html").as_uri())
+        WebDriverWait(browser, WAIT_SECONDS).until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, ".nsewdrag"))
+        seen = browser.execute_script("""
+            const plot = document.querySelector('.draglayer .nsewdrag').getBoundingClientRect();
+            const lines = [...document.querySelectorAll('g.scatterlayer g.trace path.js-line')]
+                .map(p => p.getBoundingClientRect()).filter(b => b.height > 0);
+            const top = Math.min(...lines.map(b => b.top));
+            const bottom = Math.max(...lines.map(b => b.bottom));
+            const points = [...document.querySelectorAll('g.scatterlayer path.point')]
+                .filter(p => { const b = p.getBoundingClientRect();
+                               return b.width > 3 && b.top >= plot.top - 10; }).length;
+            return {share: (bottom - top) / plot.height, points: points,
+                    note: document.querySelector('g.annotation') !== null};""")
+        assert seen["share"] > 0.6, (name, seen)     # the curves fill the plot's height
+        assert seen["points"] >= 11 + 5 * 8, (name, seen)   # the 11 markers, the best 5's
+        assert seen["note"], name
+
+
+def test_the_report_page_fits_an_800_px_window(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from test_reports import report_study
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    report_study(url)
+    page = tmp_path / "report.html"
+    assert main(["report", "mlp", "--format", "html", "-o", str(page), "--storage", url]) == 0
+    browser.set_window_size(800, 1000)
+    browser.get(page.as_uri())
+    WebDriverWait(browser, WAIT_SECONDS).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, ".nsewdrag"))
+    seen = browser.execute_script("""
+        const box = document.querySelector('.table-box').getBoundingClientRect();
+        const table = document.querySelector('.table-box table');
+        const align = name => getComputedStyle([...document.querySelectorAll('th')]
+            .find(th => th.textContent === name)).textAlign;
+        return {page: document.documentElement.scrollWidth, window: window.innerWidth,
+                box: box.right, table: table.scrollWidth, boxWidth: box.width,
+                optimizer: align('optimizer'), acc: align('max val acc'),
+                headings: [...document.querySelectorAll('figure > h3')].map(h => h.textContent),
+                captions: [...document.querySelectorAll('figure > p.caption')]
+                    .filter(p => p.getBoundingClientRect().height > 0).length};""")
+    assert seen["page"] <= seen["window"], seen          # no sideways scrolling of the page
+    assert seen["box"] <= 800, seen                       # the table's box fits the window
+    assert seen["optimizer"] == "left" and seen["acc"] == "right", seen
+    assert len(seen["headings"]) == seen["captions"] == 7, seen
+    print(f"800 px window: table {seen['table']} px in a box of {seen['boxWidth']:.0f} px")

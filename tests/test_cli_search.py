@@ -21,6 +21,7 @@ import search.cli.commands
 import search.launch
 import search.objective
 import search.study
+from reports.trial_data import trial_config, trial_curves
 from search.cli import main
 from search.settings import RunSettings, StudySpec
 from storage import artifact_dir
@@ -28,7 +29,7 @@ from storage import artifact_dir
 from helpers import query
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds")
-TRIAL_ATTRS = ("config", "parameters", "curves", "epochs_run", "best_epoch", "max_train_acc",
+TRIAL_ATTRS = ("parameters", "epochs_run", "best_epoch", "max_train_acc",
                "max_val_acc", "avg_train_seconds", "avg_val_seconds")
 TEST_ATTRS = ("test_acc", "test_loss", "test_seconds")
 SPEC_KEYS = ("model", "space", "fixed", "grid", "epochs", "data", "seed", "sampler", "pruner")
@@ -87,9 +88,10 @@ def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
     for trial in trials:
         attrs = trial.user_attrs
         assert set(TRIAL_ATTRS) <= set(attrs), trial.number
-        assert attrs["config"]["epochs"] == 2
-        assert all(len(attrs["curves"][name]) == attrs["epochs_run"] for name in CURVES)
-        assert attrs["max_val_acc"] == max(attrs["curves"]["val_acc"])
+        curves = trial_curves(trial)
+        assert trial_config(trial)["epochs"] == 2 and "curves" not in attrs  # not on the page
+        assert all(len(curves[name]) == attrs["epochs_run"] for name in CURVES)
+        assert attrs["max_val_acc"] == max(curves["val_acc"])
         if trial.state == TrialState.COMPLETE:
             assert attrs["epochs_run"] == 2
             assert trial.value == attrs["max_val_acc"]
@@ -377,7 +379,7 @@ def test_timings_keep_the_first_epoch_apart_and_say_when_a_device_was_shared(tmp
         attrs = trial.user_attrs
         if trial.state != TrialState.COMPLETE:
             continue
-        seconds = attrs["curves"]["train_seconds"]
+        seconds = trial_curves(trial)["train_seconds"]
         assert attrs["first_epoch_seconds"] == seconds[0]
         assert attrs["avg_train_seconds"] == pytest.approx(sum(seconds[1:]) / len(seconds[1:]))
         assert attrs["timing_shared_by"] == 2  # two workers on this machine's cores

@@ -346,3 +346,69 @@ def test_the_studys_figures_arrive_in_reading_order_without_emptied_ones(small_s
         assert status == 404 and kind == "application/json"  # errors pass through untouched
     finally:
         server.stop()
+
+
+def test_user_attributes_are_one_line_each_and_the_curves_live_elsewhere(small_study):
+    """The trial page shows every user attribute as a row: none may be a 900-character line.
+    The curves and the config are system attrs, which the page does not show, and the
+    reports read them (reports/trial_data.py)."""
+    from reports.trial_data import CURVES, trial_config, trial_curves
+    study = optuna.load_study(study_name="watched", storage=small_study)
+    for trial in study.trials:
+        for key, value in trial.user_attrs.items():
+            assert len(json.dumps(value)) <= 80, (key, value)   # characters: one line
+        assert "curves" not in trial.user_attrs and CURVES in trial.system_attrs
+        assert len(trial_curves(trial)["val_acc"]) == 1 and trial_config(trial)["epochs"] == 1
+    server = DashboardServer(dashboard_app(small_study), port=0).start()
+    try:   # what the trial page is sent: no curves among its user attributes
+        root = server.url.rsplit("/dashboard", 1)[0]
+        detail = get_json(f"{root}/api/studies/{study._study_id}?after=0")
+        sent = [a["key"] for t in detail["trials"] for a in t["user_attrs"]]
+        assert sent and "curves" not in sent and "config" not in sent
+    finally:
+        server.stop()
+
+
+def test_a_running_search_saves_its_figures_for_the_dashboard_after_a_trial(tmp_path,
+                                                                             monkeypatch):
+    """Trial 1 starts with trial 0's curves already on the dashboard, not only at the end."""
+    from storage.internals import study_system_attrs
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    seen = {}
+    real_call = search.objective.Objective.__call__
+
+    def look_then_run(self, trial):
+        saved = [k for k, v in study_system_attrs(trial.study).items()
+                 if k.startswith("dashboard:plot_data:01-curves_val_acc") and v]
+        seen[trial.number] = bool(saved)
+        return real_call(self, trial)
+
+    monkeypatch.setattr(search.objective.Objective, "__call__", look_then_run)
+    assert main(["mlp", "--data", "synthetic", "--epochs", "1", "--trials", "2",
+                 "--pruner", "none", "--study", "live", "--storage", url]) == 0
+    assert seen == {0: False, 1: True}
+
+
+def test_live_figures_take_at_most_a_tenth_of_the_time(monkeypatch):
+    import reports.dashboard_figures as dashboard_figures
+    now = [0.0]
+
+    def slow_save(study):  # each save costs 2 s
+        now[0] += 2.0
+
+    monkeypatch.setattr(dashboard_figures, "register_dashboard_figures", slow_save)
+    live = dashboard_figures.LiveFigures(study=None, clock=lambda: now[0])
+    for _ in range(100):       # a trial every 5 s
+        now[0] += 5.0
+        assert live.after_trial() is None
+    assert 2.0 * live.saves <= 0.1 * now[0] + 2.0            # seconds saving <= 10% (+ one)
+    assert live.saves >= 0.08 * now[0] / 2.0                 # and not much less: ~every 4th
+
+    def broken_save(study):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dashboard_figures, "register_dashboard_figures", broken_save)
+    now[0] += 1000.0
+    assert "not saved (OSError: disk full); the search goes on" in live.after_trial()
+    now[0] += 1000.0
+    assert live.after_trial() is None                         # said once

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from helpers import (FAST_HEARTBEAT, TINY, alive, children_of, cmdline, finished, integrity,
                      load, maps, query, run_cli, running_with_an_epoch, wait_until)
 from reports.table import REPEAT_ATTR
+from reports.trial_data import trial_config
 from search import child, launch
 from search.cli import main
 
@@ -95,7 +96,7 @@ def test_worker_joins_a_study_with_the_settings_it_was_made_with(tmp_path, capsy
     trials = load(db).get_trials()
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
     for trial in trials[1:]:
-        config = trial.user_attrs["config"]
+        config = trial_config(trial)
         assert config["activation"] == "tanh" and config["hidden_sizes"] == [16]
         assert trial.user_attrs["epochs_run"] == 1
     assert "100 train / 50 val / 100 test" in out

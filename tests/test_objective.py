@@ -8,6 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 import search.objective
+from reports.trial_data import trial_config, trial_curves
 from search.train.data import make_dataset
 from search.objective import Objective, Runtime
 from search.settings import StudySpec
@@ -61,7 +62,7 @@ def test_a_pruned_trial_stops_after_the_epoch_the_pruner_judged(store, data):
     assert bad.params == BAD  # the enqueued values, momentum not suggested for plain SGD
     assert bad.user_attrs["epochs_run"] == 1 < EPOCHS
     assert list(bad.intermediate_values) == [1]
-    assert all(len(bad.user_attrs["curves"][name]) == 1 for name in CURVES)
+    assert all(len(trial_curves(bad)[name]) == 1 for name in CURVES)
     assert bad.user_attrs["max_val_acc"] == bad.intermediate_values[1]
     assert "test_acc" not in bad.user_attrs  # the test set is only for finished trials
 
@@ -75,7 +76,7 @@ def test_a_diverging_trial_ends_pruned_with_its_reason(store, data):
 
     assert trial.state == TrialState.PRUNED
     assert trial.params == dict(batch_size=128, weight_decay=0.0001, activation="relu")
-    assert trial.user_attrs["config"]["lr"] == 10.0
+    assert trial_config(trial)["lr"] == 10.0
     assert "became nan" in trial.user_attrs["diverged"] or "became inf" in \
         trial.user_attrs["diverged"]
     assert trial.user_attrs["epochs_run"] < EPOCHS
@@ -99,7 +100,7 @@ def test_an_error_inside_training_fails_that_trial_with_its_reason(store, data, 
 
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
-    assert failed.user_attrs["config"]["batch_size"] == 1024
+    assert trial_config(failed)["batch_size"] == 1024
     assert finished.state == TrialState.COMPLETE
     assert "fail_reason" not in finished.user_attrs
 

@@ -217,11 +217,64 @@ def test_every_figure_has_units_a_legend_below_and_no_study_name():
             assert layout.legend.orientation == "h"
 
 
-def test_loss_axis_turns_logarithmic_only_past_a_100x_range():
+def test_a_diverged_trial_is_cut_off_a_loss_axis_and_a_wide_bulk_turns_it_logarithmic():
     figures = learning_curves(thirty_trial_study())
-    assert figures["curves_val_loss"].layout.yaxis.type == "log"      # 1.5 .. 600
+    val_loss = figures["curves_val_loss"].layout
+    assert val_loss.yaxis.type is None and val_loss.yaxis.range[1] < 2    # 1.5, not 600
+    assert "5 points above" in val_loss.annotations[0].text               # its 5 epochs
     assert figures["curves_train_loss"].layout.yaxis.type is None     # 1.6 .. 2.0: linear
     assert figures["curves_val_acc"].layout.yaxis.type is None        # never for accuracy
+    study = make_study("resnet18", 0)
+    for seed in range(4):   # every curve falls from 3 to 0.003: the bulk spans 1000x
+        trial = fake_trial("resnet18", random.Random(seed), epochs=5)
+        trial.user_attrs["curves"]["val_loss"] = [3.0, 0.3, 0.03, 0.01, 0.003]
+        study.add_trial(trial)
+    assert learning_curves(study)["curves_val_loss"].layout.yaxis.type == "log"
+
+
+def pruned_after_one_epoch_study(storage=None, name="s") -> optuna.Study:
+    """The issue's MLP search: 19 trials of 8 epochs (losses under 2.5), 11 pruned after
+    epoch 1 with a training loss of 24.75 and a validation loss of ~14."""
+    study = make_study("mlp", 0, storage=storage, name=name)
+    rng = random.Random(11)
+    for number in range(30):
+        pruned = number % 2 == 1 and number <= 21   # 11 of them, spread over the search
+        trial = fake_trial("mlp", rng, TrialState.PRUNED if pruned else TrialState.COMPLETE,
+                           epochs=1 if pruned else 8)
+        curves = trial.user_attrs["curves"]
+        if pruned:
+            curves.update(train_loss=[24.75], val_loss=[14.0 + rng.random()])
+        else:
+            curves.update(train_loss=[2.3 - 0.1 * e - rng.random() / 10 for e in range(8)],
+                          val_loss=[2.2 - 0.08 * e - rng.random() / 10 for e in range(8)])
+        study.add_trial(trial)
+    return study
+
+
+def test_every_trial_is_drawn_and_pruned_outliers_do_not_flatten_the_loss_curves():
+    study = pruned_after_one_epoch_study()
+    figures = learning_curves(study)
+    for name, figure in figures.items():
+        per_trial = [t for t in figure.data if t.x != (None,)]
+        assert len(per_trial) == 30, name                                # every trial drawn
+        legend = next(t for t in figure.data if t.x == (None,))
+        grey = [t for t in per_trial if not t.showlegend]
+        assert legend.name == f"other trials ({len(grey)})" == "other trials (25)"
+        for trace in per_trial:
+            if len(trace.x) == 1:   # one epoch: a visible marker, not a one-point line
+                assert "markers" in trace.mode and trace.marker.size[0] >= 5, name
+    for name in ("curves_train_loss", "curves_val_loss"):
+        layout = figures[name].layout
+        low, high = layout.yaxis.range
+        assert high < 3, (name, high)          # the 19 curves (< 2.5) fill the plot ...
+        bulk = [v for t in study.trials if t.state == TrialState.COMPLETE
+                for v in t.user_attrs["curves"][name[7:]]]
+        assert (max(bulk) - min(bulk)) / (high - low) > 0.6, name
+        assert layout.annotations[0].text.startswith("▲ 11 points above"), name
+        tops = [t for t in figures[name].data if t.x != (None,) and len(t.x) == 1]
+        assert all(high - (high - low) / 10 < t.y[0] <= high for t in tops)
+        assert all(t.marker.symbol[0] == "triangle-up" for t in tops)   # ... the 11 at the edge
+        assert all("customdata" in t.hovertemplate for t in tops)       # hover: the true value
 
 
 def test_optuna_figures_name_the_objective_val_acc():
@@ -372,9 +425,59 @@ def test_html_page_is_offline_with_one_plotly_copy(tmp_path):
     assert page.count("plotly.js v") == 1           # the library's own banner, embedded once
     # plotly.js itself mentions cdn.plot.ly (map data); no <script> may load from a network
     assert not re.search(r"<script[^>]*\bsrc=", page)
-    assert page.count("<img alt='first_layer_rows_trial3' src='data:image/png;base64,") == 1
+    assert page.count("src='data:image/png;base64,") == 1
     assert page.count("<div id=\"figure-") == 7     # 4 curves + 3 Optuna figures
     assert "<table" in page and "max val acc" in page
+
+
+def report_study(storage: str, name: str = "mlp") -> optuna.Study:
+    """The issue's 30-trial MLP search, with the settings and split sizes a search records."""
+    study = pruned_after_one_epoch_study(storage=storage, name=name)
+    study.set_user_attr("optuna_search", {"spec": {
+        "model": "mlp", "space": "report", "epochs": 8, "data": "cifar10-jpeg.tar.gz",
+        "seed": 0, "sampler": "tpe", "pruner": "median", "grid": None}})
+    study.set_user_attr("data_sizes", {"train": 2000, "val": 500, "test": 1000})
+    return study
+
+
+def test_report_page_says_what_was_run_and_heads_and_captions_every_figure(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    report_study(url)
+    page = render_report(url, "mlp", fmt="html")
+    header = " ".join(re.findall(r"<p class='header'>(.*?)</p>", page))
+    assert "Model mlp, 8 epochs per trial" in header and "cifar10-jpeg.tar.gz" in header
+    assert "2,000 train / 500 validation / 1,000 test images" in header
+    assert "Trials: 19 complete, 11 pruned." in header
+    figures = re.findall(r"<figure><h3>(.*?)</h3><p class='caption'>(.*?)</p>", page)
+    assert len(figures) == page.count("<figure>") == 7          # 4 curves, 3 Optuna figures
+    for heading, caption in figures:
+        assert "_" not in heading and caption, (heading, caption)   # no file names
+    assert "Validation loss per epoch" in [h for h, _ in figures]
+
+
+def test_report_table_states_constant_columns_once_and_aligns_words_left(tmp_path):
+    from reports.page import table_html
+    table = top_table(report_study(f"sqlite:///{tmp_path / 'r.db'}"), 8)
+    assert len(table) == 8 and set(table["schedule"]) == {"constant"}
+    box = table_html(table)
+    heads = re.findall(r"<th class='(\w+)'>(.*?)</th>", box)
+    assert ("text", "optimizer") in heads and ("number", "max val acc") in heads
+    assert "schedule" not in [h for _, h in heads] and "epochs run" not in [h for _, h in heads]
+    assert "In every row: schedule constant, epochs run 8." in box
+    markdown = to_markdown(table).splitlines()               # the export keeps every column
+    assert len(markdown) == 2 + 8 and "schedule" in markdown[0]
+    rule = dict(zip([c.strip() for c in markdown[0].strip("|").split("|")],
+                    markdown[1].strip("|").split("|")))
+    assert rule["schedule"].startswith(":") and rule["optimizer"].startswith(":")  # left
+    assert rule["max val acc"].endswith(":") and not rule["max val acc"].startswith(":")
+
+
+def test_a_picture_page_has_a_heading_and_a_caption(tmp_path):
+    from reports.page import write_pictures
+    write_pictures({"first_layer_rgb_trial26": b"png"}, tmp_path)
+    page = (tmp_path / "first_layer_rgb_trial26.html").read_text()
+    assert "<h1>First layer of the best trial (RGB), #26</h1>" in page
+    assert "<figcaption class='caption'>ResNet18 conv1: its 64 RGB kernels" in page
 
 
 def test_cli_report_and_clear_errors(tmp_path, capsys):

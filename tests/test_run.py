@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 import search.train.trainer
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
                      running_with_an_epoch, wait_until)
+from reports.trial_data import trial_curves
 from search.cli import main
 
 
@@ -78,7 +79,7 @@ def test_ctrl_c_right_after_a_trial_is_claimed_fails_it_queues_it_and_exits_130(
     assert "Resume with the same command" in capsys.readouterr().err
     trials = load(tmp_path / "t.db").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
-    assert "curves" not in trials[0].user_attrs  # it never trained
+    assert not trial_curves(trials[0])  # it never trained
     monkeypatch.setattr(optuna.Study, "ask", ask)
     assert main(["mlp", "--trials", "3", "--epochs", "1", "--storage", url, *TINY]) == 0
     states = [t.state for t in load(tmp_path / "t.db").get_trials()]
@@ -184,7 +185,7 @@ def test_repeats_train_nothing_and_the_target_counts_trained_configurations(tmp_
     for repeat in repeats:     # answered from the trained one, its value for the sampler
         original = trials[repeat.user_attrs["repeat_of"]]
         assert original.params == repeat.params and original.value == repeat.value
-        assert "curves" not in repeat.user_attrs
+        assert not trial_curves(repeat)
     assert "(5 of them repeats of trained configurations, not trained)" in out
     assert "the space has 3 configurations and every one is trained" in out
     assert main(["report", "mlp", "--storage", url]) == 0

@@ -28,6 +28,7 @@ def test_the_writer_queues_during_an_outage_and_lands_everything_in_order(
         for step in range(1, 51):
             writer.report(step, step / 100)
             writer.set_user_attr("curve", list(range(step)))
+            writer.set_system_attr("optuna_search:curves", list(range(step)))  # off the page
         assert time.monotonic() - started < 0.5  # training did not wait for the storage
         assert writer.pending() > 1
     assert writer.flush(timeout=60)
@@ -35,6 +36,7 @@ def test_the_writer_queues_during_an_outage_and_lands_everything_in_order(
     trial = store.get_trial(trial_id)
     assert trial.intermediate_values == {step: step / 100 for step in range(1, 51)}
     assert trial.user_attrs["curve"] == list(range(50))
+    assert trial.system_attrs["optuna_search:curves"] == list(range(50))
     assert store.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
     assert integrity(db) == "ok"
 
