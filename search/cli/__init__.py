@@ -29,16 +29,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from search.cli.arguments import build_parser
             from search.cli.commands import COMMANDS, command_search
             from search.errors import USER_ERRORS
+            from search.terminal import say
             from storage import StorageFault
         try:
             args = build_parser().parse_args(argv)
             handler = COMMANDS.get(args.command, command_search)
             return handler(args)
         except USER_ERRORS as error:
-            print(f"optuna-search: error: {error}", file=sys.stderr)
+            say(sys.stderr, f"optuna-search: error: {error}")
             return USAGE_ERROR
         except StorageFault as fault:  # the storage failed past its patience (not bad input)
-            print(f"optuna-search: error: {fault}", file=sys.stderr)
+            say(sys.stderr, f"optuna-search: error: {fault}")
             return STORAGE_FAILED
     except KeyboardInterrupt:  # Ctrl-C before any trial started (loading data, say)
         print("optuna-search: interrupted; nothing was left running", file=sys.stderr)
