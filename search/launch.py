@@ -34,6 +34,7 @@ from search.claim import is_done, progress_line, tally
 from search.run import RunResult, load_data, run_process, with_loaded_data
 from search.settings import RunSettings
 from search.study import grid_failures, open_study
+from search.terminal import say
 from storage import redact
 
 POLL_SECONDS = 0.2      # how often the parent looks at its workers while no line arrives
@@ -67,17 +68,15 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
     out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
     quiet_optuna()
     if data is None:
-        data = load_data(settings, say=lambda line: print(line, file=out, flush=True))
+        data = load_data(settings, say=lambda line: say(out, line))
     settings = with_loaded_data(settings, data)
     opened = open_study(settings, new_run=False)   # made here, once; runners start runs in it
     study = opened.study
     where = f"study {settings.study_name!r} in {opened.store.name}"
-    print(f"{where}: {progress_line(study, settings)}; data {data.describe()}",
-          file=out, flush=True)
+    say(out, f"{where}: {progress_line(study, settings)}; data {data.describe()}")
     if is_done(study, settings):
-        print("every grid point is already done; nothing to run" if settings.spec.grid else
-              "the study's target is met; nothing to run (a larger --trials extends it)",
-              file=out)
+        say(out, "every grid point is already done; nothing to run" if settings.spec.grid else
+            "the study's target is met; nothing to run (a larger --trials extends it)")
         return report(Outcome(), study, settings, out)
 
     outcome = Outcome()
@@ -96,32 +95,32 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
 def report(outcome: Outcome, study: optuna.Study, settings: RunSettings, out) -> int:
     """The summary, and the exit status: 130 interrupted, 1 something failed, else 0."""
     if outcome.storage_errors:  # every worker lost it: one line says it for all
-        print(f"optuna-search: error: {outcome.storage_errors[0]}", file=sys.stderr)
+        say(sys.stderr, f"optuna-search: error: {outcome.storage_errors[0]}")
         return 1  # the summary would wait for the storage once more: it says nothing new
     for error in dict.fromkeys(outcome.errors):  # the same error from N workers: once
-        print(f"optuna-search: error: {error}", file=sys.stderr)
+        say(sys.stderr, f"optuna-search: error: {error}")
     for index, signum in outcome.killed:
-        print(f"optuna-search: worker {index} was killed (signal {signum}); its trial is "
-              "failed and queued again once its heartbeat is overdue", file=sys.stderr)
+        say(sys.stderr, f"optuna-search: worker {index} was killed (signal {signum}); its "
+            "trial is failed and queued again once its heartbeat is overdue")
     print_summary(study, settings, out)
     if outcome.interrupted:
-        print(f"interrupted; unfinished trials are marked FAIL and queued again, nothing is "
-              f"left RUNNING. Resume with the same command (study {settings.study_name!r} in "
-              f"{redact(settings.storage)}).", file=sys.stderr)
+        say(sys.stderr, f"interrupted; unfinished trials are marked FAIL and queued again, "
+            f"nothing is left RUNNING. Resume with the same command (study "
+            f"{settings.study_name!r} in {redact(settings.storage)}).")
         return 130
     for message in dict.fromkeys(outcome.stopped):
-        print(f"optuna-search: stopped: {message}", file=sys.stderr)
+        say(sys.stderr, f"optuna-search: stopped: {message}")
     exhausted = grid_failures(study, settings.spec) if settings.spec.grid else []
     if exhausted:
         points = "; ".join(",".join(f"{k}={v}" for k, v in p.items()) for p in exhausted)
-        print(f"optuna-search: grid points that failed every try: {points} (see their "
-              "fail_reason in `optuna-search report --include-pruned`)", file=sys.stderr)
+        say(sys.stderr, f"optuna-search: grid points that failed every try: {points} (see "
+            "their fail_reason in `optuna-search report --include-pruned`)")
     if outcome.timed_out:
-        print("--timeout reached: no new trial was started after it", file=out)
+        say(out, "--timeout reached: no new trial was started after it")
     t = tally(study, settings)
     if not settings.spec.grid and t.exhausted and t.finished < t.target:
-        print(f"the space has {t.space} configurations and every one is trained: the "
-              f"study ends with {t.finished} of its target {t.target}", file=out)
+        say(out, f"the space has {t.space} configurations and every one is trained: the "
+            f"study ends with {t.finished} of its target {t.target}")
     failed = outcome.errors or outcome.killed or outcome.stopped or exhausted
     return 1 if failed else 0
 
@@ -198,7 +197,7 @@ def _relay(messages, out, outcome: Outcome, timeout: float) -> bool:
     except queue.Empty:
         return False
     if kind == "line":
-        print(f"[w{index}] {payload}", file=out, flush=True)
+        say(out, f"[w{index}] {payload}")   # wrapped here, to this terminal's width
     elif kind == "error":
         outcome.reported.add(index)
         outcome.errors.append(f"worker {index}: {payload}")

@@ -25,6 +25,7 @@ from search.train.data import Dataset
 from search.train.gpu_share import stuck_memory
 from search.train.models import build, first_layer_weight, parameter_count
 from search.progress import Progress
+from search.pruning import PRUNE_REASON, why_pruned
 from search.train.trainer import Diverged, TrainResult, train
 from search.settings import StudySpec
 from storage import Store, StorageFailure, StorageFault, StorageUnavailable, TrialWriter
@@ -81,9 +82,13 @@ class Objective:
                     writer.report(e.epoch, e.val_acc)
                     reported.add(e.epoch)
 
+        pruned_because: list[str] = []   # the pruner's numbers, where it said stop
+
         def on_epoch(result: TrainResult) -> bool:
             last = result.epochs[-1]
             self.progress.epoch_done(last.epoch, config.epochs, last.val_acc)
+            if last.epoch >= config.epochs:
+                self.progress.finishing("testing the best epoch's weights")
             report_new_epochs(result)
             writer.set_system_attr(CURVES, result.curves())  # live, for the figures
             # The pruner compares this trial's epochs, read from the storage, with the other
@@ -92,7 +97,10 @@ class Objective:
             if not writer.flush(timeout=PRUNE_WAIT_SECONDS):
                 return False
             stored = run.store.trial(trial)                      # as trial.should_prune()
-            return trial.study.pruner.prune(trial.study, stored)  # does, read fresh
+            if not trial.study.pruner.prune(trial.study, stored):  # does, read fresh
+                return False
+            pruned_because.append(why_pruned(trial.study, stored))
+            return True
 
         failure = None
         self.progress.trial_started(trial.number, config.epochs)
@@ -143,12 +151,17 @@ class Objective:
             if stuck is not None:   # every later trial here would run out of memory too
                 raise BrokenDevice(f"{reason}; {stuck}", retry=False)
             raise failure
+        self.progress.finishing(("pruned; " if result.stopped_early else "")
+                                + "saving curves and first-layer pictures")
         self._save_summary(trial, result)
         self._save_first_layer(trial, model)  # the best epoch's weights, pruned or not
         model = None  # a raised TrialPruned's traceback keeps this frame, not the model
         self._cleanup(checkpoint)
         if result.stopped_early:
-            raise optuna.TrialPruned(f"pruned after epoch {result.epochs[-1].epoch}")
+            reason = (pruned_because[-1] if pruned_because
+                      else f"pruned after epoch {result.epochs[-1].epoch}")
+            trial.set_user_attr(PRUNE_REASON, reason)
+            raise optuna.TrialPruned(reason)
         return result.best_val_acc
 
     def _save_summary(self, trial: optuna.Trial, result: TrainResult) -> None:

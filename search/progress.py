@@ -2,10 +2,13 @@
 
 On a terminal: a bar over the study (finished trials of its target, with an ETA from the epochs
 finished in this run, not from whole trials) and a bar over the running trial (its steps, the
-epoch, the latest val acc, its ETA); each finished trial is one line above them. Anywhere else
-(a log file, a pipe, a worker's lines to its parent): plain lines without carriage returns, one
-per epoch and one per trial. `--quiet`: one line per trial only. Accuracies show 4 decimals
-everywhere.
+epoch, the latest val acc, its ETA); each finished trial is one line above them. Both ETAs
+start from the first steps of the first epoch; after the last epoch the trial's bar says what
+it does (testing, saving pictures). Every line fits the terminal's width (search/terminal.py:
+wrapped at spaces by us, never mid-word by the terminal; a terminal reporting 0 columns counts
+as 80). Anywhere else (a log file, a pipe, a worker's lines to its parent): plain lines without
+carriage returns, whole, one per epoch and one per trial. `--quiet`: one line per trial only.
+Accuracies show 4 decimals everywhere.
 """
 from __future__ import annotations
 
@@ -20,9 +23,14 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from search.interrupts import hide_interrupt_traceback
+from search.pruning import PRUNE_REASON
+from search.terminal import DEFAULT_COLUMNS, DEFAULT_ROWS, columns, fit, rows, say
 from storage import DEFAULT_STORAGE, redact
 
 ACCURACY = "{:.4f}"
+STUDY_REFRESH_SECONDS = 1.0   # how often the study's ETA follows the steps of an epoch
+TRIAL_BAR = "{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]"
+FINISHING_BAR = "{desc} |{bar}| [{elapsed}]"   # after the last epoch: no "<00:00" left
 
 
 class Progress:
@@ -41,62 +49,95 @@ class Progress:
         self._val_acc: float | None = None   # its last validation accuracy
         self.epoch_seconds: list[float] = []   # every epoch finished in this run: the ETAs
         self._epoch_started = time.monotonic()
+        self._epoch_done_part = 0.0      # the running epoch's share of steps done, 0-1
+        self._study_refreshed = 0.0      # time.monotonic() of the study bar's last text
+        self._eta_shown = False          # whether that text had an ETA
 
     # ------------------------------------------------------------------ the study
     def study(self, finished: int, target: int, epochs: int, best: float | None) -> None:
         """The study as it stands when this process starts running trials."""
         self.finished, self.target, self.epochs, self.best = finished, target, epochs, best
         if self.bars and self.study_bar is None:
-            self.study_bar = tqdm(total=target, initial=min(finished, target), file=self.out,
-                                  unit="trial", dynamic_ncols=True, position=0,
-                                  desc=f"study: {min(finished, target)}/{target} trials",
-                                  bar_format="{desc} |{bar}|")
+            self.study_bar = self._bar(total=target, initial=min(finished, target),
+                                       unit="trial", position=0,
+                                       desc=f"study: {min(finished, target)}/{target} trials",
+                                       bar_format="{desc} |{bar}|")
             self._study_text()
+
+    def _bar(self, **options) -> tqdm:
+        """A tqdm bar as wide as the terminal, asked again at each refresh (a window may be
+        resized); tqdm's own look-up takes a terminal of 0 columns and rows at its word and
+        draws nothing, so ours answers instead (80 columns, 24 rows then)."""
+        def shape(out) -> tuple[int, int]:   # (columns, rows); tqdm hides bars below rows
+            return columns(out) or DEFAULT_COLUMNS, rows(out) or DEFAULT_ROWS
+
+        bar = tqdm(file=self.out, ncols=shape(self.out)[0], nrows=shape(self.out)[1],
+                   **options)
+        bar.dynamic_ncols = shape
+        return bar
+
+    def width(self) -> int | None:
+        """The terminal's width in characters; None when the output is no terminal."""
+        return columns(self.out)
 
     def _study_text(self) -> None:
         if self.study_bar is None:
             return
         parts = [f"study: {min(self.finished, self.target)}/{self.target} trials"]
         eta = self.study_eta()
-        if eta is not None:
+        self._eta_shown = eta is not None
+        if eta is not None and self.finished < self.target:
             parts.append(f"ETA {duration(eta)}")
         if self.best is not None:
             parts.append(f"best val_acc {ACCURACY.format(self.best)}")
         self.study_bar.set_description_str(", ".join(parts), refresh=True)
+        self._study_refreshed = time.monotonic()
 
     def study_eta(self) -> float | None:
         """Seconds left: the epochs the target still needs at this run's seconds per epoch
         (pruned trials end early, so it errs on the long side)."""
-        if not self.epoch_seconds:
+        per_epoch = self.seconds_per_epoch()
+        if per_epoch is None:
             return None
-        left = max(0, self.target - self.finished) * self.epochs - self.epoch
-        return max(0.0, left) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        left = (max(0, self.target - self.finished) * self.epochs - self.epoch
+                - self._epoch_done_part)
+        return max(0.0, left) * per_epoch
+
+    def seconds_per_epoch(self) -> float | None:
+        """The mean over the epochs finished in this run; before the first one ends, its
+        steps so far scaled to a whole epoch (its validation left out: an estimate)."""
+        if self.epoch_seconds:
+            return sum(self.epoch_seconds) / len(self.epoch_seconds)
+        if self._epoch_done_part > 0:
+            return (time.monotonic() - self._epoch_started) / self._epoch_done_part
+        return None
 
     # ------------------------------------------------------------------ one trial
     def trial_started(self, number: int, epochs: int) -> None:
         self.trial_number, self.trial_epochs, self.epoch = number, epochs, 0
-        self._epoch_started = time.monotonic()
+        self._epoch_started, self._epoch_done_part = time.monotonic(), 0.0
         if self.bars:
-            self.trial_bar = tqdm(total=epochs, file=self.out, unit="epoch",
-                                  dynamic_ncols=True, position=1, leave=False,
-                                  desc=self._trial_text(1),
-                                  bar_format="{desc} |{bar}| {percentage:3.0f}% "
-                                             "[{elapsed}<{remaining}]")
+            self.trial_bar = self._bar(total=epochs, unit="epoch", position=1, leave=False,
+                                       desc=self._trial_text(1), bar_format=TRIAL_BAR)
 
     def step(self, epoch: int, step: int, steps: int) -> None:
         """After each training step (host integers only: no GPU sync)."""
         bar = self.trial_bar
         if bar is None:
             return
+        self._epoch_done_part = step / steps
         if bar.unit != "step":  # from epochs to steps, once their number is known
             bar.unit, bar.total = "step", bar.total * steps
             bar.n = bar.last_print_n = (epoch - 1) * steps
             bar.set_description_str(self._trial_text(epoch), refresh=False)
         bar.update((epoch - 1) * steps + step - bar.n)
+        if (not self._eta_shown
+                or time.monotonic() - self._study_refreshed >= STUDY_REFRESH_SECONDS):
+            self._study_text()   # its ETA, from the first step on
 
     def epoch_done(self, epoch: int, epochs: int, val_acc: float) -> None:
         seconds = time.monotonic() - self._epoch_started
-        self._epoch_started = time.monotonic()
+        self._epoch_started, self._epoch_done_part = time.monotonic(), 0.0
         self.epoch_seconds.append(seconds)
         self.epoch, self._val_acc = epoch, val_acc
         if self.trial_bar is not None:
@@ -118,6 +159,15 @@ class Progress:
             text += f", val_acc {ACCURACY.format(self._val_acc)}"
         return text
 
+    def finishing(self, what: str) -> None:
+        """After the last epoch (or the pruner's stop): what the trial does now, on its bar
+        instead of 100% and "ETA 0s" (testing, saving the pictures: seconds to a minute)."""
+        bar = self.trial_bar
+        if bar is None:
+            return
+        bar.bar_format = FINISHING_BAR
+        bar.set_description_str(f"trial {self.trial_number}: {what}", refresh=True)
+
     def trial_finished(self, trial: optuna.trial.FrozenTrial, finished: int,
                        best: float | None) -> None:
         if self.trial_bar is not None:
@@ -132,11 +182,11 @@ class Progress:
 
     # ------------------------------------------------------------------ plain lines
     def line(self, text: str) -> None:
-        """A line above the bars (or just a line)."""
+        """A line above the bars (or just a line), wrapped to fit the terminal."""
         if self.bars:
-            tqdm.write(text, file=self.out)
+            tqdm.write(fit(text, self.width()), file=self.out)
         else:
-            print(text, file=self.out, flush=True)
+            say(self.out, text)
 
     def close(self) -> None:
         for bar in (self.trial_bar, self.study_bar):
@@ -184,20 +234,31 @@ def duration(seconds: float | None) -> str:
 
 
 def trial_line(trial: optuna.trial.FrozenTrial) -> str:
-    """One line per finished trial: number, state, val acc, seconds, parameters."""
+    """One line per finished trial: number, state, val acc, seconds, parameters, and why it
+    ended early (pruned: at which epoch, its value against the pruner's threshold)."""
     value = ACCURACY.format(trial.value) if trial.value is not None else "  -   "
     seconds = (trial.duration.total_seconds() if trial.duration else 0.0)
-    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     repeat = trial.user_attrs.get("repeat_of")
+    attrs = trial.user_attrs
     reason = (f"repeat of trial {repeat}: not trained" if repeat is not None else
-              trial.user_attrs.get("diverged") or trial.user_attrs.get("fail_reason") or "")
+              attrs.get(PRUNE_REASON) or attrs.get("diverged") or attrs.get("fail_reason")
+              or "")
     epochs = trial.user_attrs.get("epochs_run", "?")
     return (f"trial {trial.number:>3} {trial.state.name:<8} val_acc={value} epochs={epochs} "
-            f"{seconds:7.1f}s  {params}{'  (' + reason[:100] + ')' if reason else ''}")
+            f"{seconds:7.1f}s  {key_values(trial.params)}"
+            f"{'  (' + reason[:160] + ')' if reason else ''}")
+
+
+def key_values(params: dict[str, Any]) -> str:
+    """batch_size=128 lr=0.01 hidden_sizes=512,256: as --set takes them, no space inside one
+    (a line is wrapped between parameters, never inside one)."""
+    return " ".join(f"{k}={_short(v)}" for k, v in params.items())
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, (list, tuple)):
+        return ",".join(_short(v) for v in value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value).replace(" ", "_")
 
 
 def print_summary(study: optuna.Study, settings, out) -> int:
@@ -207,24 +268,23 @@ def print_summary(study: optuna.Study, settings, out) -> int:
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] += 1
     repeats = sum("repeat_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
-    print("trials: " + (", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n) or "none")
-          + (f" ({repeats} of them repeats of trained configurations, not trained)"
-             if repeats else ""), file=out)
+    states = ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n) or "none"
+    say(out, f"trials: {states}" + (f" ({repeats} of them repeats of trained configurations,"
+                                    " not trained)" if repeats else ""))
     if not complete:
-        print("no trial completed yet", file=out)
+        say(out, "no trial completed yet")
         return 0
     best = study.best_trial
     test = best.user_attrs.get("test_acc")
-    print(f"best: trial {best.number} val_acc={ACCURACY.format(best.value)}"
-          f"{' test_acc=' + ACCURACY.format(test) if test is not None else ''} {best.params}",
-          file=out)
+    say(out, f"best: trial {best.number} val_acc={ACCURACY.format(best.value)}"
+             f"{' test_acc=' + ACCURACY.format(test) if test is not None else ''}"
+             f" {key_values(best.params)}")
     storage = ("" if settings.storage == DEFAULT_STORAGE
                else f" --storage {redact(settings.storage)}")
-    print(f"table: optuna-search report {settings.study_name} --top 8{storage}", file=out)
+    say(out, f"table: optuna-search report {settings.study_name} --top 8{storage}")
     try:  # the figures are a convenience: a failure here must not fail a finished search
         from reports.dashboard_figures import register_dashboard_figures
         register_dashboard_figures(study)
     except Exception as error:
-        print(f"figures for optuna-dashboard not saved ({type(error).__name__}: {error})",
-              file=out)
+        say(out, f"figures for optuna-dashboard not saved ({type(error).__name__}: {error})")
     return 0

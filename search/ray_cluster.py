@@ -31,6 +31,7 @@ from typing import Iterator
 from search.errors import UsageError
 from search.run import RunResult, run_process
 from search.settings import RunSettings
+from search.terminal import say
 from storage import first_line, storage_kind
 
 RAY_MISSING = "--ray needs Ray: pip install 'optuna-search[ray]'"
@@ -200,4 +201,4 @@ def _relay(lines, out, where: dict) -> None:
         if kind == "where":
             where[index] = payload
         else:
-            print(f"[r{index}] {payload}", file=out, flush=True)
+            say(out, f"[r{index}] {payload}")   # wrapped here, to this terminal's width

@@ -225,6 +225,38 @@ def test_a_diverging_trial_ends_pruned_and_says_why(tmp_path):
     assert "no trial completed yet" in out
 
 
+def test_a_pruned_trials_line_says_at_which_epoch_and_against_what(tmp_path, monkeypatch):
+    """MedianPruner: after 5 complete trials, a trial whose best val acc at an epoch is below
+    the median of theirs there stops; its line (and its prune_reason) gives both numbers."""
+    real_train = search.objective.train
+    trained = []
+
+    def scripted(model, config, data, *, on_epoch, **kwargs):   # the val acc the pruner sees
+        trained.append(config)
+        value = 0.5 if len(trained) <= 5 else 0.125 if len(trained) == 6 else 0.75
+
+        def report(result):
+            result.epochs[-1].val_acc = value
+            return on_epoch(result)
+        return real_train(model, config, data, on_epoch=report, **kwargs)
+
+    monkeypatch.setattr(search.objective, "train", scripted)
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, out, _ = optuna_search("mlp", url, "--trials", "6", "--sampler", "random",
+                                 "--set", "hidden_sizes=16", "--train-subset", "100",
+                                 "--val-size", "50", "--test-subset", "100", epochs=2)
+    assert code == 0
+    pruned = [t for t in load(url, "mlp").trials if t.state == TrialState.PRUNED]
+    assert len(pruned) == 1
+    reason = ("pruned at epoch 1: best val acc 0.1250 < median 0.5000 of 5 complete trials")
+    assert pruned[0].user_attrs["prune_reason"] == reason
+    line = next(line for line in out.splitlines() if " PRUNED " in line)
+    assert TRIAL_LINE.match(line) and line.endswith(f"({reason})")
+    best = next(line for line in out.splitlines() if line.startswith("best: "))
+    params = load(url, "mlp").best_trial.params
+    assert "{" not in best and all(f" {key}=" in best for key in params)   # key=value
+
+
 def test_an_error_in_one_trial_fails_it_and_the_next_run_retries_that_point(
         tmp_path, monkeypatch):
     real_train = search.objective.train

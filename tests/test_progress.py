@@ -1,9 +1,11 @@
 """search.progress: what a person sees. On a terminal (a real pseudo-terminal here) the running
-trial's bar moves before the first trial ends; in a log, plain lines without carriage returns,
-one per epoch; with --quiet, one line per trial."""
+trial's bar moves before the first trial ends, and every line fits the terminal's width (80
+and 120 columns, and 80 where the terminal reports 0); in a log, plain lines without carriage
+returns, one per epoch; with --quiet, one line per trial."""
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pty
 import re
@@ -14,35 +16,128 @@ import sys
 import termios
 import time
 
+import pytest
+
 from helpers import REPO, TINY
-from search.progress import Progress, duration
+from search.progress import Progress, duration, key_values
+from search.terminal import fit
 
 SLOW_TRIALS = ["mlp", "--trials", "2", "--epochs", "4", *TINY, "--set", "batch_size=16"]
+# Median pruning after 5 complete trials: the later trials' lines may say PRUNED and why.
+PRUNED_TOO = ["mlp", "--trials", "7", "--epochs", "2", *TINY, "--pruner", "median"]
+ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")   # tqdm's cursor moves
 
 
-def test_a_terminal_shows_the_trials_epochs_moving_before_the_first_trial_ends(tmp_path):
+def run_in_terminal(argv: list[str], tmp_path, columns: int, rows: int = 40,
+                    until: str | None = None) -> tuple[int, str]:
+    """The real command in a pseudo-terminal of `columns` x `rows` (0 x 0: a terminal that
+    reports no size): (exit status, everything it wrote). `until`: stop reading there."""
     main_fd, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     search = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", *SLOW_TRIALS, "--storage",
+        [sys.executable, "-m", "search.cli", *argv, "--storage",
          f"sqlite:///{tmp_path / 's.db'}"], stdin=terminal, stdout=terminal, stderr=terminal,
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     os.close(terminal)
     seen, deadline = "", time.monotonic() + 300
-    while "COMPLETE" not in seen and time.monotonic() < deadline:
+    while (until is None or until not in seen) and time.monotonic() < deadline:
         ready, _, _ = select.select([main_fd], [], [], 1)
         if ready:
             try:
-                seen += os.read(main_fd, 65536).decode(errors="replace")
+                chunk = os.read(main_fd, 65536).decode(errors="replace")
             except OSError:  # the process closed the terminal
                 break
+            if not chunk:
+                break
+            seen += chunk
+        elif search.poll() is not None:
+            break
     search.wait(timeout=300)
     os.close(main_fd)
+    return search.returncode, seen
+
+
+def drawn(seen: str) -> list[str]:
+    """What the terminal drew, as runs of text that start at its left edge: split at line
+    feeds and carriage returns, cursor moves left out. One longer than the terminal's width
+    is one the terminal wrapped itself, wherever the width fell."""
+    return [piece for line in ESCAPE.sub("", seen).split("\n") for piece in line.split("\r")]
+
+
+def test_a_terminal_shows_the_trials_epochs_moving_before_the_first_trial_ends(tmp_path):
+    code, seen = run_in_terminal(SLOW_TRIALS, tmp_path, columns=120, until="COMPLETE")
     before = seen[:seen.index("COMPLETE")]
     assert re.search(r"trial 0: epoch [2-4]/4, val_acc 0\.\d{4} \|", before)  # epochs moved
     assert re.search(r"\d+%", before) and "\r" in before                   # a live bar
-    assert "study: 0/2 trials, ETA" in before                              # from epochs
-    assert search.returncode == 0
+    assert re.search(r"study: 0/2 trials, ETA \d+s \|", before)           # from the steps
+    assert code == 0
+    assert max(len(piece) for piece in drawn(seen)) <= 120
+
+
+@pytest.mark.parametrize("columns", [80, 0])
+def test_every_line_fits_80_columns_and_a_terminal_without_a_size_counts_as_80(
+        columns, tmp_path):
+    code, seen = run_in_terminal(PRUNED_TOO, tmp_path, columns=columns,
+                                 rows=40 if columns else 0)
+    assert code == 0, seen[-2000:]
+    pieces = drawn(seen)
+    too_wide = [piece for piece in pieces if len(piece) > 80]
+    assert not too_wide, too_wide
+    text = ESCAPE.sub("", seen)
+    assert re.match(r"starting study 'mlp' in\s+sqlite:///", text)   # before torch loads
+    # the bars and their words, also where the terminal gave no size
+    assert any(re.match(r"trial \d: epoch 1/2 \|.*\| +\d+% \[", p) for p in pieces)
+    assert any(re.match(r"study: \d/7 trials, ETA \S+ \|", p) for p in pieces)
+    assert any(re.match(r"trial \d: testing the best epoch's weights \|", p) for p in pieces)
+    assert any(re.match(r"trial \d: (pruned; )?saving curves and first-layer pictures", p)
+               for p in pieces)
+    # the finished trials' lines, wrapped by us between parameters (indented), none cut
+    assert len([p for p in pieces if re.match(r"trial +\d+ (COMPLETE|PRUNED) ", p)]) == 7
+    assert all(re.match(r"( {4}\S|\S| *$)", piece) for piece in pieces)
+    lines = "\n".join(pieces)
+    best = lines[lines.index("best: trial"):lines.index("table: ")]
+    assert re.search(r"val_acc=0\.\d{4} test_acc=0\.\d{4}\s+batch_size=\d+\s", best)
+    assert "{" not in best and "'" not in best                     # key=value, not a dict
+    for pruned in re.findall(r"PRUNED .*?\)\n", lines, re.S):
+        assert re.search(r"pruned at\s+epoch\s+\d:\s+best\s+val\s+acc\s+0\.\d{4}\s+<\s+"
+                         r"median\s+0\.\d{4}", pruned), pruned
+
+
+def test_the_first_line_comes_before_torch_is_imported(tmp_path):
+    """Said within ~2 s of Enter: the arguments are checked, torch (3-5 s) not yet loaded."""
+    probe = ("import sys, search.cli.commands as commands\n"
+             "def device_check(name):\n"
+             "    print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n"
+             "    sys.exit(0)\n"
+             "commands.check_device = device_check\n"
+             "from search.cli import main\n"
+             "main(['mlp', '--data', 'synthetic', '--trials', '3'])\n")
+    code, seen = run_in_terminal_python(probe, tmp_path)
+    lines = seen.replace("\r", "").splitlines()
+    assert code == 0, seen
+    assert lines[0].startswith("starting study 'mlp' in sqlite:///optuna-search.db (3 trials, ")
+    assert lines[-1] == "torch not loaded"
+
+
+def run_in_terminal_python(code: str, tmp_path) -> tuple[int, str]:
+    main_fd, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80, 0, 0))
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=terminal, stdout=terminal,
+                               stderr=terminal, cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    os.close(terminal)
+    seen = ""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536).decode(errors="replace")
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    process.wait(timeout=120)
+    os.close(main_fd)
+    return process.returncode, seen
 
 
 def test_a_log_gets_plain_lines_per_epoch_and_quiet_one_per_trial(tmp_path):
@@ -76,3 +171,44 @@ def test_the_study_eta_counts_epochs_not_trials():
 
 def test_durations_read_at_a_glance():
     assert [duration(s) for s in (5, 65, 3600 + 125, None)] == ["5s", "1m05s", "1h02m", "?"]
+
+
+def test_the_study_eta_starts_from_the_first_steps_of_the_first_epoch():
+    out = io.StringIO()
+    progress = Progress(out, tty=True)
+    progress.study(finished=0, target=3, epochs=10, best=None)
+    progress.trial_started(0, 10)
+    assert progress.study_eta() is None                  # nothing measured yet
+    progress.step(1, 5, 20)                              # a quarter of epoch 1
+    per_epoch = progress.seconds_per_epoch()
+    assert per_epoch is not None and per_epoch > 0
+    assert progress.study_eta() == pytest.approx((3 * 10 - 0.25) * per_epoch, rel=0.2)
+    assert re.search(r"study: 0/3 trials, ETA \S+ \|", out.getvalue())
+    progress.close()
+
+
+def test_after_the_last_epoch_the_bar_says_what_the_trial_does():
+    out = io.StringIO()
+    progress = Progress(out, tty=True)
+    progress.study(finished=0, target=1, epochs=1, best=None)
+    progress.trial_started(0, 1)
+    progress.step(1, 10, 10)
+    progress.epoch_done(1, 1, 0.5)
+    progress.finishing("testing the best epoch's weights")
+    last = out.getvalue().split("\r")[-1]
+    assert "trial 0: testing the best epoch's weights |" in last and "<" not in last
+    progress.close()
+
+
+def test_lines_wrap_between_parameters_never_inside_one():
+    params = {"batch_size": 512, "optimizer": "momentum", "lr": 0.0075, "momentum": 0.8,
+              "weight_decay": 0.0001, "activation": "sigmoid", "hidden_sizes": (512, 256)}
+    line = "trial  12 COMPLETE val_acc=0.2850 epochs=3     7.6s  " + key_values(params)
+    for width in (80, 60, 40):
+        lines = fit(line, width).split("\n")
+        assert len(lines) > 1 and all(len(part) <= width for part in lines)
+        assert all(part.startswith("    ") for part in lines[1:])
+        words = " ".join(lines).split()
+        assert set(f"{k}=" + (str(v) if k != "hidden_sizes" else "512,256")
+                   for k, v in params.items()) <= set(words)
+    assert fit(line, None) == line                       # a log: whole lines

@@ -64,6 +64,7 @@ def _command(argv: Sequence[str] | None, interrupted: list[int]) -> int:
         from search.cli.arguments import build_parser
         from search.cli.commands import COMMANDS, command_search
         from search.errors import USER_ERRORS
+        from search.terminal import say
         from storage import StorageFault
     except Exception:
         if interrupted:  # a library that turned Ctrl-C into an ImportError (numpy's core
@@ -74,8 +75,8 @@ def _command(argv: Sequence[str] | None, interrupted: list[int]) -> int:
         handler = COMMANDS.get(args.command, command_search)
         return handler(args)
     except USER_ERRORS as error:
-        print(f"optuna-search: error: {error}", file=sys.stderr)
+        say(sys.stderr, f"optuna-search: error: {error}")
         return USAGE_ERROR
     except StorageFault as fault:  # the storage failed past its patience (not bad input)
-        print(f"optuna-search: error: {fault}", file=sys.stderr)
+        say(sys.stderr, f"optuna-search: error: {fault}")
         return STORAGE_FAILED
