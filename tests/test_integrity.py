@@ -22,6 +22,7 @@ import search.objective
 import search.train.trainer
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
                      running_with_an_epoch, wait_until)
+from reports.trial_data import trial_config
 from search.cli import main
 from search.train.data import make_dataset
 from search.objective import Objective, Runtime
@@ -72,7 +73,7 @@ def test_a_new_study_in_a_new_file_never_trains_from_an_old_studys_checkpoint(tm
                  "--set", "batch_size=16", "--checkpoint-every", "0"]) == 0
     (trial,) = load(db).get_trials()
     assert trained == [1, 2, 3]              # from the start, never from the old state
-    assert trial.user_attrs["config"]["lr"] == 0.0001
+    assert trial_config(trial)["lr"] == 0.0001
     assert sorted(trial.intermediate_values) == [1, 2, 3]
     assert integrity(db) == "ok"
 
