@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from reports.trial_data import trial_config
 from search.cli import main
 from storage import open_storage, study_lock
 from storage.schema import advisory_key
@@ -82,7 +83,7 @@ def test_four_workers_on_two_machines_share_one_postgresql_study(pg_url, pg_stud
     assert len(trials) == 40
     assert sorted(t.number for t in trials) == list(range(40))
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert all(t.user_attrs["config"]["hidden_sizes"] == [16] for t in trials)
+    assert all(trial_config(t)["hidden_sizes"] == [16] for t in trials)
     lines = [len(re.findall(r"^\[w[01]\] trial +\d+ COMPLETE", out, re.MULTILINE))
              for out in (out_a, out_b)]
     assert sum(lines) == 40 and min(lines) > 0, lines  # both machines took part
