@@ -22,6 +22,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import search.train.capture
+from reports.trial_data import trial_value
 from search.train.data import Dataset, make_dataset
 from search.train.trainer import TrainResult, train
 from spaces import Config
@@ -197,18 +198,18 @@ def check_out_of_memory() -> Check:
     small_states = [t.state.name for t in small]
     stopped = "stayed reserved" in said.getvalue()
     tried = [t for t in big if t.state.name != "WAITING"]   # a grid point's retry waits
-    passed = (bool(tried) and all(t.state.name == "FAIL" and t.user_attrs.get(
-        "fail_reason", "").startswith("OutOfMemoryError") for t in tried)
+    passed = (bool(tried) and all(t.state.name == "FAIL" and trial_value(
+        t, "fail_reason", "").startswith("OutOfMemoryError") for t in tried)
         and (small_states == ["COMPLETE"] or (stopped and small_states == ["WAITING"]))
         and left < 64 << 20)
     return Check("out of memory under a cap fails that trial only", passed,
                  f"exit {code}; {'stopped: memory stuck; ' if stopped else ''}"
                  f"batch 1024: {[t.state.name for t in big]} "
-                 f"({big[0].user_attrs.get('fail_reason', '')[:60] if big else ''}); "
+                 f"({trial_value(big[0], 'fail_reason', '')[:60] if big else ''}); "
                  f"batch 32: {[t.state.name for t in small]}; {left / 2**20:.0f} MiB left; "
                  f"{held / 2**20:.0f} MiB held before, cap that + 2 GiB; {stuck / 2**20:.0f} MiB "
                  f"still reserved after; "
-                 f"fail reasons {[t.user_attrs.get('fail_reason', '')[-160:] for t in trials]}")
+                 f"fail reasons {[trial_value(t, 'fail_reason', '')[-160:] for t in trials]}")
 
 
 def _allocated() -> int:

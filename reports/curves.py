@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from reports.style import (BEST_COLOURS, OTHERS_GREY, OTHERS_MARKER, bulk_ceiling, cut_axis,
                            log_axis_if_wide, metric_name, short, tidy)
 from reports.table import ranked_trials, study_setting
-from reports.trial_data import trial_curves
+from reports.trial_data import trial_curves, trial_value
 
 CURVES = {  # figure name -> (trial_curves key, title, y-axis title with unit)
     "train_loss": ("train_loss", "training loss", "loss (cross-entropy)"),
@@ -57,7 +57,7 @@ def coloured_trials(study: optuna.Study, trials: list[FrozenTrial]) -> dict[int,
         return names
     plotted = {t.number for t in trials}
     best = [t for t in ranked_trials(study) if t.number in plotted]
-    return {t.number: f"#{t.number} ({t.user_attrs.get('max_val_acc', t.value):.3f})"
+    return {t.number: f"#{t.number} ({trial_value(t, 'max_val_acc', t.value):.3f})"
             for t in best[:BEST_K]}
 
 

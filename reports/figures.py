@@ -25,9 +25,9 @@ from reports.curves import curve_trials, learning_curves
 from reports.pictures import picture_png, picture_variants
 from reports.style import legend_below, metric_name, tidy
 from reports.table import ranked_trials, study_model
-from reports.trial_data import trial_config
+from reports.trial_data import artifact_id, trial_config, trial_value
 
-PATCH_FIGURES = {  # figure name -> (user attr, title, y-axis title with unit)
+PATCH_FIGURES = {  # figure name -> (trial_value name, title, y-axis title with unit)
     "patch_parameters": ("parameters", "parameters against patch size", "parameters (count)"),
     "patch_train_seconds": ("avg_train_seconds", "training time per epoch against patch size",
                             "training time per epoch (seconds)"),
@@ -44,7 +44,7 @@ def patch_size_figures(study: optuna.Study) -> dict[str, go.Figure]:
     """
     trials = ranked_trials(study)
     rows = [{"patch size": trial_config(t).get("patch_size"),
-             **{attr: t.user_attrs.get(attr) for attr, _, _ in PATCH_FIGURES.values()}}
+             **{attr: trial_value(t, attr) for attr, _, _ in PATCH_FIGURES.values()}}
             for t in trials]
     frame = pd.DataFrame(rows).dropna(subset=["patch size"]) if rows else pd.DataFrame()
     if frame.empty or frame["patch size"].nunique() < 2:
@@ -52,7 +52,7 @@ def patch_size_figures(study: optuna.Study) -> dict[str, go.Figure]:
     means = frame.groupby("patch size").mean(numeric_only=True).sort_index()
     # Trials that trained side by side on one device (--workers, --gpus-per-trial) measured
     # shared time: the seconds figures say so.
-    shared = max((t.user_attrs.get("timing_shared_by", 1) for t in trials), default=1)
+    shared = max((trial_value(t, "timing_shared_by", 1) for t in trials), default=1)
     figures = {}
     for name, (attr, title, y_title) in PATCH_FIGURES.items():
         if attr != "parameters" and shared > 1:
@@ -136,14 +136,14 @@ def best_pictures(study: optuna.Study, artifact_root: str | Path,
 
 def load_first_layer(trial: FrozenTrial, artifact_root: str | Path) -> np.ndarray | None:
     """The trial's first-layer weight from the artifact store, or None when it is not there."""
-    artifact_id = trial.user_attrs.get(f"artifact:{WEIGHT_ARTIFACT}")
-    if artifact_id is None or not Path(artifact_root).is_dir():
+    stored_id = artifact_id(trial, WEIGHT_ARTIFACT)
+    if stored_id is None or not Path(artifact_root).is_dir():
         return None
     store = FileSystemArtifactStore(str(artifact_root))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / WEIGHT_ARTIFACT
         try:
-            download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(path))
+            download_artifact(artifact_store=store, artifact_id=stored_id, file_path=str(path))
         except Exception:  # the store lost it, or it lives on another machine
             return None
         return np.load(path)

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import markdown
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from reports.captions import figure_text, picture_text
 from reports.figures import best_pictures, learning_curves, optuna_figures, patch_size_figures
 from reports.page import Written, _img, write_figures, write_pictures
 from reports.table import ReportError, load_study, to_markdown, top_table
+from reports.trial_data import trial_value
 from spaces import mlpmixer, resnet18
 from storage import open_store
 
@@ -41,23 +42,24 @@ def grid_table(study, key: str) -> pd.DataFrame:
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if key not in t.params or t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
-        a = t.user_attrs
+        def a(name):
+            return trial_value(t, name)
         rows.append({key: t.params[key], "state": t.state.name.lower(),
-                     "epochs run": a.get("epochs_run"), "parameters": a.get("parameters"),
-                     "max train acc": a.get("max_train_acc"), "max val acc": a.get("max_val_acc"),
-                     "test acc": a.get("test_acc"), "test loss": a.get("test_loss"),
-                     "avg train s/epoch": a.get("avg_train_seconds"),  # warm-up apart:
-                     "first epoch s": a.get("first_epoch_seconds"),   # autotuning, caches
-                     "avg val s": a.get("avg_val_seconds"),
-                     "note": _note(a)})
+                     "epochs run": a("epochs_run"), "parameters": a("parameters"),
+                     "max train acc": a("max_train_acc"), "max val acc": a("max_val_acc"),
+                     "test acc": a("test_acc"), "test loss": a("test_loss"),
+                     "avg train s/epoch": a("avg_train_seconds"),  # warm-up apart:
+                     "first epoch s": a("first_epoch_seconds"),   # autotuning, caches
+                     "avg val s": a("avg_val_seconds"),
+                     "note": _note(t)})
     return pd.DataFrame(rows)
 
 
-def _note(attrs: dict) -> str:
+def _note(trial: FrozenTrial) -> str:
     """Why a row is special: diverged, or timed while sharing its device with other trials."""
-    if attrs.get("diverged"):
-        return attrs["diverged"][:60]
-    shared = attrs.get("timing_shared_by", 1)
+    if trial.user_attrs.get("diverged"):
+        return trial.user_attrs["diverged"][:60]
+    shared = trial_value(trial, "timing_shared_by", 1)
     return f"timed with {shared} trials sharing a device" if shared > 1 else ""
 
 

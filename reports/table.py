@@ -19,7 +19,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from reports.trial_data import has_config, trial_config
+from reports.trial_data import has_config, trial_config, trial_value
 from storage import Store, open_store
 
 
@@ -37,7 +37,7 @@ MODEL_PARAMS = {
                  ("drop rate", "drop_rate"), ("patch size", "patch_size")],
     "mlp": [("activation", "activation")],
 }
-# (column, user attr) for the measured numbers, all written by search/objective.py.
+# (column, trial_value name) for the measured numbers, all written by search/objective.py.
 # search/objective.py answers a trial whose parameters a finished trial was trained with from
 # that trial's result, without training, and marks it with the original's number.
 REPEAT_ATTR = "repeat_of"
@@ -105,7 +105,7 @@ def ranked_trials(study: optuna.Study, include_pruned: bool = False) -> list[Fro
 
 
 def _val_acc(trial: FrozenTrial) -> float:
-    value = trial.user_attrs.get("max_val_acc", trial.value)
+    value = trial_value(trial, "max_val_acc", trial.value)
     return float(value) if value is not None and not math.isnan(value) else -math.inf
 
 
@@ -131,7 +131,7 @@ def top_table(study: optuna.Study, top: int = 8, include_pruned: bool = False) -
         if config.get("optimizer", trial.params.get("optimizer")) == "sgd":
             row["momentum"] = None  # plain SGD uses no momentum
         for column, key in METRICS:
-            row[column] = trial.user_attrs.get(key)
+            row[column] = trial_value(trial, key)
         if include_pruned:
             row["state"] = trial.state.name.lower()
         rows.append(row)

@@ -2,9 +2,9 @@
 
 suggest -> build -> train (trial.report / should_prune each epoch) -> attributes + artifacts.
 Value: the best validation accuracy over the epochs. Every finished or pruned trial keeps its
-summary in user_attrs (short values, one line each on the dashboard) and its per-epoch curves
-and config in system attrs (reports/trial_data.py), so reports read everything from the
-storage.
+results in user_attrs (reports/trial_data.RESULTS: what the dashboard's trial page shows, one
+box without scrolling) and the rest (curves, config, timings, epochs run) in system attrs;
+reports read both through reports/trial_data.py, from the storage alone.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import torch
 
 from reports.pictures import save_first_layer_picture
 from reports.table import REPEAT_ATTR
-from reports.trial_data import CONFIG, CURVES
+from reports.trial_data import (CAPTURE, CONFIG, CURVES, EPOCHS_RUN, FAIL_REASON,
+                                FAIL_REASON_ATTR, TIMING, one_line)
 from search.train.checkpoint import Checkpoint
 from search.train.data import Dataset
 from search.train.gpu_share import stuck_memory
@@ -117,9 +118,9 @@ class Objective:
             raise
         except Diverged as error:
             _land(writer, run.store)
-            trial.set_user_attr("diverged", str(error))
+            trial.set_user_attr("diverged", one_line(str(error)))
             # The curves of the finished epochs are already stored by on_epoch; say how many.
-            trial.set_user_attr("epochs_run", len(reported))
+            run.store.set_system_attr(trial, EPOCHS_RUN, len(reported))
             reason = f"diverged: {error}"
             model = None  # the raised exception's traceback keeps this frame, not the model
             self._cleanup(checkpoint)
@@ -129,7 +130,8 @@ class Objective:
             # with its reason, give the memory back, and let the study go on.
             _land(writer, run.store)
             reason = f"{type(error).__name__}: {error}"
-            trial.set_user_attr("fail_reason", reason[:500])
+            run.store.set_system_attr(trial, FAIL_REASON, reason[:500])  # the whole story
+            trial.set_user_attr(FAIL_REASON_ATTR, one_line(reason))       # the trial page's
             # Its traceback holds train()'s frame, so the model, gradients and optimizer
             # state: drop it, and clean up outside this block, or the memory stays taken.
             failure = (BrokenDevice(reason) if broken_device(error)
@@ -165,29 +167,33 @@ class Objective:
         return result.best_val_acc
 
     def _save_summary(self, trial: optuna.Trial, result: TrainResult) -> None:
-        curves = result.curves()
-        self.run.store.set_system_attr(trial, CURVES, curves)
-        trial.set_user_attr("epochs_run", len(result.epochs))
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("max_train_acc", max(curves["train_acc"]))
+        store, curves = self.run.store, result.curves()
+        store.set_system_attr(trial, CURVES, curves)
+        store.set_system_attr(trial, EPOCHS_RUN, len(result.epochs))
+        # What a person reads on the trial page: user attributes (trial_data.RESULTS).
         trial.set_user_attr("max_val_acc", max(curves["val_acc"]))
-        # Per-epoch means without the warm-up epochs (the first one autotunes kernels and
-        # fills caches; so does the first after a resume), which are kept apart.
-        trial.set_user_attr("avg_train_seconds", result.steady_train_seconds)
-        trial.set_user_attr("avg_val_seconds", result.steady_val_seconds)
-        trial.set_user_attr("first_epoch_seconds", result.first_epoch_seconds)
-        trial.set_user_attr("timing_shared_by", self.run.shared_by)
-        if result.capture_seconds is not None:   # CUDA graphs: their one-off cost, or why not
-            trial.set_user_attr("capture_seconds", result.capture_seconds)
-        if result.capture_failure is not None:
-            trial.set_user_attr("capture_failure", result.capture_failure)
+        trial.set_user_attr("max_train_acc", max(curves["train_acc"]))
+        trial.set_user_attr("best_epoch", result.best_epoch)
         if result.test_acc is not None:
             trial.set_user_attr("test_acc", result.test_acc)
             trial.set_user_attr("test_loss", result.test_loss)
-            trial.set_user_attr("test_seconds", result.test_seconds)
+        # Per-epoch means without the warm-up epochs (the first one autotunes kernels and
+        # fills caches; so does the first after a resume), which are kept apart. Seconds.
+        timing = {"avg_train_seconds": result.steady_train_seconds,
+                  "avg_val_seconds": result.steady_val_seconds,
+                  "first_epoch_seconds": result.first_epoch_seconds,
+                  "test_seconds": result.test_seconds,
+                  "shared_by": self.run.shared_by}   # trials on this device at once
+        store.set_system_attr(trial, TIMING, {k: v for k, v in timing.items() if v is not None})
+        capture = {"seconds": result.capture_seconds,    # CUDA graphs: their one-off cost,
+                   "failure": result.capture_failure}    # or why the trial trained eagerly
+        if any(v is not None for v in capture.values()):
+            store.set_system_attr(trial, CAPTURE,
+                                  {k: v for k, v in capture.items() if v is not None})
 
     def _save_first_layer(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
-        """The best epoch's first-layer weight (.npy) and its pictures (.png) as artifacts."""
+        """The best epoch's first-layer weight (.npy) and its pictures (.png) as artifacts,
+        linked to the trial by Optuna itself (reports/trial_data.artifact_id finds them)."""
         name = self.spec.model
         weight = first_layer_weight(name, model).detach().float().cpu().numpy()
         with tempfile.TemporaryDirectory() as folder:
@@ -199,13 +205,12 @@ class Objective:
                     name, weight, Path(folder) / GRAY_PICTURE_ARTIFACT, grayscale=True))
             for path in paths:
                 try:
-                    artifact_id = optuna.artifacts.upload_artifact(
+                    optuna.artifacts.upload_artifact(
                         artifact_store=self.run.store.artifacts(), file_path=str(path),
                         study_or_trial=trial)
                 except OSError as error:  # a full or read-only disk: no trial can finish
                     raise StorageFailure(f"artifacts {getattr(error, 'filename', None) or ''}"
                                          f": {error.strerror or error}") from None
-                trial.set_user_attr(f"artifact:{path.name}", artifact_id)
 
     def _checkpoint(self, trial: optuna.Trial) -> Checkpoint | None:
         """One checkpoint per original trial, so a retry of a killed trial finds it."""

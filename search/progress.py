@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from reports.trial_data import trial_value
 from search.interrupts import hide_interrupt_traceback
 from search.pruning import PRUNE_REASON
 from search.terminal import DEFAULT_COLUMNS, DEFAULT_ROWS, columns, fit, rows, say
@@ -241,9 +242,9 @@ def trial_line(trial: optuna.trial.FrozenTrial) -> str:
     repeat = trial.user_attrs.get("repeat_of")
     attrs = trial.user_attrs
     reason = (f"repeat of trial {repeat}: not trained" if repeat is not None else
-              attrs.get(PRUNE_REASON) or attrs.get("diverged") or attrs.get("fail_reason")
-              or "")
-    epochs = trial.user_attrs.get("epochs_run", "?")
+              attrs.get(PRUNE_REASON) or attrs.get("diverged")
+              or trial_value(trial, "fail_reason") or "")
+    epochs = trial_value(trial, "epochs_run", "?")
     return (f"trial {trial.number:>3} {trial.state.name:<8} val_acc={value} epochs={epochs} "
             f"{seconds:7.1f}s  {key_values(trial.params)}"
             f"{'  (' + reason[:160] + ')' if reason else ''}")

@@ -23,6 +23,7 @@ import torch
 from optuna.trial import TrialState
 
 from reports.table import DATA_SIZES_ATTR, REPEAT_ATTR
+from reports.trial_data import RUN, trial_value
 from search.claim import DONE, WAIT, claim, tally
 from search.errors import StudyMismatch
 from search.interrupts import Interrupts
@@ -109,7 +110,7 @@ def run_process(settings: RunSettings, out, data=None,
                     interrupts.sleep(_wait_seconds(store))
                     continue
                 said_waiting = False
-                claimed.set_user_attr("run", {
+                store.set_system_attr(claimed, RUN, {   # bookkeeping: not on the trial page
                     "run": opened.run, "sampler_seed": opened.sampler_seed,
                     "host": socket.gethostname(), "pid": os.getpid()})
                 frozen = run_one(opened, claimed, objective, interrupts, settings)
@@ -168,7 +169,7 @@ def _count(result: RunResult, frozen: optuna.trial.FrozenTrial, interrupts: Inte
         result.failed.append(frozen.number)
         result.failures_in_a_row += 1
         if result.failures_in_a_row >= MAX_FAILURES_IN_A_ROW and not interrupts.requested:
-            reason = frozen.user_attrs.get("fail_reason", "no reason recorded")
+            reason = trial_value(frozen, "fail_reason", "no reason recorded")
             result.stopped = (f"{MAX_FAILURES_IN_A_ROW} trials in a row failed here "
                               f"(last: {reason[:200]}); fix that and run the same command")
             return True

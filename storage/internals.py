@@ -5,6 +5,8 @@ Optuna's public API has no way to
   a running trial's fresh reads, its writer and its heartbeat go straight to the storage;
 - list the trials whose heartbeat went stale (fail_stale_trials fails them and queues their
   retries in separate writes: storage/retries.py needs the list to do it in safe steps);
+- list a trial's artifacts from a FrozenTrial alone (get_all_artifact_meta needs the storage
+  too): their records are trial system attributes under Optuna's ARTIFACTS_ATTR_PREFIX;
 - read and write a study's system attributes (Study.system_attrs and set_system_attr are gone
   in Optuna 5), where optuna-dashboard keeps the figures we save for it;
 - create a trial, or move a WAITING trial to RUNNING, together with a token in the same
@@ -21,6 +23,7 @@ import json
 from typing import Any
 
 import optuna
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
@@ -28,6 +31,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
+
+
+def trial_artifact_ids(trial: FrozenTrial) -> dict[str, str]:
+    """{filename: artifact id} of the artifacts uploaded to the trial (Optuna's records, as
+    get_all_artifact_meta reads them; a trial uploads each name once)."""
+    records = [json.loads(value) for key, value in trial.system_attrs.items()
+               if key.startswith(ARTIFACTS_ATTR_PREFIX) and isinstance(value, str)]
+    return {r["filename"]: r["artifact_id"] for r in records if "filename" in r}
 
 
 def study_id(study: optuna.Study) -> int:

@@ -10,6 +10,7 @@ import shutil
 import optuna
 import pytest
 
+from reports.trial_data import artifact_id, one_line
 from search.cli import main
 from search.dashboard import DashboardServer, dashboard_app
 
@@ -64,16 +65,18 @@ def test_dashboard_shows_study_trials_and_first_layer_picture(tmp_path, browser)
                  "--pruner", "none", "--study", "browser-watch", "--storage", storage]) == 0
     study = optuna.load_study(study_name="browser-watch", storage=storage)
     first = study.trials[0]
-    picture_id = first.user_attrs["artifact:first_layer.png"]
+    picture_id = artifact_id(first, "first_layer.png")   # Optuna links it to the trial
+    pruned, failed = add_pruned_and_failed_trials(study, first)
 
     server = DashboardServer(dashboard_app(storage), "127.0.0.1", 0).start()
     try:
         root = server.url.rsplit("/dashboard", 1)[0]
         picture_url = f"{root}/artifacts/{study._study_id}/{first._trial_id}/{picture_id}"
+        browser.set_window_size(1400, 900)   # pixels: a laptop's browser window
         browser.get(f"{root}/dashboard/studies/{study._study_id}/trials?numbers={first.number}")
         wait = WebDriverWait(browser, WAIT_SECONDS)
         page_text = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
-        wait.until(lambda _: "2 Trials" in page_text())
+        wait.until(lambda _: "4 Trials" in page_text())
         assert "browser-watch" in page_text()
         assert f"Trial {first.number} (trial_id={first._trial_id})" in page_text()
 
@@ -83,19 +86,64 @@ def test_dashboard_shows_study_trials_and_first_layer_picture(tmp_path, browser)
         wait.until(lambda b: b.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth > 0", picture))
         # The user attributes read at a glance: the page is no wider than the window (a
-        # 910-character `curves` attribute made it 7,870 px in a 1,400 px window).
+        # 910-character `curves` attribute made it 7,870 px in a 1,400 px window), and the
+        # box of user attributes shows every one without scrolling (17 rows scrolled).
         wait.until(lambda _: "max_val_acc" in page_text())
-        widths = browser.execute_script(
-            "return [document.documentElement.scrollWidth, window.innerWidth]")
-        assert widths[0] <= widths[1], widths
+        assert_user_attributes_fit(browser, first)
         assert "curves" not in page_text() and "test_acc" in page_text()
         browser.execute_script("arguments[0].scrollIntoView()", picture)
         shot = tmp_path / "dashboard-trial-first-layer.png"
         assert browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000  # bytes: a blank page compresses to far less
         print(f"screenshot: {shot}")
+
+        for other, reason in ((pruned, "prune_reason"), (failed, "fail_reason")):
+            browser.get(f"{root}/dashboard/studies/{study._study_id}/trials"
+                        f"?numbers={other.number}")
+            wait.until(lambda _: f"Trial {other.number} (trial_id" in page_text()
+                       and reason in page_text())
+            assert_user_attributes_fit(browser, other)
     finally:
         server.stop()
+
+
+def add_pruned_and_failed_trials(study: optuna.Study, like: optuna.trial.FrozenTrial):
+    """A trial pruned at epoch 1 with the longest reason the median pruner words, and one
+    failed out of memory, its reason as search/objective.py records it."""
+    reason = ("pruned at epoch 1: best val acc 0.1000 < median 0.1800 of 12 complete trials "
+              "at epoch 1")
+    attrs = {k: v for k, v in like.user_attrs.items() if not k.startswith("test_")}
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params=like.params,
+        distributions=like.distributions, intermediate_values={1: 0.1},
+        user_attrs={**attrs, "prune_reason": reason}))
+    memory = ("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
+              "total capacity of 79.19 GiB of which 1.06 GiB is free. " * 3)
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL, params=like.params,
+        distributions=like.distributions,
+        user_attrs={"parameters": attrs["parameters"], "fail_reason": one_line(memory)}))
+    return study.trials[-2:]
+
+
+def assert_user_attributes_fit(browser, trial) -> None:
+    """The trial page's "User Attributes" box (150 px high, overflow: auto) neither scrolls
+    nor widens the page, and shows each of the trial's keys."""
+    seen = browser.execute_script("""
+        const label = [...document.querySelectorAll('p')]
+            .find(e => e.textContent === 'User Attributes');
+        const box = label.nextElementSibling, edge = box.getBoundingClientRect();
+        const rows = [...box.firstElementChild.children];
+        return {height: [box.scrollHeight, box.clientHeight],
+                width: [box.scrollWidth, box.clientWidth],
+                page: [document.documentElement.scrollWidth, window.innerWidth],
+                shown: rows.filter(r => r.getBoundingClientRect().bottom <= edge.bottom + 1
+                                      && r.getBoundingClientRect().right <= edge.right + 1)
+                           .map(r => r.textContent.split(' ')[0])};""")
+    assert seen["height"][0] <= seen["height"][1], seen     # no scrolling down
+    assert seen["width"][0] <= seen["width"][1], seen       # nor sideways
+    assert seen["page"][0] <= seen["page"][1], seen         # the page fits the window
+    assert sorted(seen["shown"]) == sorted(trial.user_attrs), seen
 
 
 def test_a_30_trial_curve_figure_leaves_most_of_its_width_to_the_plot(tmp_path, browser,

@@ -21,7 +21,7 @@ import search.cli.commands
 import search.launch
 import search.objective
 import search.study
-from reports.trial_data import trial_config, trial_curves
+from reports.trial_data import RESULTS, artifact_id, trial_config, trial_curves, trial_value
 from search.cli import main
 from search.settings import RunSettings, StudySpec
 from storage import artifact_dir
@@ -29,9 +29,10 @@ from storage import artifact_dir
 from helpers import query
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds")
-TRIAL_ATTRS = ("parameters", "epochs_run", "best_epoch", "max_train_acc",
-               "max_val_acc", "avg_train_seconds", "avg_val_seconds")
-TEST_ATTRS = ("test_acc", "test_loss", "test_seconds")
+# What the dashboard's trial page shows (user attributes); the rest is bookkeeping.
+TRIAL_ATTRS = ("parameters", "best_epoch", "max_train_acc", "max_val_acc")
+TEST_ATTRS = ("test_acc", "test_loss")
+BOOKKEEPING = ("epochs_run", "avg_train_seconds", "avg_val_seconds", "test_seconds", "run")
 SPEC_KEYS = ("model", "space", "fixed", "grid", "epochs", "data", "seed", "sampler", "pruner")
 # number, state, val acc, epochs, seconds, then the parameters
 TRIAL_LINE = re.compile(r"^trial +(\d+) (COMPLETE|PRUNED|FAIL) +val_acc=(\S+) epochs=\d+ +"
@@ -87,17 +88,18 @@ def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     for trial in trials:
         attrs = trial.user_attrs
-        assert set(TRIAL_ATTRS) <= set(attrs), trial.number
+        assert set(TRIAL_ATTRS) <= set(attrs) <= set(RESULTS) | {"prune_reason"}, attrs
         curves = trial_curves(trial)
         assert trial_config(trial)["epochs"] == 2 and "curves" not in attrs  # not on the page
-        assert all(len(curves[name]) == attrs["epochs_run"] for name in CURVES)
+        assert all(len(curves[name]) == trial_value(trial, "epochs_run") for name in CURVES)
         assert attrs["max_val_acc"] == max(curves["val_acc"])
         if trial.state == TrialState.COMPLETE:
-            assert attrs["epochs_run"] == 2
+            assert trial_value(trial, "epochs_run") == 2
             assert trial.value == attrs["max_val_acc"]
             assert set(TEST_ATTRS) <= set(attrs) and 0 <= attrs["test_acc"] <= 1
-            for name in ("first_layer.npy", "first_layer.png"):
-                stored = artifact_dir(url) / attrs[f"artifact:{name}"]
+            assert all(trial_value(trial, name) is not None for name in BOOKKEEPING)
+            for name in ("first_layer.npy", "first_layer.png"):   # Optuna's own record
+                stored = artifact_dir(url) / artifact_id(trial, name)
                 assert stored.is_file() and stored.stat().st_size > 0
     assert artifact_dir(url) == folder / "s.db-artifacts"
     # checkpoints every 60 s: these short trials wrote none, and no file is left behind
@@ -408,13 +410,13 @@ def test_timings_keep_the_first_epoch_apart_and_say_when_a_device_was_shared(tmp
     url = f"sqlite:///{tmp_path}/s.db"
     assert optuna_search("mlp", url, "--trials", "2", "--workers", "2", epochs=3)[0] == 0
     for trial in load(url, "mlp").trials:
-        attrs = trial.user_attrs
         if trial.state != TrialState.COMPLETE:
             continue
         seconds = trial_curves(trial)["train_seconds"]
-        assert attrs["first_epoch_seconds"] == seconds[0]
-        assert attrs["avg_train_seconds"] == pytest.approx(sum(seconds[1:]) / len(seconds[1:]))
-        assert attrs["timing_shared_by"] == 2  # two workers on this machine's cores
+        assert trial_value(trial, "first_epoch_seconds") == seconds[0]
+        assert trial_value(trial, "avg_train_seconds") == pytest.approx(
+            sum(seconds[1:]) / len(seconds[1:]))
+        assert trial_value(trial, "timing_shared_by") == 2  # two workers on these cores
 
 
 @pytest.mark.parametrize("options, expected", [([], "auto"), (["--capture", "off"], "off")])
@@ -434,4 +436,4 @@ def test_the_capture_setting_reaches_the_trainer(options, expected, tmp_path, mo
     assert code == 0, err
     assert seen == [expected, expected]
     trial = load(url, "mlp").trials[0]
-    assert "capture_seconds" not in trial.user_attrs   # eager on the CPU: nothing captured
+    assert trial_value(trial, "capture_seconds") is None   # eager on the CPU: none captured

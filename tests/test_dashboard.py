@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 import search.dashboard
 import search.objective
 from search.cli import main
+from reports.trial_data import artifact_id
 from search.dashboard import DashboardServer, _AppWhenStorageIsMade, dashboard_app
 from storage import open_storage
 
@@ -80,7 +81,8 @@ def test_dashboard_command_serves_study_and_pictures_until_ctrl_c(small_study):
         trial = detail["trials"][0]
         pictures = [a for a in trial["artifacts"] if a["filename"] == "first_layer.png"]
         assert len(pictures) == 1
-        assert pictures[0]["artifact_id"] == trial_attr(trial, "artifact:first_layer.png")
+        frozen = optuna.load_study(study_name="watched", storage=small_study).trials[0]
+        assert pictures[0]["artifact_id"] == artifact_id(frozen, "first_layer.png")
         status, body, kind = get(f"{root}/artifacts/{study_id}/{trial['trial_id']}/"
                                  f"{pictures[0]['artifact_id']}")
         assert (status, kind, body[:8]) == (200, "image/png", PNG_MAGIC)
@@ -93,11 +95,6 @@ def test_dashboard_command_serves_study_and_pictures_until_ctrl_c(small_study):
     assert "Traceback" not in err and "no login" not in err, err
     assert "dashboard stopped" in out
     assert not is_listening(port)
-
-
-def trial_attr(serialized_trial: dict, key: str):
-    """optuna-dashboard serializes user_attrs as a list of {key, value}."""
-    return {a["key"]: a["value"] for a in serialized_trial["user_attrs"]}[key]
 
 
 @pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False)])
@@ -349,22 +346,25 @@ def test_the_studys_figures_arrive_in_reading_order_without_emptied_ones(small_s
 
 
 def test_user_attributes_are_one_line_each_and_the_curves_live_elsewhere(small_study):
-    """The trial page shows every user attribute as a row: none may be a 900-character line.
-    The curves and the config are system attrs, which the page does not show, and the
-    reports read them (reports/trial_data.py)."""
-    from reports.trial_data import CURVES, trial_config, trial_curves
+    """The trial page shows every user attribute as a row, in a box 6 rows high: a trial
+    keeps its results there, one line each; the curves, config, timings, run and artifact
+    ids are system attrs, which the page does not show, and the reports read them
+    (reports/trial_data.py)."""
+    from reports.trial_data import CURVES, RESULTS, TIMING, trial_config, trial_curves
     study = optuna.load_study(study_name="watched", storage=small_study)
     for trial in study.trials:
+        assert set(trial.user_attrs) == set(RESULTS) and len(RESULTS) <= 6, trial.user_attrs
         for key, value in trial.user_attrs.items():
             assert len(json.dumps(value)) <= 80, (key, value)   # characters: one line
         assert "curves" not in trial.user_attrs and CURVES in trial.system_attrs
+        assert TIMING in trial.system_attrs and artifact_id(trial, "first_layer.png")
         assert len(trial_curves(trial)["val_acc"]) == 1 and trial_config(trial)["epochs"] == 1
     server = DashboardServer(dashboard_app(small_study), port=0).start()
     try:   # what the trial page is sent: no curves among its user attributes
         root = server.url.rsplit("/dashboard", 1)[0]
         detail = get_json(f"{root}/api/studies/{study._study_id}?after=0")
         sent = [a["key"] for t in detail["trials"] for a in t["user_attrs"]]
-        assert sent and "curves" not in sent and "config" not in sent
+        assert sent and "curves" not in sent and "config" not in sent and "run" not in sent
     finally:
         server.stop()
 

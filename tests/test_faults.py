@@ -20,7 +20,7 @@ import search.objective
 import search.train.trainer
 from helpers import (TINY, children_of, cmdline, integrity, load, maps, query, run_cli, states,
                      wait_for_running, wait_until)
-from reports.trial_data import trial_curves
+from reports.trial_data import trial_curves, trial_value
 from search.cli import main
 
 # ------------------------------------------------------------------ 3. a killed worker
@@ -78,7 +78,7 @@ def test_a_killed_worker_loses_nothing_the_retry_resumes_after_the_last_epoch(
     assert trained == [2, 3]                                   # only the missing epochs
     assert list(retry.intermediate_values) == [1, 2, 3]        # no gap, no duplicate
     assert retry.intermediate_values[1] == killed.intermediate_values[1]
-    assert len(trial_curves(retry)["val_acc"]) == 3 and retry.user_attrs["epochs_run"] == 3
+    assert len(trial_curves(retry)["val_acc"]) == 3 and trial_value(retry, "epochs_run") == 3
     assert not checkpoint.exists()                              # removed when the trial ended
     assert integrity(db) == "ok"
 

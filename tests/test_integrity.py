@@ -22,7 +22,7 @@ import search.objective
 import search.train.trainer
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
                      running_with_an_epoch, wait_until)
-from reports.trial_data import trial_config
+from reports.trial_data import trial_config, trial_value
 from search.cli import main
 from search.train.data import make_dataset
 from search.objective import Objective, Runtime
@@ -84,7 +84,7 @@ def test_a_study_is_never_resumed_under_another_budget(tmp_path, capsys):
     small = ["mlp", "--grid", "activation=relu,tanh", "--storage", url, "--data", "synthetic",
              "--set", "hidden_sizes=16"]
     assert main([*small, "--epochs", "1", "--train-subset", "100"]) == 0
-    before = [(t.number, t.state, t.user_attrs["epochs_run"])
+    before = [(t.number, t.state, trial_value(t, "epochs_run"))
               for t in load(tmp_path / "s.db", "mlp-hidden_sizes=16-grid-activation").trials]
     capsys.readouterr()
     assert main([*small, "--epochs", "3"]) == 2          # all the data, three epochs
@@ -94,7 +94,7 @@ def test_a_study_is_never_resumed_under_another_budget(tmp_path, capsys):
     assert "train_subset none (asked) vs 100 (study)" in lines[0]
     assert "--study NEW-NAME" in lines[0]
     after = load(tmp_path / "s.db", "mlp-hidden_sizes=16-grid-activation").trials
-    assert [(t.number, t.state, t.user_attrs["epochs_run"]) for t in after] == before
+    assert [(t.number, t.state, trial_value(t, "epochs_run")) for t in after] == before
     assert integrity(tmp_path / "s.db") == "ok"
 
 
@@ -189,7 +189,7 @@ def test_a_full_artifact_disk_is_one_line_exit_1_and_the_trial_fails_with_its_re
     assert code == 1 and len(err) == 1 and "No space left" in err[0], err
     trials = load(db).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL]       # one trial, then it stopped
-    assert "No space left" in trials[0].user_attrs["fail_reason"]
+    assert "No space left" in trial_value(trials[0], "fail_reason")
     assert integrity(db) == "ok"
 
 
@@ -254,7 +254,7 @@ def test_out_of_memory_fails_that_trial_and_stops_the_process_only_if_memory_sta
     else:
         assert "device failed" not in err
         assert states[:2] == [TrialState.FAIL, TrialState.FAIL]   # the study went on
-    reasons = [t.user_attrs["fail_reason"] for t in load(tmp_path / "s.db").get_trials()]
+    reasons = [trial_value(t, "fail_reason") for t in load(tmp_path / "s.db").get_trials()]
     assert all(r.startswith("OutOfMemoryError") for r in reasons)
     assert integrity(tmp_path / "s.db") == "ok"
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from helpers import (FAST_HEARTBEAT, TINY, alive, children_of, cmdline, finished, integrity,
                      load, maps, query, run_cli, running_with_an_epoch, wait_until)
 from reports.table import REPEAT_ATTR
-from reports.trial_data import trial_config
+from reports.trial_data import trial_config, trial_value
 from search import child, launch
 from search.cli import main
 
@@ -41,7 +41,7 @@ def test_eight_workers_run_200_trials_on_sqlite_without_losing_or_repeating_one(
     trained = [t for t in trials if REPEAT_ATTR not in t.user_attrs]
     assert {t.state for t in trials} == {TrialState.COMPLETE} and len(trained) == 200
     assert sorted(t.number for t in trials) == list(range(len(trials)))
-    assert all(t.user_attrs["epochs_run"] == 1 and "test_acc" in t.user_attrs for t in trained)
+    assert all(trial_value(t, "epochs_run") == 1 and "test_acc" in t.user_attrs for t in trained)
     # One line per finished trial, prefixed by its worker; every worker took part.
     lines = TRIAL_LINE.findall(out)
     assert sorted(int(number) for _, number, _ in lines) == list(range(len(trials)))
@@ -98,7 +98,7 @@ def test_worker_joins_a_study_with_the_settings_it_was_made_with(tmp_path, capsy
     for trial in trials[1:]:
         config = trial_config(trial)
         assert config["activation"] == "tanh" and config["hidden_sizes"] == [16]
-        assert trial.user_attrs["epochs_run"] == 1
+        assert trial_value(trial, "epochs_run") == 1
     assert "100 train / 50 val / 100 test" in out
     assert len(re.findall(r"^trial +\d+ COMPLETE", out, re.MULTILINE)) == 2
 

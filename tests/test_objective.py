@@ -8,7 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 import search.objective
-from reports.trial_data import trial_config, trial_curves
+from reports.trial_data import trial_config, trial_curves, trial_value
 from search.train.data import make_dataset
 from search.objective import Objective, Runtime
 from search.settings import StudySpec
@@ -55,12 +55,12 @@ def test_a_pruned_trial_stops_after_the_epoch_the_pruner_judged(store, data):
 
     assert good.state == TrialState.COMPLETE
     assert sorted(good.intermediate_values) == [1, 2, 3]  # reported once per epoch, 1-based
-    assert good.user_attrs["epochs_run"] == EPOCHS
+    assert trial_value(good, "epochs_run") == EPOCHS
     assert bad.intermediate_values[1] < good.intermediate_values[1]  # why it was pruned
 
     assert bad.state == TrialState.PRUNED
     assert bad.params == BAD  # the enqueued values, momentum not suggested for plain SGD
-    assert bad.user_attrs["epochs_run"] == 1 < EPOCHS
+    assert trial_value(bad, "epochs_run") == 1 < EPOCHS
     assert list(bad.intermediate_values) == [1]
     assert all(len(trial_curves(bad)[name]) == 1 for name in CURVES)
     assert bad.user_attrs["max_val_acc"] == bad.intermediate_values[1]
@@ -79,7 +79,7 @@ def test_a_diverging_trial_ends_pruned_with_its_reason(store, data):
     assert trial_config(trial)["lr"] == 10.0
     assert "became nan" in trial.user_attrs["diverged"] or "became inf" in \
         trial.user_attrs["diverged"]
-    assert trial.user_attrs["epochs_run"] < EPOCHS
+    assert trial_value(trial, "epochs_run") < EPOCHS
     assert "fail_reason" not in trial.user_attrs
 
 

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from helpers import (FAST_HEARTBEAT, TINY, finished, free_port, integrity, load, run_cli,
                      running_with_an_epoch, skip_or_fail, wait_until)
+from reports.trial_data import trial_value
 
 if importlib.util.find_spec("ray") is None:
     skip_or_fail("Ray is not installed (pip install 'optuna-search[ray]')")
@@ -40,7 +41,7 @@ def ray_processes() -> set[int]:
 
 def overlapping(trials) -> bool:
     """Whether two trials of different processes ran at the same time."""
-    spans = [(t.datetime_start, t.datetime_complete, t.user_attrs["run"]["pid"])
+    spans = [(t.datetime_start, t.datetime_complete, trial_value(t, "run")["pid"])
              for t in trials if t.datetime_complete]
     return any(a[2] != b[2] and a[0] < b[1] and b[0] < a[1] for a in spans for b in spans)
 
@@ -56,7 +57,7 @@ def test_two_actors_run_trials_at_once_and_share_the_target(tmp_path):
     trials = load(db).get_trials()
     assert [t.state for t in trials].count(TrialState.COMPLETE) + \
         [t.state for t in trials].count(TrialState.PRUNED) == 4 and len(trials) == 4
-    assert len({t.user_attrs["run"]["pid"] for t in trials}) == 2 and overlapping(trials)
+    assert len({trial_value(t, "run")["pid"] for t in trials}) == 2 and overlapping(trials)
     assert "[r0] trial" in out and "[r1] trial" in out
     wait_until(lambda: not (ray_processes() - before), seconds=30, what="Ray to stop")
 
@@ -69,7 +70,7 @@ def test_a_killed_actor_comes_back_and_the_study_meets_its_target(tmp_path):
                      **FAST_HEARTBEAT)
     wait_until(lambda: running_with_an_epoch(db) >= 1, what="an actor training")
     victim = next(t for t in load(db).get_trials() if t.state == TrialState.RUNNING)
-    os.kill(victim.user_attrs["run"]["pid"], signal.SIGKILL)
+    os.kill(trial_value(victim, "run")["pid"], signal.SIGKILL)
     out, err = search.communicate(timeout=600)
     assert search.returncode == 0, err[-3000:]
     trials = load(db).get_trials()
@@ -133,7 +134,7 @@ def test_ctrl_c_while_ray_restarts_an_actor_stops_the_restarted_one_too(tmp_path
                       f"sqlite:///{db}", *TINY], cwd=tmp_path)
     wait_until(lambda: running_with_an_epoch(db) >= 2, what="both actors training")
     victim = next(t for t in load(db).get_trials() if t.state == TrialState.RUNNING)
-    os.kill(victim.user_attrs["run"]["pid"], signal.SIGKILL)  # Ray starts it again...
+    os.kill(trial_value(victim, "run")["pid"], signal.SIGKILL)  # Ray starts it again...
     search.send_signal(signal.SIGINT)                          # ...while the run stops
     started = time.monotonic()
     out, err = search.communicate(timeout=120)

@@ -39,7 +39,9 @@ METRICS = ["max train acc", "max val acc", "test acc", "epochs run"]
 
 def fake_trial(model: str, rng: random.Random, state=TrialState.COMPLETE, epochs=3,
                **chosen) -> optuna.trial.FrozenTrial:
-    """A trial as search/objective.py leaves it: params, config, curves, metric attrs."""
+    """A trial as search/objective.py left it before the move to system attrs: params and
+    everything else as user attrs, which reports still read (tests/test_trial_data.py checks
+    the new layout reads the same)."""
     space = get_space(model)
     params = {k: chosen.get(k, rng.choice(v)) for k, v in space.lists.items()}
     if "embed_dim" in space.int_ranges:

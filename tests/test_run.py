@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 import search.train.trainer
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
                      running_with_an_epoch, wait_until)
-from reports.trial_data import trial_curves
+from reports.trial_data import trial_curves, trial_value
 from search.cli import main
 
 
@@ -41,12 +41,12 @@ def test_trials_is_the_studys_target_and_a_resumed_run_draws_new_configurations(
     assert all(t.state != TrialState.RUNNING for t in trials)
     # The second run sampled with its own seed: none of its new configurations replays one
     # of the first run's (a retry of the interrupted trial repeats its own, on purpose).
-    runs = {t.number: t.user_attrs["run"]["run"] for t in trials}
+    runs = {t.number: trial_value(t, "run")["run"] for t in trials}
     first_run = configurations(t for t in trials if runs[t.number] == 1)
     new_in_second = [t for t in trials if runs[t.number] == 2
                      and "failed_trial" not in t.system_attrs]
     assert new_in_second and not set(configurations(new_in_second)) & set(first_run)
-    seeds = {t.user_attrs["run"]["sampler_seed"] for t in trials}
+    seeds = {trial_value(t, "run")["sampler_seed"] for t in trials}
     assert len(seeds) == 2
     # The same command once more: the target is met, nothing runs.
     again = run_cli(command)
