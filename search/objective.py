@@ -28,7 +28,7 @@ from search.progress import Progress
 from search.pruning import PRUNE_REASON, why_pruned
 from search.train.trainer import Diverged, TrainResult, train
 from search.settings import StudySpec
-from storage import Store, StorageFailure, StorageFault, StorageUnavailable, TrialWriter
+from storage import Store, StorageFault, StorageUnavailable, TrialWriter
 
 WEIGHT_ARTIFACT = "first_layer.npy"
 PICTURE_ARTIFACT = "first_layer.png"
@@ -198,13 +198,8 @@ class Objective:
                 paths.append(save_first_layer_picture(
                     name, weight, Path(folder) / GRAY_PICTURE_ARTIFACT, grayscale=True))
             for path in paths:
-                try:
-                    artifact_id = optuna.artifacts.upload_artifact(
-                        artifact_store=self.run.store.artifacts(), file_path=str(path),
-                        study_or_trial=trial)
-                except OSError as error:  # a full or read-only disk: no trial can finish
-                    raise StorageFailure(f"artifacts {getattr(error, 'filename', None) or ''}"
-                                         f": {error.strerror or error}") from None
+                # Whole or absent; a full disk is one line naming the folder (exit 1).
+                artifact_id = self.run.store.artifacts().upload(trial, path)
                 trial.set_user_attr(f"artifact:{path.name}", artifact_id)
 
     def _checkpoint(self, trial: optuna.Trial) -> Checkpoint | None:
