@@ -23,6 +23,7 @@ from typing import BinaryIO
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
+from storage import faults
 from storage.faults import StorageFailure, StorageFault
 
 PARTIAL_SUFFIX = ".partial"   # an artifact being written; never an artifact id (a UUID)
@@ -65,14 +66,30 @@ class ArtifactStore(FileSystemArtifactStore):
             if isinstance(error, StorageFault):          # the study's storage: it says which
                 raise type(error)(f"{error} {saving}") from None
             if isinstance(error, OSError):
-                raise StorageFailure(f"{self._fault(error, path)} {saving}") from None
+                if error.filename and Path(error.filename) == path:   # reading the source
+                    raise StorageFailure(f"cannot read {path}: {_why(error)} {saving}") from None
+                raise StorageFailure(f"{folder_fault('artifacts', self.folder, error)} "
+                                     f"{saving}") from None
             raise
 
-    def _fault(self, error: OSError, source: Path) -> str:
-        """What failed, naming the folder (or the source file, if reading it failed)."""
-        why = error.strerror or str(error)
-        if error.filename and Path(error.filename) == source:   # the picture, not the folder
-            return f"cannot read {source}: {why}"
-        if error.errno in _FULL:
-            return f"artifacts folder {self.folder} is full ({why})"
-        return f"artifacts folder {self.folder}: {why}"
+
+def folder_fault(what: str, folder: Path, error: OSError) -> str:
+    """One line for a failed write in `folder`: "WHAT folder F is full (No space left on
+    device)", or "WHAT folder F: <the system's words>" for any other fault."""
+    if error.errno in _FULL:
+        return f"{what} folder {folder} is full ({_why(error)})"
+    if error.errno is None and _nearly_full(folder):   # numpy's short write has no errno
+        return f"{what} folder {folder} is full ({_why(error)})"
+    return f"{what} folder {folder}: {_why(error)}"
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < faults.MIN_FREE_BYTES
+
+
+def _why(error: OSError) -> str:
+    return error.strerror or str(error)

@@ -111,3 +111,17 @@ def test_a_storage_that_fills_after_the_artifact_is_written_keeps_no_artifact(tm
     assert list(store.folder.iterdir()) == []
     (stored,) = study.get_trials()
     assert not any(key.startswith("artifacts:") for key in stored.system_attrs)
+
+
+def test_a_full_temporary_folder_is_one_line_naming_it(tmp_path, tmpfs):
+    # The weight and pictures are made in TMPDIR before they are uploaded: numpy's short
+    # write there (no errno) is told as what it is, a full folder.
+    temporary, db = tmpfs("400k"), tmp_path / "s.db"
+    code, err = search(db, 2, 64, TMPDIR=str(temporary))
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"optuna-search: error: temporary folder {temporary} is full (")
+    assert err[0].endswith("while saving the first-layer pictures of trial 0")
+    study = load(db)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
+    assert assert_only_whole_artifacts(tmp_path / "s.db-artifacts", study) == 0
+    assert integrity(db) == "ok"
