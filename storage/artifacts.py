@@ -52,8 +52,9 @@ class ArtifactStore(FileSystemArtifactStore):
 
     def upload(self, trial: optuna.Trial, path: Path) -> str:
         """Upload the file at `path` as an artifact of `trial` (Optuna's upload_artifact);
-        its id. On any failure nothing of it stays in the folder; an OSError or a storage
-        fault becomes one StorageFailure line."""
+        its id. On any failure nothing of it stays in the folder; an OSError becomes one
+        StorageFailure line naming the folder, and a storage fault keeps its kind; both say
+        what was being saved, for which trial."""
         before = len(self.written)
         try:
             return optuna.artifacts.upload_artifact(artifact_store=self, file_path=str(path),
@@ -61,7 +62,6 @@ class ArtifactStore(FileSystemArtifactStore):
         except BaseException as error:
             for artifact_id in self.written[before:]:   # written, but the storage lacks it
                 (self.folder / artifact_id).unlink(missing_ok=True)
-            del self.written[before:]
             saving = f"while saving {path.name} for trial {trial.number}"
             if isinstance(error, StorageFault):          # the study's storage: it says which
                 raise type(error)(f"{error} {saving}") from None
@@ -71,6 +71,8 @@ class ArtifactStore(FileSystemArtifactStore):
                 raise StorageFailure(f"{folder_fault('artifacts', self.folder, error)} "
                                      f"{saving}") from None
             raise
+        finally:
+            del self.written[before:]   # recorded or removed: nothing more to take back
 
 
 def folder_fault(what: str, folder: Path, error: OSError) -> str:
