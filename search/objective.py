@@ -29,7 +29,8 @@ from search.progress import Progress
 from search.pruning import PRUNE_REASON, why_pruned
 from search.train.trainer import Diverged, TrainResult, train
 from search.settings import StudySpec
-from storage import Store, StorageFailure, StorageFault, StorageUnavailable, TrialWriter
+from storage import (Store, StorageFailure, StorageFault, StorageUnavailable, TrialWriter,
+                     folder_fault)
 
 WEIGHT_ARTIFACT = "first_layer.npy"
 PICTURE_ARTIFACT = "first_layer.png"
@@ -197,20 +198,15 @@ class Objective:
         name = self.spec.model
         weight = first_layer_weight(name, model).detach().float().cpu().numpy()
         with tempfile.TemporaryDirectory() as folder:
-            npy = Path(folder) / WEIGHT_ARTIFACT
-            np.save(npy, weight)
-            paths = [npy, save_first_layer_picture(name, weight, Path(folder) / PICTURE_ARTIFACT)]
-            if name == "resnet18":  # the report's Figure 17: mean over input channels
-                paths.append(save_first_layer_picture(
-                    name, weight, Path(folder) / GRAY_PICTURE_ARTIFACT, grayscale=True))
+            try:
+                paths = _render_first_layer(name, weight, Path(folder))
+            except OSError as error:   # a full temporary disk (TMPDIR): one line, exit 1
+                raise StorageFailure(
+                    f"{folder_fault('temporary', Path(folder).parent, error)} while saving "
+                    f"the first-layer pictures of trial {trial.number}") from None
             for path in paths:
-                try:
-                    optuna.artifacts.upload_artifact(
-                        artifact_store=self.run.store.artifacts(), file_path=str(path),
-                        study_or_trial=trial)
-                except OSError as error:  # a full or read-only disk: no trial can finish
-                    raise StorageFailure(f"artifacts {getattr(error, 'filename', None) or ''}"
-                                         f": {error.strerror or error}") from None
+                # Whole or absent; a full disk is one line naming the folder (exit 1).
+                self.run.store.artifacts().upload(trial, path)   # Optuna records its id
 
     def _checkpoint(self, trial: optuna.Trial) -> Checkpoint | None:
         """One checkpoint per original trial, so a retry of a killed trial finds it."""
@@ -228,6 +224,17 @@ class Objective:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _render_first_layer(name: str, weight: np.ndarray, folder: Path) -> list[Path]:
+    """The first-layer weight (.npy) and its pictures (.png), as files in `folder`."""
+    npy = folder / WEIGHT_ARTIFACT
+    np.save(npy, weight)
+    paths = [npy, save_first_layer_picture(name, weight, folder / PICTURE_ARTIFACT)]
+    if name == "resnet18":  # the report's Figure 17: mean over input channels
+        paths.append(save_first_layer_picture(name, weight, folder / GRAY_PICTURE_ARTIFACT,
+                                              grayscale=True))
+    return paths
 
 
 class BrokenDevice(RuntimeError):

@@ -2,6 +2,7 @@
 outages of its database, with heartbeat and retry of trials whose worker died, the artifact
 store that lives beside it, a background writer for a running trial, and the lock that
 serialises the decisions about what runs next."""
+from storage.artifacts import folder_fault
 from storage.faults import StorageFailure, StorageFault, StorageUnavailable, first_line
 from storage.lock import study_lock
 from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, StorageError,
@@ -14,6 +15,6 @@ from storage.writer import TrialWriter
 
 __all__ = ["DEFAULT_PATIENCE_SECONDS", "DEFAULT_STORAGE", "MAX_TRIES", "StorageError",
            "StorageFailure", "StorageFault", "StorageUnavailable", "TrialWriter", "artifact_dir",
-           "artifact_store", "check_url", "check_writable", "first_line",
+           "artifact_store", "check_url", "check_writable", "first_line", "folder_fault",
            "keep_signals_off_this_thread", "open_storage", "redact", "retry_callback",
            "sqlalchemy_url", "storage_kind", "study_lock", "Store", "open_store"]

@@ -24,8 +24,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore
 
+from storage.artifacts import ArtifactStore
 from storage.faults import (PERMANENT, StorageFailure, StorageFault, classify, first_line,
                             folder_problem)
 from storage.resilient import ResilientStorage
@@ -263,7 +263,7 @@ def artifact_dir(url: str) -> Path:
     return Path("optuna-search-artifacts")
 
 
-def artifact_store(url: str) -> FileSystemArtifactStore:
+def artifact_store(url: str) -> ArtifactStore:
     folder = artifact_dir(url)
     folder.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(folder))
+    return ArtifactStore(folder)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import internals, retries
+from storage.artifacts import ArtifactStore
 from storage.lock import study_lock
 from storage.open import (DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE, artifact_dir,
                           open_storage, redact, storage_kind)
@@ -34,7 +34,7 @@ class Store:
     kind: str                            # sqlite | journal | postgresql
     optuna: optuna.storages.BaseStorage  # what optuna.create_study / load_study take
     readonly: bool = False
-    _artifacts: FileSystemArtifactStore | None = field(default=None, repr=False)
+    _artifacts: ArtifactStore | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -67,12 +67,13 @@ class Store:
     def checkpoint_folder(self) -> Path:
         return self.artifact_folder / "checkpoints"
 
-    def artifacts(self) -> FileSystemArtifactStore:
-        """Optuna's artifact store in the artifact folder (made on first use)."""
+    def artifacts(self) -> ArtifactStore:
+        """The artifact store in the artifact folder (made on first use): Optuna's, writing
+        each artifact whole or not at all (storage/artifacts.py)."""
         if self._artifacts is None:
             if not self.readonly:
                 self.artifact_folder.mkdir(parents=True, exist_ok=True)
-            self._artifacts = FileSystemArtifactStore(str(self.artifact_folder))
+            self._artifacts = ArtifactStore(self.artifact_folder)
         return self._artifacts
 
     def lock(self, study_name: str):

@@ -48,16 +48,30 @@ def cifar_tarball() -> Path:
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
-    """A 200 KB file system (tmpfs), unmounted afterwards; skips where mount is not allowed
-    (fails under CI=true: CI runs as root). Smaller than what its users write: test_storage's
+def tmpfs(tmp_path):
+    """mount(size, name) -> a folder of `tmp_path` with a file system of `size` (tmpfs, e.g.
+    "1200k") mounted on it, unmounted afterwards; skips where mount is not allowed (fails
+    under CI=true: CI runs as root)."""
+    mounted = []
+
+    def mount(size: str, name: str = "tiny"):
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(folder)], capture_output=True, text=True)
+        if done.returncode != 0:
+            skip_or_fail(f"cannot mount a tmpfs here ({done.stderr.strip()}); CI runs as root")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture
+def tiny_disk(tmpfs):
+    """A 200 KB file system (tmpfs). Smaller than what its users write: test_storage's
     ~400 KB of trial attributes and test_checkpoint's ~1.2 MB checkpoint of the small MLP;
     test_integrity fills it itself."""
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        skip_or_fail(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); CI runs as root")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=True)
+    return tmpfs("200k")
