@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from optuna.trial import TrialState
-
 WATCH_SECONDS = 0.5     # how often the watchdog notes the descendants (agents start in ~2 s)
 GONE_SECONDS = 5.0      # how long killed processes get to be gone (SIGKILL: milliseconds)
 PROC = Path("/proc")
@@ -161,6 +159,7 @@ def stop_watchdog() -> None:
 def fail_and_requeue(opened, pids: set[int]) -> int:
     """Fail the RUNNING trials that the (killed) processes `pids` of this machine were running,
     and queue each again, as an interrupted trial is; returns how many."""
+    from optuna.trial import TrialState   # here: the watchdog does without optuna
     study, store = opened.study, opened.store
     host, count = socket.gethostname(), 0
     with store.lock(study.study_name):

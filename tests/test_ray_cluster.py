@@ -207,7 +207,7 @@ BAD_RAY = {
 @pytest.mark.parametrize("argv", BAD_RAY.values(), ids=BAD_RAY.keys())
 def test_bad_ray_input_is_one_line_exit_2_within_30_s_and_writes_nothing(tmp_path, argv):
     started = time.monotonic()
-    search = run_cli(["mlp", *argv, "--storage", f"sqlite:///{tmp_path / 's.db'}", *TINY],
+    search = start(["mlp", *argv, "--storage", f"sqlite:///{tmp_path / 's.db'}", *TINY],
                      cwd=tmp_path, RAY_ADDRESS="")
     out, err = search.communicate(timeout=60)
     assert time.monotonic() - started < 30
