@@ -83,7 +83,7 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
     if settings.ray:
         from search.ray_cluster import run_on_ray
         del data  # each actor loads its own copy
-        run_on_ray(settings, out, outcome)
+        run_on_ray(settings, out, outcome, opened)
     elif settings.workers > 1:
         del data  # each worker loads its own copy
         run_local_processes(settings, out, outcome)

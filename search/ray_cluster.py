@@ -9,9 +9,13 @@ Optuna stays the source of truth: the storage holds the target, the queue and ev
 its samplers and pruners and optuna-dashboard work as without Ray (no Ray Tune).
 - An actor (or its node) that dies is restarted by Ray and runs the loop again; its trial is
   failed and queued again through the heartbeat, like any worker that dies.
-- Ctrl-C / SIGTERM to this process: every actor gets SIGTERM on its own node, fails its running
-  trial, queues it again and returns; then the actors are ended and, with `--ray local`, the
-  cluster is stopped. Nothing is left RUNNING, no Ray process is left behind.
+- Ctrl-C / SIGTERM to this process on a cluster it joined (`auto`, HOST:PORT): every actor
+  gets SIGTERM on its own node, fails its running trial, queues it again and returns; then
+  the actors are ended. Nothing is left RUNNING.
+- With `--ray local` the cluster is this process's (search/ray_local.py): at Ctrl-C or SIGTERM
+  (to this process or its whole group, Ray's processes included) it is killed at once and its
+  running trials are failed and queued again here; when this process is killed, a watchdog
+  kills what the kernel does not. No Ray process is left behind, within seconds.
 - Several machines need a storage they all reach (PostgreSQL) and, for checkpoints and
   pictures, a shared artifact folder (OPTUNA_SEARCH_ARTIFACTS).
 """
@@ -28,6 +32,7 @@ import threading
 import time
 from typing import Iterator
 
+from search import ray_local
 from search.errors import UsageError
 from search.run import RunResult, run_process
 from search.settings import RunSettings
@@ -68,11 +73,44 @@ def connected(settings: RunSettings, err=None) -> Iterator[None]:
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UsageError(f"could not connect to Ray at {address}: "
                          f"{first_line(error)}") from None
+    _one_line_per_raylet_message()
+    if address == "local":
+        ray_local.start_watchdog()
     try:
         _check_cluster(settings, local_file, err)
-        yield
+        with ray_local.ray_errors_to_log():
+            yield
     finally:
-        ray.shutdown()  # with --ray local this stops the cluster started above
+        if not ray_local.cluster_killed:   # killed at a stop: nothing to disconnect from
+            ray.shutdown()  # with --ray local this stops the cluster started above
+        ray_local.stop_watchdog()
+
+
+def _one_line_per_raylet_message() -> None:
+    """Ray prints what the raylet reports to this driver on its stdout: for each killed actor
+    ~10 lines of ids and possible causes. One line each instead, of ours. Ray has no setting
+    for it: this replaces the printer its error listener looks up (ray._private.worker), and
+    does nothing where that has moved."""
+    import ray._private.worker as ray_worker
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "one_line", False):
+        return
+
+    def one_line(data, ignore_prefix):
+        if data.get("pid") != "raylet":
+            return printer(data, ignore_prefix)
+        for message in data.get("lines", []):
+            say(sys.stdout, f"ray: {first_sentence(message)}")
+
+    one_line.one_line = True
+    ray_worker.print_to_stdstream = one_line
+
+
+def first_sentence(message: str) -> str:
+    """`message`'s first line, up to its first full stop (or 200 characters)."""
+    line = (message.strip().splitlines() or [""])[0].strip()
+    end = line.find(". ")
+    return (line[:end + 1] if 0 <= end < 200 else line[:200])
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -136,7 +174,7 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def run_on_ray(settings: RunSettings, out, outcome) -> None:
+def run_on_ray(settings: RunSettings, out, outcome, opened) -> None:
     """settings.workers actors running the loop; returns when all have returned."""
     import ray
     from ray.util.queue import Queue
@@ -153,17 +191,21 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
     running = {actors[i].run.remote(lines): i for i in range(len(actors))}
     signal_on = ray.remote(num_cpus=0)(_signal)
     stopping = threading.Event()
+    ours = settings.ray == "local" and ray_local.can_watch()
 
     def stop(signum, _frame):
+        first = not stopping.is_set()
         outcome.interrupted = True
         stopping.set()
+        if ours and first:   # leave Ray at once (a second signal must not interrupt the
+            raise KeyboardInterrupt   # cleanup of the first); Ray raises its own from a wait
 
     handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     where: dict[int, tuple[str, int]] = {}  # slot -> (node id, pid) of its actor's process
     signalled: set[tuple[str, int]] = set()  # the processes told to stop
     try:
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
         asked_at = None
         while running:
             done, _ = ray.wait(list(running), timeout=POLL_SECONDS)
@@ -189,11 +231,20 @@ def run_on_ray(settings: RunSettings, out, outcome) -> None:
                                       f"{STOP_SECONDS} s; ended them")
                 break
         _relay(lines, out, where)
+    except KeyboardInterrupt:
+        if not (ours and stopping.is_set()):
+            raise
+        # The cluster is ours, and Ray's processes may have the signal too (search/ray_local.py):
+        # kill it all (the raylet with the actors: none is restarted), then fail and queue
+        # their trials, once nothing can still write to one or claim another.
+        killed = ray_local.kill_cluster()
+        ray_local.fail_and_requeue(opened, set(killed))
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        for each in actors:
-            ray.kill(each, no_restart=True)
+        if not ray_local.cluster_killed:
+            for each in actors:
+                ray.kill(each, no_restart=True)
 
 
 def _relay(lines, out, where: dict) -> None:

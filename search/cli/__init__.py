@@ -55,6 +55,9 @@ def entry(argv: Sequence[str] | None = None) -> NoReturn:
     a search, measured: past a scheduler's grace after SIGTERM, for nothing)."""
     code = main(argv)
     gc.freeze()  # what is alive now is left to the exit; atexit handlers still run
+    ray_local = sys.modules.get("search.ray_local")  # loaded: --ray was given
+    if ray_local is not None:
+        ray_local.exit_if_killed(code)
     sys.exit(code)
 
 
