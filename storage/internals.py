@@ -11,7 +11,10 @@ Optuna's public API has no way to
   in Optuna 5), where optuna-dashboard keeps the figures we save for it;
 - create a trial, or move a WAITING trial to RUNNING, together with a token in the same
   transaction (storage/resilient.py needs that to make a repeated call after a lost answer
-  find what the first one did): that takes the RDB storage's models and sessions.
+  find what the first one did): that takes the RDB storage's models and sessions;
+- quiet the RDB storage's own warning about a failed query, which carries the SQL text (the
+  retry loop reports a lost connection itself: storage/notices.py): that takes the name of the
+  logger of its private module.
 When an Optuna release moves one of these, this module is what changes (pyproject.toml pins
 the Optuna versions CI tests).
 """
@@ -27,6 +30,9 @@ from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
+
+
+OPTUNA_RDB_LOGGER = "optuna.storages._rdb.storage"  # its module's logger (optuna.logging)
 
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:

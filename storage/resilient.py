@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from storage import internals
 from storage.faults import PERMANENT, StorageFailure, StorageUnavailable, classify
+from storage.notices import Reconnects, quiet_driver_logs
 from storage.schema import schema_lock, server_schema_lock
 from storage.sqlite import SQLiteSettings
 
@@ -72,6 +73,8 @@ class ResilientStorage(RDBStorage):
         self.path = sqlite.path if sqlite else None
         self._local = threading.local()
         self._outage_since: float | None = None  # first failure of the outage now under way
+        self._reconnects = Reconnects(name)      # says, now and then, that calls were retried
+        quiet_driver_logs()                      # ... and Optuna and SQLAlchemy do not
         # Several processes (an array of Slurm tasks, a Job's pods) may make a new database's
         # tables at once: one at a time, or all but one fail ("type studydirection exists").
         with schema_lock(self.path), server_schema_lock(url, kwargs.get("engine_kwargs")):
@@ -87,6 +90,7 @@ class ResilientStorage(RDBStorage):
     def __setstate__(self, state: dict) -> None:
         state["_local"] = threading.local()
         state["_outage_since"] = None  # another process's clock
+        quiet_driver_logs()
         with schema_lock(state["path"]):
             super().__setstate__(state)  # a new engine: without the SQLite settings
         if self.sqlite:
@@ -123,12 +127,14 @@ class ResilientStorage(RDBStorage):
         if getattr(self._local, "depth", 0):
             return attempt(False)
         started, backoff, again = time.monotonic(), FIRST_BACKOFF_SECONDS, False
-        patience = self._patience_now()
+        patience, what = self._patience_now(), ""
         while True:
             self._local.depth = 1
             try:
                 answer = attempt(again)
                 self._outage_since = None   # the database answers: the outage is over
+                if again:
+                    self._reconnects.back(what)
                 return answer
             except Exception as error:
                 fault = classify(error, self.path)
@@ -151,6 +157,7 @@ class ResilientStorage(RDBStorage):
             finally:
                 self._local.depth = 0
             self.scoped_session.remove()  # a fresh session (and pooled connection) next time
+            self._reconnects.retried()
             # jitter: workers waiting on one server do not all knock at the same moment
             time.sleep(max(0.0, min(backoff * random.uniform(0.5, 1.0), patience - waited,
                                     self.patience - waited)))
