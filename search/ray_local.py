@@ -160,11 +160,12 @@ def fail_and_requeue(opened, pids: set[int]) -> int:
     """Fail the RUNNING trials that the (killed) processes `pids` of this machine were running,
     and queue each again, as an interrupted trial is; returns how many."""
     from optuna.trial import TrialState   # here: the watchdog does without optuna
+    from reports.trial_data import trial_value
     study, store = opened.study, opened.store
     host, count = socket.gethostname(), 0
     with store.lock(study.study_name):
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            run = trial.user_attrs.get("run", {})
+            run = trial_value(trial, "run") or {}
             if run.get("host") == host and run.get("pid") in pids:
                 count += store.fail_and_retry(study, trial, None) is not None
     return count
