@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from helpers import (FAST_HEARTBEAT, TINY, alive, children_of, cmdline, finished, integrity,
                      load, maps, query, run_cli, running_with_an_epoch, wait_until)
 from reports.table import REPEAT_ATTR
-from reports.trial_data import trial_config, trial_value
+from reports.trial_data import RUN, trial_config, trial_value
 from search import child, launch
 from search.cli import main
 
@@ -188,8 +188,8 @@ def running_pids(db) -> list[int]:
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as connection:
             rows = connection.execute(
-                "SELECT t.trial_id, (SELECT value_json FROM trial_user_attributes u WHERE "
-                "u.trial_id = t.trial_id AND u.key = 'run'), (SELECT value_json FROM "
+                "SELECT t.trial_id, (SELECT value_json FROM trial_system_attributes r WHERE "
+                f"r.trial_id = t.trial_id AND r.key = '{RUN}'), (SELECT value_json FROM "
                 "trial_system_attributes s WHERE s.trial_id = t.trial_id AND s.key = "
                 "'retry_history') FROM trials t WHERE t.state = 'RUNNING' AND EXISTS (SELECT 1 "
                 "FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id)").fetchall()
