@@ -101,6 +101,11 @@ def test_a_killed_actor_comes_back_and_the_study_meets_its_target(tmp_path):
     os.kill(trial_value(victim, "run")["pid"], signal.SIGKILL)
     out, err = search.communicate(timeout=600)
     assert search.returncode == 0, err[-3000:]
+    # Ray's ~10-line raylet dump for the killed actor comes as our one-line "ray:" messages
+    # (measured: "Task Runner.run failed." and "A worker died or was killed ...").
+    ray_lines = [line for line in out.splitlines() if line.startswith("ray: ")]
+    assert 1 <= len(ray_lines) <= 2, out[-3000:]
+    assert "(raylet)" not in out + err and "Worker ID" not in out + err, out[-3000:]
     trials = load(db).get_trials()
     assert finished(db) == 3
     assert next(t for t in trials if t.number == victim.number).state == TrialState.FAIL
