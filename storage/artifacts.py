@@ -78,9 +78,8 @@ class ArtifactStore(FileSystemArtifactStore):
 def folder_fault(what: str, folder: Path, error: OSError) -> str:
     """One line for a failed write in `folder`: "WHAT folder F is full (No space left on
     device)", or "WHAT folder F: <the system's words>" for any other fault."""
-    if error.errno in _FULL:
-        return f"{what} folder {folder} is full ({_why(error)})"
-    if error.errno is None and _nearly_full(folder):   # numpy's short write has no errno
+    # numpy's short write has no errno: then the folder's free space says whether it is full
+    if error.errno in _FULL or (error.errno is None and _nearly_full(folder)):
         return f"{what} folder {folder} is full ({_why(error)})"
     return f"{what} folder {folder}: {_why(error)}"
 
