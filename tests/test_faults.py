@@ -375,3 +375,34 @@ def test_ctrl_c_at_any_moment_of_the_first_seconds_is_one_line_and_exit_130(tmp_
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-2000:]
     assert query(db, "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')") == 2
+
+
+# Ctrl-C raised where Python can only print "Exception ignored" (a __del__, a weakref or
+# module-lock callback of the import machinery): the KeyboardInterrupt is lost, not the
+# Ctrl-C. Caused here for certain: the first import after main()'s handler is on runs a
+# finalizer that sends SIGINT to this process and lets the handler run inside it.
+INTERRUPT_LOST_IN_A_FINALIZER = """
+import os, signal, sys
+class Finalizer:
+    def __del__(self):
+        print("finalizer sends SIGINT", flush=True)  # on stdout: stderr must hold one line
+        signal.raise_signal(signal.SIGINT)
+        sum(range(1000))  # bytecode for the handler to run in
+class FirstImportLosesCtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if callable(signal.getsignal(signal.SIGINT)) and name.startswith("search.cli."):
+            sys.meta_path.remove(self)
+            Finalizer()  # made and collected at once: __del__ runs here
+        return None
+sys.meta_path.insert(0, FirstImportLosesCtrlC())
+"""
+
+
+def test_ctrl_c_lost_in_a_finalizer_during_the_imports_still_stops_with_130(tmp_path):
+    search = run_cli(["mlp", "--trials", "2", "--epochs", "50", "--storage",
+                      f"sqlite:///{tmp_path / 'lost.db'}", *TINY], INTERRUPT_LOST_IN_A_FINALIZER)
+    out, err = search.communicate(timeout=120)
+    assert out == "finalizer sends SIGINT\n"  # the interrupt was raised where Python loses it
+    assert search.returncode == 130, err[-2000:]
+    assert err == "optuna-search: interrupted; nothing was left running\n"  # no "Exception ignored"
+    assert not (tmp_path / "lost.db").exists()  # stopped before the study was made

@@ -33,9 +33,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # run loop and the launchers install their own handlers on top of this one). Installed
     # inside the `try`: a Ctrl-C the moment it is on is an interrupt like any other.
     ours = threading.current_thread() is threading.main_thread()  # signals are its alone
-    previous = signal.getsignal(signal.SIGINT)
+    previous, unraisable = signal.getsignal(signal.SIGINT), sys.unraisablehook
+
+    def lost(info):  # where Python cannot raise (a finalizer, an import's module-lock
+        # callback) it prints "Exception ignored" and goes on: the Ctrl-C is noted, so quiet
+        if not (info.exc_type is KeyboardInterrupt and interrupted):
+            unraisable(info)
+
     try:
         if ours:
+            sys.unraisablehook = lost
             signal.signal(signal.SIGINT, note)
         return _command(argv, interrupted)
     except KeyboardInterrupt:  # Ctrl-C before any trial started (loading data, say)
@@ -47,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if ours and previous is not None:
             signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = unraisable
 
 
 def entry(argv: Sequence[str] | None = None) -> NoReturn:
@@ -73,6 +81,8 @@ def _command(argv: Sequence[str] | None, interrupted: list[int]) -> int:
         if interrupted:  # a library that turned Ctrl-C into an ImportError (numpy's core
             raise KeyboardInterrupt from None  # cannot be loaded twice in one process)
         raise
+    if interrupted:  # Ctrl-C during the imports, lost where Python could not raise it
+        raise KeyboardInterrupt
     try:
         args = build_parser().parse_args(argv)
         handler = COMMANDS.get(args.command, command_search)
