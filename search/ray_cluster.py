@@ -203,6 +203,7 @@ def run_on_ray(settings: RunSettings, out, outcome, opened) -> None:
     handlers = {}
     where: dict[int, tuple[str, int]] = {}  # slot -> (node id, pid) of its actor's process
     signalled: set[tuple[str, int]] = set()  # the processes told to stop
+    noted: dict[int, str] = {}  # --ray local: each actor process ever reported, pid -> start time
     try:
         if threading.current_thread() is threading.main_thread():
             handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -216,6 +217,10 @@ def run_on_ray(settings: RunSettings, out, outcome, opened) -> None:
                 except ray.exceptions.RayError as error:
                     outcome.errors.append(f"Ray worker {index}: {first_line(error)}")
             _relay(lines, out, where)
+            if ours:
+                for _, pid in where.values():
+                    if pid not in noted and (started := ray_local.start_time(pid)):
+                        noted[pid] = started
             if stopping.is_set():
                 asked_at = asked_at or time.monotonic()
                 # Each actor's process, on its own node, once; checked at every poll, so an
@@ -237,7 +242,7 @@ def run_on_ray(settings: RunSettings, out, outcome, opened) -> None:
         # The cluster is ours, and Ray's processes may have the signal too (search/ray_local.py):
         # kill it all (the raylet with the actors: none is restarted), then fail and queue
         # their trials, once nothing can still write to one or claim another.
-        killed = ray_local.kill_cluster()
+        killed = ray_local.kill_cluster(noted)
         ray_local.fail_and_requeue(opened, set(killed))
     finally:
         for signum, handler in handlers.items():

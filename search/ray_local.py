@@ -35,15 +35,27 @@ GONE_SECONDS = 5.0      # how long killed processes get to be gone (SIGKILL: mil
 PROC = Path("/proc")
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after the command: state, ppid, ... ([19]: the start time)."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
 def descendants(pid: int) -> dict[int, str]:
     """pid -> start time (to tell a reused pid) of every process below `pid`, from /proc."""
     children: dict[int, list[int]] = {}
     started: dict[int, str] = {}
     for entry in PROC.iterdir():
         if entry.name.isdigit():
-            try:  # fields after the command: state, ppid, ... (field 22: start time)
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+            fields = _stat(entry.name)
+            if fields is None:
                 continue
             children.setdefault(int(fields[1]), []).append(int(entry.name))
             started[int(entry.name)] = fields[19]
@@ -58,11 +70,8 @@ def descendants(pid: int) -> dict[int, str]:
 def kill(processes: dict[int, str], seconds: float = GONE_SECONDS) -> None:
     """SIGKILL each process that is still the one noted; return once all are gone."""
     def same(pid: int, start: str) -> bool:
-        try:
-            fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return False
-        return fields[19] == start and fields[0] != "Z"   # a zombie is gone, not reaped yet
+        fields = _stat(pid)   # a zombie is gone, not reaped yet
+        return fields is not None and fields[19] == start and fields[0] != "Z"
 
     for pid, start in processes.items():
         if same(pid, start):
@@ -108,12 +117,14 @@ def can_watch() -> bool:
     return PROC.is_dir() and sys.platform.startswith("linux")
 
 
-def kill_cluster() -> dict[int, str]:
+def kill_cluster(actors: dict[int, str]) -> dict[int, str]:
     """Kill every process this one started (the local cluster: raylet, GCS, agents, actors)
-    but the watchdog, and keep Ray from calling the dead cluster at exit."""
+    but the watchdog, and keep Ray from calling the dead cluster at exit. `actors`: every actor
+    process noted while they ran (pid -> start time); one the group's signal has already ended
+    (or left, its raylet gone) is no longer below this process, yet its trial is to be failed."""
     import ray
     atexit.unregister(ray.shutdown)   # it would wait for the dead GCS
-    processes = descendants(os.getpid())
+    processes = {**actors, **descendants(os.getpid())}
     if _watchdog is not None:
         processes.pop(_watchdog.pid, None)
     kill(processes)

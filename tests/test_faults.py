@@ -340,7 +340,8 @@ install = signal.signal
 def installing(signum, handler):
     previous = install(signum, handler)
     if signum == signal.SIGINT and callable(handler) and not hasattr(installing, "said"):
-        installing.said = sys.stderr.write("go\\n")
+        installing.said = True  # before the write: a SIGINT right after "go" must not say it twice
+        sys.stderr.write("go\\n")
         sys.stderr.flush()
     return previous
 signal.signal = installing

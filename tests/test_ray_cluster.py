@@ -154,7 +154,8 @@ def test_sigterm_to_the_group_fails_and_requeues_every_trial_within_10_s(tmp_pat
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     trials = load(db).get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 2 and [t.state for t in trials].count(TrialState.WAITING) == 2
+    assert len(failed) == 2 and [t.state for t in trials].count(TrialState.WAITING) == 2, \
+        [(t.number, t.state, trial_value(t, "run")) for t in trials]
     assert TrialState.RUNNING not in [t.state for t in trials]
     for trial in failed:   # each queued again: a retry with its parameters
         retry = next(t for t in trials if t.system_attrs.get("failed_trial") == trial.number)
@@ -181,7 +182,10 @@ def test_a_killed_driver_leaves_no_ray_process_within_5_s(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_while_ray_restarts_an_actor_stops_the_restarted_one_too(tmp_path):
-    """The stop reaches an actor that reports only after Ctrl-C (restarted by Ray here)."""
+    """The stop reaches an actor that reports only after Ctrl-C (restarted by Ray here), and
+    the trial of the actor process that died before it (no longer below the driver, as one
+    ended by a group's SIGTERM a moment before the driver's may be) is failed and queued
+    again at once, not left RUNNING to its heartbeat."""
     from search.ray_cluster import STOP_SECONDS
     db = tmp_path / "ray.db"
     search = start(["mlp", *RAY, "--trials", "6", "--epochs", "2000", "--storage",
@@ -194,8 +198,11 @@ def test_ctrl_c_while_ray_restarts_an_actor_stops_the_restarted_one_too(tmp_path
     out, err = search.communicate(timeout=120)
     assert search.returncode == 130, err[-3000:]
     assert "did not stop" not in err and time.monotonic() - started < STOP_SECONDS
-    others = [t for t in load(db).get_trials() if t.number != victim.number]
-    assert TrialState.RUNNING not in [t.state for t in others]  # the victim's: its heartbeat's
+    trials = load(db).get_trials()
+    assert TrialState.RUNNING not in [t.state for t in trials], [t.state for t in trials]
+    assert next(t for t in trials if t.number == victim.number).state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state == TrialState.WAITING and retry.params == victim.params
     assert integrity(db) == "ok"
 
 
