@@ -92,7 +92,7 @@ def make_bad(kind: str, tmp_path: Path) -> tuple[Path, str]:
     folder = write_images(tmp_path / "images")
     if kind == "truncated .tar.gz":
         return truncated_copy(archive(folder, tmp_path / "whole.tar.gz"), path), \
-            "is truncated or damaged (Compressed file ended before the end-of-stream marker"
+            "is truncated or damaged (its gzip stream ends early, after "
     if kind == "truncated .tar":
         return truncated_copy(archive(folder, tmp_path / "whole.tar", "w"),
                               tmp_path / "data.tar"), "is truncated or damaged (the tar data ends"
@@ -263,3 +263,21 @@ def test_damaged_bytes_anywhere_are_one_line_or_pass_never_a_traceback(tiny, tmp
             check_source(str(damaged))
         except DataError as error:
             assert "\n" not in str(error) and str(damaged) in str(error)
+
+
+def test_a_worker_is_refused_the_study_data_this_machine_lacks_before_torch(tiny, tmp_path,
+                                                                           cache):
+    """No --data: the worker loads what the study was made with, read from the storage."""
+    import search.study
+    from search.settings import RunSettings, StudySpec
+    url = f"sqlite:///{tmp_path}/s.db"
+    gone = tmp_path / "moved-away"
+    search.study.open_study(RunSettings(spec=StudySpec(model="mlp", data=str(gone), epochs=1),
+                                        storage=url, study="s"))
+    process = run_cli(["worker", "s", "--storage", url], code=REPORT_IMPORTS)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 2, err
+    assert err == f"optuna-search: error: data source {str(gone)!r} does not exist; use " \
+                  "cifar10, synthetic, a folder with train/<class>/ and test/<class>/, or " \
+                  "such a .tar.gz\n"
+    assert "torch" not in out   # refused before the trainer loads

@@ -171,9 +171,12 @@ def archive_layout(path: Path) -> Layout | None:
         opener, kind = _decompressor(head)
         with opener(path, "rb") as stream:
             layout = _walk_tar(stream, path, kind)
-    except (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, OSError) as error:
-        # A download cut short ends mid-stream (EOFError); flipped bytes fail a check
-        # (zlib.error, BadGzipFile, LZMAError, or bz2's OSError without an errno).
+    except EOFError:   # a download cut short ends mid-stream
+        raise _damaged(path, f"its {kind} stream ends early, after "
+                             f"{path.stat().st_size:,} bytes") from None
+    except (zlib.error, gzip.BadGzipFile, lzma.LZMAError, OSError) as error:
+        # flipped bytes fail a check (zlib.error, BadGzipFile, LZMAError, or bz2's OSError
+        # without an errno)
         if isinstance(error, OSError) and error.errno is not None:
             raise DataError(f"{path} cannot be read ({error.strerror})") from None
         raise _damaged(path, first_line(error)) from None
