@@ -12,19 +12,23 @@ from pathlib import Path
 from search.cli.arguments import UsageError, parse_fixed, run_settings, study_spec
 from search.settings import RunSettings
 from search.terminal import say
+from search.train.sources import check_source
 from spaces import Config, apply_overrides
 from storage import check_url, check_writable, redact
 
 
-def check_before_running(args, joining: bool = False, starting: str | None = None) -> None:
+def check_before_running(args, data: str, joining: bool = False,
+                         starting: str | None = None) -> None:
     """What every command that runs trials checks before it writes anything (exit 2 if bad):
     the storage URL (a joining worker's study must exist), that its folders take writes,
-    and the device. `starting`, the command's first line, is printed to a terminal once the
-    arguments are good and before torch loads (the device check imports it: 3-5 s on a busy
-    CPU), so a person sees it within a couple of seconds of Enter; a log gets the data's line
-    a few seconds later, as before."""
+    the data source (a worker's may come from the study; an archive is read once per
+    process, search/train/sources.py), and the device. `starting`, the command's first
+    line, is printed to a terminal once the arguments are good and before torch loads (the
+    device check imports it: 3-5 s on a busy CPU), so a person sees it within a couple of
+    seconds of Enter; a log gets the data's line a few seconds later, as before."""
     check_url(args.storage, must_exist=joining)
     check_writable(args.storage)
+    check_source(data)
     if starting and sys.stdout.isatty():
         say(sys.stdout, starting)
     check_device(args.device)
@@ -54,7 +58,7 @@ def command_search(args) -> int:
     """The search, on Ray when asked (connected first: a bad address writes nothing), with
     the dashboard beside it when asked."""
     settings = run_settings(args, study_spec(args))
-    check_before_running(args, starting=starting_line(settings))
+    check_before_running(args, settings.data_source, starting=starting_line(settings))
     from search.launch import run_search   # torch: after the first line
     with contextlib.ExitStack() as beside:
         if args.dashboard:
@@ -91,7 +95,7 @@ def command_worker(args) -> int:
     check_url(args.storage, must_exist=True)  # a worker joins a study; it never makes one
     spec = load_spec(open_store(args.storage, readonly=True), args.study)
     settings = run_settings(args, spec, join=True)
-    check_before_running(args, joining=True,
+    check_before_running(args, settings.data_source, joining=True,
                          starting=starting_line(settings, joining=True))
     from search.launch import run_search   # torch: after the first line
     if not settings.ray:
@@ -134,7 +138,7 @@ def command_plots(args) -> int:
 
 def command_reproduce(args) -> int:
     from search.reproduce import plan, run_reproduction
-    check_before_running(args)
+    check_before_running(args, args.data)
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise UsageError(f"{args.output} exists and is not a folder")
     return run_reproduction(plan(args), Path(args.output))

@@ -3,7 +3,9 @@ the training device (GPU when present) and does crop and flip there.
 
 Sources (`--data`): "cifar10" (torchvision's CIFAR10 under a data dir), a folder or .tar.gz in
 image-folder layout (train/<class>/*, test/<class>/*), or "synthetic" (generated, learnable).
-Decoded image folders are cached in ~/.cache/optuna-search (never beside the source).
+Decoded image folders are cached in ~/.cache/optuna-search (never beside the source). A path
+is checked first (search/train/sources.py, also run by the command line before torch loads);
+an image that cannot be decoded is named in one line (DataError), found while decoding.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import dataclasses
 import gzip
 import hashlib
 import io
-import os
 import shutil
 import tarfile
 import time
@@ -24,10 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from search.train.errors import DataError, first_line
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-CLASSES = 10          # the models' outputs: CIFAR-10's classes
-CACHE_VERSION = 1
+from search.train.sources import (IMAGE_SUFFIXES, cache_dir, cached_images, check_class_count,
+                                  check_source, split_and_class)
 
 
 @dataclass
@@ -94,11 +93,6 @@ def _index(device: torch.device) -> int:
     return 0
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("OPTUNA_SEARCH_CACHE") or Path.home() / ".cache" / "optuna-search"
-    return Path(root)
-
-
 # ---------------------------------------------------------------- sources -> (train, test, classes)
 
 def load_source(source: str, data_dir: str | Path = "data",
@@ -110,11 +104,8 @@ def load_source(source: str, data_dir: str | Path = "data",
         if say is not None:
             say(f"loading CIFAR-10 from {data_dir}/ (torchvision; downloaded the first time)")
         return _torchvision_cifar10(Path(data_dir))
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"data source {source!r} does not exist; use cifar10, synthetic, "
-                        "a folder with train/<class>/ and test/<class>/, or such a .tar.gz")
-    return _cached_image_folder(path, say)
+    check_source(source, classes=None)   # at once, in one line: missing, no layout, truncated
+    return _cached_image_folder(Path(source).expanduser(), say)
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0
@@ -157,22 +148,9 @@ def _torchvision_cifar10(root: Path) -> tuple[Images, Images, list[str]]:
     return convert(train), convert(test), list(train.classes)
 
 
-def _fingerprint(path: Path) -> str:
-    """Size and mtime of an archive; for a folder, of every file in it (a folder's own
-    mtime does not change when an image inside train/<class>/ is added or replaced)."""
-    if path.is_file():
-        stat = path.stat()
-        return f"{stat.st_size}|{stat.st_mtime_ns}"
-    stats = [p.stat() for p in path.glob("*/*/*") if p.is_file()]
-    return (f"{len(stats)}|{sum(s.st_size for s in stats)}|"
-            f"{max((s.st_mtime_ns for s in stats), default=0)}")
-
-
 def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
                          ) -> tuple[Images, Images, list[str]]:
-    key = hashlib.sha256(f"{CACHE_VERSION}|{path.resolve()}|{_fingerprint(path)}"
-                         .encode()).hexdigest()[:16]
-    cached = cache_dir() / f"images-{key}.pt"
+    cached = cached_images(path)
     if say is not None:
         say(f"loading {path}: " + (f"decoded images from the cache {cached}" if cached.exists()
                                    else f"decoding every image once (cached in {cache_dir()}; "
@@ -195,23 +173,25 @@ def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
 
 def _decode_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
     """Read train/<class>/* and test/<class>/* from a folder or a .tar(.gz) archive."""
-    files: dict[str, dict[str, list[bytes]]] = {"train": {}, "test": {}}
+    files: dict[str, dict[str, list[tuple[str, bytes]]]] = {"train": {}, "test": {}}
     if path.is_dir():
         for split in files:
             for image in sorted((path / split).glob("*/*")):
                 if image.suffix.lower() in IMAGE_SUFFIXES:
-                    files[split].setdefault(image.parent.name, []).append(image.read_bytes())
+                    try:
+                        blob = image.read_bytes()
+                    except OSError as error:
+                        raise DataError(f"{image} cannot be read ({error.strerror})") from None
+                    files[split].setdefault(image.parent.name, []).append((str(image), blob))
     else:
         try:
             with tarfile.open(path) as archive:
                 for member in archive:
-                    parts = Path(member.name).parts
-                    parts = parts[parts.index("train") if "train" in parts else
-                                  parts.index("test") if "test" in parts else len(parts):]
-                    if (member.isfile() and len(parts) == 3
-                            and Path(parts[2]).suffix.lower() in IMAGE_SUFFIXES):
+                    where = split_and_class(member.name) if member.isfile() else None
+                    if where:
                         data = archive.extractfile(member).read()
-                        files[parts[0]].setdefault(parts[1], []).append(data)
+                        files[where[0]].setdefault(where[1], []).append(
+                            (f"{path}: {member.name}", data))
         except tarfile.TarError as error:
             raise DataError(f"{path} is not a readable .tar.gz archive ({error})") from None
         except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
@@ -231,12 +211,19 @@ def _decode_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
     return _decode(files["train"], classes), _decode(files["test"], classes), classes
 
 
-def _decode(by_class: dict[str, list[bytes]], classes: list[str]) -> Images:
-    from PIL import Image
+def _decode(by_class: dict[str, list[tuple[str, bytes]]], classes: list[str]) -> Images:
+    from PIL import Image, UnidentifiedImageError
     xs, ys = [], []
     for label, name in enumerate(classes):
-        for blob in by_class.get(name, []):
-            image = Image.open(io.BytesIO(blob)).convert("RGB")
+        for where, blob in by_class.get(name, []):
+            try:
+                image = Image.open(io.BytesIO(blob)).convert("RGB")
+            except Exception as error:  # PIL's formats raise many types for a broken file
+                # (UnidentifiedImageError, OSError "truncated", SyntaxError, ValueError...)
+                why = ("no image format PIL knows" if isinstance(error, UnidentifiedImageError)
+                       else first_line(error))
+                raise DataError(f"{where} cannot be decoded as an image ({why}); remove or "
+                                "replace it") from None
             if image.size != (32, 32):
                 image = image.resize((32, 32))
             xs.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
@@ -273,10 +260,7 @@ def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed:
     """
     started = time.perf_counter()
     train, test, classes = load_source(source, data_dir, say)
-    if len(classes) != CLASSES:
-        raise DataError(f"{source} has {len(classes)} classes ({', '.join(classes[:12])}"
-                        f"{', ...' if len(classes) > 12 else ''}); the models classify "
-                        f"{CLASSES} (CIFAR-10): give a data set with {CLASSES} class folders")
+    check_class_count(source, classes)
     fingerprint = content_fingerprint(train, test, classes)
     source_size = len(train) + len(test)  # the whole source, before any subset
     generator = torch.Generator().manual_seed(seed)
