@@ -170,9 +170,9 @@ def test_a_trial_that_never_beat_is_judged_by_its_start_and_not_before_the_grace
 
     def judged() -> dict[int, float]:
         """{trial number: seconds since its start} of the trials judged dead now."""
-        now = datetime.datetime.now()
+        now, stale = datetime.datetime.now(), stale_trial_ids(store.optuna, study)
         return {t.number: (now - t.datetime_start).total_seconds()
-                for t in study.get_trials() if t._trial_id in stale_trial_ids(store.optuna, study)}
+                for t in study.get_trials() if t._trial_id in stale}
 
     assert judged() == {}   # just claimed: never judged, beat or not
     wait_until(lambda: silent.number in judged(), 30, "the silent trial judged dead")
@@ -233,6 +233,8 @@ def test_a_trial_whose_claimer_died_before_its_first_beat_runs_once_within_the_g
     longest = max((t.datetime_complete - t.datetime_start).total_seconds() for t in later)
     due = max(dead.datetime_start + datetime.timedelta(seconds=grace), first_claim)
     late = (failed.datetime_complete - due).total_seconds()
+    print(f"failed {since.total_seconds():.1f} s after its start (grace {grace:g} s), "
+          f"{late:.1f} s after it was due; the new launcher's longest trial {longest:.1f} s")
     assert late <= longest + 1 + 2, (late, longest)   # a trial or a 1 s poll, 2 s of load
     if kind == "sqlite":
         assert integrity(tmp_path / "s.db") == "ok"
