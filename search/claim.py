@@ -1,6 +1,7 @@
 """What runs next, decided from the storage alone, under the study's lock (storage/lock.py).
 
-- heartbeat-stale trials (their process died) are failed and queued again as retries, and
+- heartbeat-stale trials (their process died; or it died before their first beat, and they
+  started over the grace period ago) are failed and queued again as retries, and
   a failed trial whose retry was lost (its failer killed in between) is queued again;
 - a grid study runs its queued points (put in the storage once, by search/study.py);
 - any other study runs a queued trial (a retry, a published row) or samples a new one while
