@@ -70,8 +70,8 @@ def stale_trial_ids(storage, study: optuna.Study) -> list[int]:
 def _never_beat(storage, study: int) -> list[int]:
     """RUNNING trials of `study` without a heartbeat row, started over the grace period ago."""
     grace = storage.grace_period or 2 * storage.heartbeat_interval   # Optuna's default
-    # The start is stored in UTC by the claimer's clock, and read in this process's local
-    # time, as is "now": the database's clock is not used (SQLite's now() is UTC).
+    # Optuna stores the start as the claimer's naive local datetime.now(); it is compared with
+    # this process's clock, never the database's (SQLite's now() is UTC, a server's its own).
     started_before = datetime.datetime.now() - datetime.timedelta(seconds=grace)
     with _create_scoped_session(storage.scoped_session) as session:
         rows = (session.query(models.TrialModel)
