@@ -25,7 +25,7 @@ from reports.captions import figure_text, picture_text
 from reports.counts import count_trials
 from reports.figures import best_pictures, study_figures
 from reports.png import PngError, write_pngs
-from reports.table import (DATA_SIZES_ATTR, REPEAT_ATTR, ReportError, constant_columns,
+from reports.table import (DATA_SIZES_ATTR, ReportError, constant_columns,
                            display_table, load_study, study_model, study_setting, text_columns,
                            to_csv, to_markdown, to_text, top_table)
 from storage import artifact_dir
@@ -115,11 +115,8 @@ def header_lines(study: optuna.Study) -> list[str]:
              "test images" if sizes else "split sizes not recorded (a study run before they "
              "were)")
     lines.append(f"Data: {setting('data') or 'not recorded'}, {split}.")
-    states = pd.Series([t.state.name.lower() for t in study.trials]).value_counts()
-    repeats = sum(REPEAT_ATTR in t.user_attrs for t in study.trials)
-    lines.append("Trials: " + (", ".join(f"{n} {s}" for s, n in states.items()) or "none")
-                 + (f" ({repeats} of them repeats of a trained configuration)"
-                    if repeats else "") + ".")
+    # counted as every summary counts them, repeats apart (reports/counts.py)
+    lines.append(f"Trials: {count_trials(study.get_trials(deepcopy=False)).summary()}.")
     return lines
 
 

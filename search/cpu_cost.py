@@ -8,7 +8,7 @@ it as soon as training starts.
 """
 from __future__ import annotations
 
-from search.progress import duration
+from search.terminal import duration
 from search.settings import StudySpec
 
 # Seconds per 1,000 training images, one epoch, 2 threads (validation images cost a third:

@@ -30,7 +30,7 @@ from reports.counts import count_trials
 from reports.trial_data import trial_value
 from search.interrupts import hide_interrupt_traceback
 from search.pruning import PRUNE_REASON
-from search.terminal import DEFAULT_COLUMNS, DEFAULT_ROWS, columns, fit, rows, say
+from search.terminal import DEFAULT_COLUMNS, DEFAULT_ROWS, columns, duration, fit, rows, say
 from storage import DEFAULT_STORAGE, redact
 from storage.retries import RETRY_DUE
 
@@ -38,7 +38,6 @@ ACCURACY = "{:.4f}"
 STUDY_REFRESH_SECONDS = 1.0   # how often the study's ETA follows the steps of an epoch
 TRIAL_BAR = "{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]"
 FINISHING_BAR = "{desc} |{bar}| [{elapsed}]"   # after the last epoch: no "<00:00" left
-DAY = 24 * 3600   # seconds
 Best = tuple[int, float]   # a study's best trial: its number and its value
 
 
@@ -233,21 +232,6 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").addFilter(hide_interrupt_traceback)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def duration(seconds: float | None) -> str:
-    """12s, 4m05s, 3h12m; over a day in days (1.5 days, 27 days), never "660h"."""
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < DAY:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    days = seconds / DAY
-    return f"{days:.1f} days" if days < 10 else f"{round(days)} days"
 
 
 def trial_line(trial: optuna.trial.FrozenTrial) -> str:

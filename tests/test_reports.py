@@ -449,7 +449,7 @@ def test_report_page_says_what_was_run_and_heads_and_captions_every_figure(tmp_p
     header = " ".join(re.findall(r"<p class='header'>(.*?)</p>", page))
     assert "Model mlp, 8 epochs per trial" in header and "cifar10-jpeg.tar.gz" in header
     assert "2,000 train / 500 validation / 1,000 test images" in header
-    assert "Trials: 19 complete, 11 pruned." in header
+    assert "Trials: 19 complete, 11 pruned: 30 trials." in header
     figures = re.findall(r"<figure><h3>(.*?)</h3><p class='caption'>(.*?)</p>", page)
     assert len(figures) == page.count("<figure>") == 7          # 4 curves, 3 Optuna figures
     for heading, caption in figures:
