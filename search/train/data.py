@@ -175,7 +175,7 @@ def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
                          .encode()).hexdigest()[:16]
     cached = cache_dir() / f"images-{key}.pt"
     if say is not None and not cached.exists():
-        say(f"decoding the images once (CIFAR-10: 15-60 s; cached in {cache_dir()})...")
+        say("decoding the images once (15-60 s for CIFAR-10; cached for the next runs)...")
     if cached.exists():
         try:
             blob = torch.load(cached, weights_only=True)
