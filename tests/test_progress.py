@@ -238,3 +238,16 @@ def test_lines_wrap_between_parameters_never_inside_one():
         assert set(f"{k}=" + (str(v) if k != "hidden_sizes" else "512,256")
                    for k, v in params.items()) <= set(words)
     assert fit(line, None) == line                       # a log: whole lines
+
+
+def test_a_value_a_trial_has_not_got_reads_as_a_dash():
+    """A trial failed before its first epoch: no value, no epochs, no duration."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+    from search.progress import trial_line
+    trial = optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"lr": 0.01},
+        distributions={"lr": CategoricalDistribution([0.01])})
+    line = trial_line(trial)
+    assert re.match(r"trial +-?\d+ FAIL +val_acc=- epochs=- +-  lr=0.01$", line), line
