@@ -103,7 +103,7 @@ def test_a_newcomer_sees_three_lines_then_the_bars_the_data_named_once(tmp_path)
     assert len(rows) <= 3, rows
     lines = [row.rstrip("\r").split("\r")[-1].rstrip() for row in rows]   # as drawn
     assert lines[0] == "study 'mlp' in s.db: 7 trials of 2 epochs; loading..."
-    assert lines[1] == "data my-pics: 156 train / 4 val / 40 test images"
+    assert lines[1] == "data my-pics: 156 train / 4 val / 40 test"
     assert re.fullmatch(r"on the CPU: ~\d+ s an epoch, up to \d+ (s|min) in all", lines[2])
     assert "decoding the images once" in start               # said, then written over
     assert seen.count("my-pics") == 1
@@ -251,3 +251,16 @@ def test_a_value_a_trial_has_not_got_reads_as_a_dash():
         distributions={"lr": CategoricalDistribution([0.01])})
     line = trial_line(trial)
     assert re.match(r"trial +-?\d+ FAIL +val_acc=- epochs=- +-  lr=0.01$", line), line
+
+
+def test_the_data_line_of_the_readmes_commands_fits_80_columns():
+    """The quick look's split and the whole of CIFAR-10, from the README's data path."""
+    import torch
+    from search.train.data import Dataset, Images
+
+    def images(count: int) -> Images:
+        return Images(torch.empty(0), torch.zeros(count))
+    for train, val, test in ((5000, 1000, 1000), (45000, 5000, 10000)):
+        data = Dataset(images(train), images(val), images(test), [],
+                       "../shared/data/cifar10-jpeg.tar.gz")
+        assert len(f"data {data.describe()}") <= 80, data.describe()

@@ -72,9 +72,10 @@ class Dataset:
         return self._stats
 
     def describe(self) -> str:
-        """'cifar10-jpeg.tar.gz: 5,000 train / 1,000 val / 1,000 test images'."""
+        """'cifar10-jpeg.tar.gz: 5,000 train / 1,000 val / 1,000 test' (images): short, so
+        that 'data ../shared/data/cifar10-jpeg.tar.gz: ' and the whole split fit 80 columns."""
         return (f"{self.source}: {len(self.train):,} train / {len(self.val):,} val / "
-                f"{len(self.test):,} test images")
+                f"{len(self.test):,} test")
 
 
 def same_device(a, b) -> bool:
