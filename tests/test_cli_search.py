@@ -174,7 +174,9 @@ def test_a_grid_runs_each_point_exactly_once_over_two_invocations(tmp_path):
 def test_the_reports_three_sweeps_parse(argv, name, fixed, grid, monkeypatch):
     seen = []
     monkeypatch.setattr(search.launch, "run_search", lambda settings: seen.append(settings) or 0)
-    assert run(*argv.split()) == (0, "", "")
+    points = len(next(iter(grid.values())))
+    assert run(*argv.split()) == (0, f"study {name!r} in optuna-search.db: {points} grid points "
+                                     "of 30 epochs; loading...\n", "")   # the first line only
     (settings,) = seen
     assert (settings.study_name, settings.spec.fixed, settings.spec.grid) == (name, fixed, grid)
     assert settings.trials is None  # a grid runs every point not yet done
