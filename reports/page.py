@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +22,15 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from reports.captions import figure_text, picture_text
+from reports.counts import count_trials
 from reports.figures import best_pictures, study_figures
 from reports.png import PngError, write_pngs
-from reports.table import (DATA_SIZES_ATTR, REPEAT_ATTR, ReportError, constant_columns,
+from reports.table import (DATA_SIZES_ATTR, ReportError, constant_columns,
                            display_table, load_study, study_model, study_setting, text_columns,
-                           to_csv, to_markdown, top_table)
+                           to_csv, to_markdown, to_text, top_table)
 from storage import artifact_dir
 
-FORMATS = ("markdown", "csv", "html")
+FORMATS = ("text", "markdown", "csv", "html")   # text: for a terminal (to_text)
 
 
 @dataclass
@@ -39,12 +41,18 @@ class Written:
 
 
 def render_report(storage_url: str, study_name: str, top: int = 8, fmt: str = "markdown",
-                  include_pruned: bool = False) -> str:
-    """The report of one study as text: Markdown or CSV table, or a whole HTML page."""
+                  include_pruned: bool = False, width: int = 80) -> str:
+    """The report of one study as text: a table for a terminal `width` columns wide (its
+    sentences wrapped to it), Markdown or CSV, or a whole HTML page."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     study = load_study(storage_url, study_name)
     table = top_table(study, top, include_pruned)
+    if fmt == "text":
+        counts = count_trials(study.get_trials(deepcopy=False)).summary()
+        lines = textwrap.wrap(f"Study {study.study_name!r}, {study_model(study)}: {counts}.",
+                              width, subsequent_indent="    ")
+        return "\n".join([*lines, *to_text(table, width)])
     if fmt == "markdown":
         return to_markdown(table)
     if fmt == "csv":
@@ -107,11 +115,8 @@ def header_lines(study: optuna.Study) -> list[str]:
              "test images" if sizes else "split sizes not recorded (a study run before they "
              "were)")
     lines.append(f"Data: {setting('data') or 'not recorded'}, {split}.")
-    states = pd.Series([t.state.name.lower() for t in study.trials]).value_counts()
-    repeats = sum(REPEAT_ATTR in t.user_attrs for t in study.trials)
-    lines.append("Trials: " + (", ".join(f"{n} {s}" for s, n in states.items()) or "none")
-                 + (f" ({repeats} of them repeats of a trained configuration)"
-                    if repeats else "") + ".")
+    # counted as every summary counts them, repeats apart (reports/counts.py)
+    lines.append(f"Trials: {count_trials(study.get_trials(deepcopy=False)).summary()}.")
     return lines
 
 

@@ -247,9 +247,11 @@ def run_one(opened: OpenStudy, trial: optuna.Trial, objective, interrupts: Inter
     return frozen
 
 
-def _best(study: optuna.Study) -> float | None:
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return max(values) if values else None
+def _best(study: optuna.Study) -> tuple[int, float] | None:
+    """The best complete trial's (number, value), the earlier one of a tie (as Optuna's)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = max(complete, key=lambda t: (t.value, -t.number), default=None)
+    return (best.number, best.value) if best is not None else None
 
 
 def _wait_seconds(store) -> float:

@@ -26,7 +26,7 @@ from search.cli import main
 from search.settings import RunSettings, StudySpec
 from storage import artifact_dir
 
-from helpers import query
+from helpers import REPO, running_with_an_epoch, table_rows
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds")
 # What the dashboard's trial page shows (user attributes); the rest is bookkeeping.
@@ -122,15 +122,15 @@ def test_studies_lists_name_model_trials_per_state_and_best_val_acc(three_trials
     assert code == 0 and not err
     study = load(url, "mlp")
     counts = {s: sum(t.state == s for t in study.trials) for s in TrialState}
-    row = next(line for line in out.splitlines() if line.startswith("| mlp "))
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    header = [cell.strip() for cell in out.splitlines()[0].strip("|").split("|")]
-    values = dict(zip(header, cells))
-    assert values["model"] == "mlp"
+    [values] = table_rows(out)
+    assert values["study"] == "mlp" and values["model"] == "mlp"
     assert int(values["complete"]) == counts[TrialState.COMPLETE]
     assert int(values["pruned"]) == counts[TrialState.PRUNED]
-    assert int(values["running"]) == 0
-    assert float(values["best_val_acc"]) == pytest.approx(study.best_value, abs=1e-4)
+    assert int(values["trials"]) == len(study.trials)      # what optuna-dashboard lists
+    assert "running" not in values                         # no study has one: left out
+    assert float(values["best val"]) == pytest.approx(study.best_value, abs=1e-4)
+    assert int(values["of trial"]) == study.best_trial.number
+    assert max(len(line) for line in out.splitlines()) <= 80
 
 
 def test_studies_on_a_missing_file_creates_nothing(tmp_path):
@@ -174,7 +174,9 @@ def test_a_grid_runs_each_point_exactly_once_over_two_invocations(tmp_path):
 def test_the_reports_three_sweeps_parse(argv, name, fixed, grid, monkeypatch):
     seen = []
     monkeypatch.setattr(search.launch, "run_search", lambda settings: seen.append(settings) or 0)
-    assert run(*argv.split()) == (0, "", "")
+    points = len(next(iter(grid.values())))
+    assert run(*argv.split()) == (0, f"study {name!r} in optuna-search.db: {points} grid points "
+                                     "of 30 epochs; loading...\n", "")   # the first line only
     (settings,) = seen
     assert (settings.study_name, settings.spec.fixed, settings.spec.grid) == (name, fixed, grid)
     assert settings.trials is None  # a grid runs every point not yet done
@@ -327,12 +329,13 @@ def test_ctrl_c_leaves_no_running_trial_and_says_how_to_resume(tmp_path):
                "50", "--trials", "5", "--storage", f"sqlite:///{db}"]
     # Output goes to files: a full pipe nobody reads would block the worker.
     with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
-        worker = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err)
+        worker = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err,  # this tree's
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})  # code
         try:
             deadline = time.monotonic() + 120
-            # until a trial is mid-training (read without Optuna: the worker may be making
-            # the file)
-            while query(db, "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'", 0) == 0:
+            # until a trial is mid-training, an epoch done (read without Optuna: the worker
+            # may be making the file)
+            while running_with_an_epoch(db) == 0:
                 assert worker.poll() is None, (tmp_path / "err").read_text()[-2000:]
                 assert time.monotonic() < deadline, "no trial started within 120 s"
                 time.sleep(0.2)
@@ -349,6 +352,16 @@ def test_ctrl_c_leaves_no_running_trial_and_says_how_to_resume(tmp_path):
     failed = [t for t in trials if t.state == TrialState.FAIL]
     queued = [t for t in trials if t.state == TrialState.WAITING]  # resumes with the command
     assert len(failed) == 1 and len(queued) == 1 and queued[0].params == failed[0].params
+    # its line: the epochs it ran, its best val acc so far, and that it was queued again
+    out = (tmp_path / "out").read_text()
+    line = next(line for line in out.splitlines() if line.startswith(
+        f"trial {failed[0].number:>3} FAIL "))
+    epochs = len(failed[0].intermediate_values)
+    best = max(failed[0].intermediate_values.values())
+    assert re.match(rf"trial +\d+ FAIL +val_acc={best:.4f} epochs={epochs} +\d+\.\ds +"
+                    r"batch_size=", line), line
+    assert line.endswith("(interrupted: queued again; the same command resumes it)"), line
+    assert "?" not in out and "= -" not in out and "nan" not in out
 
 
 BAD_INPUT = [
@@ -382,7 +395,8 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(argv, tmp_path, monke
     code, out, err = run(*argv.split())
     assert code == 2
     assert err.startswith("optuna-search: error: ") and err.count("\n") == 1, err
-    assert out == ""
+    # at most the command's first line, said before the data is loaded (and found bad)
+    assert not out or re.fullmatch(r"study '[^']+' in \S+: [^\n]*; loading\.\.\.\n", out), out
     assert os.listdir(tmp_path) == []
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 from PIL import Image
 
@@ -29,7 +29,7 @@ from spaces import get_space
 from storage import artifact_dir, artifact_store
 from storage.internals import study_system_attrs
 
-from helpers import skip_or_fail
+from helpers import run_in_terminal, skip_or_fail, table_rows
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 COMMON = ["rank", "trial", "batch size", "learning rate", "optimizer", "momentum",
@@ -449,7 +449,7 @@ def test_report_page_says_what_was_run_and_heads_and_captions_every_figure(tmp_p
     header = " ".join(re.findall(r"<p class='header'>(.*?)</p>", page))
     assert "Model mlp, 8 epochs per trial" in header and "cifar10-jpeg.tar.gz" in header
     assert "2,000 train / 500 validation / 1,000 test images" in header
-    assert "Trials: 19 complete, 11 pruned." in header
+    assert "Trials: 19 complete, 11 pruned: 30 trials." in header
     figures = re.findall(r"<figure><h3>(.*?)</h3><p class='caption'>(.*?)</p>", page)
     assert len(figures) == page.count("<figure>") == 7          # 4 curves, 3 Optuna figures
     for heading, caption in figures:
@@ -651,6 +651,7 @@ def test_list_studies_counts_trials_per_state(tmp_path):
     best = max(t.value for t in optuna.load_study(study_name="a", storage=url).trials
                if t.value is not None)
     assert table["best_val_acc"][0] == round(best, 4)
+    assert list(table["trials"]) == [5, 1] and table["best_trial"][1] == 0
 
 
 @pytest.mark.parametrize("command", ["studies", "report", "plots", "dashboard"])
@@ -674,3 +675,72 @@ except SystemExit as end:
 """
     done = run_python(code, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ---- the table on a terminal -------------------------------------------------------------
+
+def realistic_study(model: str, storage: str, name: str) -> optuna.Study:
+    """30 trials of the report's space (20 complete, 10 pruned), the Mixer's embed dims
+    spread over 64-300: the values as wide as the space has them."""
+    study = make_study(model, 0, storage=storage, name=name)
+    rng = random.Random(model)
+    for i in range(30):
+        state = TrialState.COMPLETE if i < 20 else TrialState.PRUNED
+        trial = fake_trial(model, rng, state, epochs=3 if i < 20 else 1,
+                           embed_dim=rng.randint(64, 300))
+        if "embed_dim" in trial.params:   # an integer range, as the space searches it
+            trial.distributions = {**trial.distributions,
+                                   "embed_dim": IntDistribution(64, 300)}
+        study.add_trial(trial)
+    return study
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mlpmixer"])
+def test_on_a_terminal_the_top_8_fit_100_columns_with_short_headers_and_a_key(model,
+                                                                             tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = realistic_study(model, url, model)
+    text = render_report(url, model, top=8, fmt="text", width=100).splitlines()
+    assert max(len(line) for line in text) <= 100, "\n".join(text)
+    assert text[0] == f"Study {model!r}, {model}: 20 complete, 10 pruned: 30 trials."
+    rows = table_rows("\n".join(text))
+    assert len(rows) == 8
+    headers = list(rows[0])
+    assert headers[:2] == ["#", "trial"] and headers[-3:] == ["train", "val", "test"]
+    assert {"lr", "opt", "wd"} <= set(headers)
+    # said once above the table, not in every row: the schedule, the epochs, the patch size
+    said = next(line for line in text if line.startswith("In every row: "))
+    assert "schedule constant" in said and "epochs run 3" in said
+    assert "sched" not in headers and "ep" not in headers and "patch" not in headers
+    best = top_table(study, 8)
+    assert [row["val"] for row in rows] == [f"{v:.4f}" for v in best["max val acc"]]
+    key = " ".join(text[text.index(next(line for line in text if line.startswith("Key:"))):])
+    assert "wd weight decay" in key and "val: the best accuracy of any epoch" in key
+    # Markdown keeps every column under its full name, for pasting
+    markdown = render_report(url, model, top=8, fmt="markdown").splitlines()
+    assert "schedule" in markdown[0] and "max val acc" in markdown[0] and len(markdown) == 10
+
+
+def test_report_on_a_terminal_is_the_terminal_table_and_a_file_gets_markdown(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    realistic_study("mlpmixer", url, "mixer")
+    code, seen = run_in_terminal([sys.executable, "-m", "search.cli", "report", "mixer",
+                                  "--storage", url], tmp_path, columns=100)
+    text = seen.replace("\r\n", "\n")
+    assert code == 0 and "In every row: " in text and "|" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    code, seen = run_in_terminal([sys.executable, "-m", "search.cli", "report", "mixer",
+                                  "-o", "top.md", "--storage", url], tmp_path, columns=100)
+    assert code == 0 and (tmp_path / "top.md").read_text().startswith("|   rank |")
+
+
+def test_studies_says_dash_for_a_study_without_a_complete_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study("mlp", 2, pruned=1, storage=url, name="a")
+    make_study("mlp", 0, pruned=2, storage=url, name="none-complete")
+    code, seen = run_in_terminal([sys.executable, "-m", "search.cli", "studies",
+                                  "--storage", url], tmp_path, columns=80)
+    rows = {row["study"]: row for row in table_rows(seen.replace("\r\n", "\n"))}
+    assert code == 0 and "nan" not in seen
+    assert rows["none-complete"]["best val"] == "-" and rows["none-complete"]["of trial"] == "-"
+    assert (rows["a"]["complete"], rows["a"]["pruned"], rows["a"]["trials"]) == ("2", "1", "3")

@@ -2,7 +2,7 @@
 
     optuna-search resnet18 --trials 30                 # TPE + median pruning, the report's space
     optuna-search mlp --grid activation=relu,sigmoid,tanh
-    optuna-search report resnet18 --top 8              # Markdown table on stdout
+    optuna-search report resnet18 --top 8              # the best trials as a table
     optuna-search info mlpmixer --set patch_size=8     # parameters per layer
 
 Bad input (unknown model or parameter, an ill-typed value, a malformed storage URL, missing

@@ -4,6 +4,7 @@ ConfigError, which search.cli turns into one line on stderr and exit status 2.""
 from __future__ import annotations
 
 import argparse
+from importlib import metadata
 from typing import Any, Sequence
 
 from search.errors import UsageError
@@ -192,6 +193,8 @@ def build_parser() -> Parser:
     parser = Parser(prog="optuna-search",
                     description="Hyperparameter search for CIFAR-10 classifiers with Optuna",
                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"optuna-search {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
     for model in MODEL_NAMES:
@@ -243,11 +246,15 @@ def build_parser() -> Parser:
 
     p = commands.add_parser("report", help="the top trials of a study as a table (or a page)",
                             description="Example: optuna-search report resnet18 --top 8 "
-                            "(Markdown on stdout); --format html -o report.html writes the "
+                            "(a table that fits a terminal; Markdown into a pipe or a file); "
+                            "--format html -o report.html writes the "
                             "table and every figure on one offline page")
     p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
     p.add_argument("--top", type=positive_int, default=8, help="rows to show (default 8)")
-    p.add_argument("--format", default="markdown", choices=("markdown", "csv", "html"))
+    p.add_argument("--format", choices=("text", "markdown", "csv", "html"),
+                   help="text: a table that fits a terminal (the default on one); markdown: "
+                        "every column, for pasting (the default into a file or a pipe); "
+                        "csv: full precision; html: one offline page with every figure")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.add_argument("--include-pruned", action="store_true",
                    help="rank pruned and failed trials too, with a state column")
@@ -280,6 +287,14 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     add_storage(p)
     return parser
+
+
+def package_version() -> str:
+    """The installed package's version (pyproject.toml's, as pip recorded it)."""
+    try:
+        return metadata.version("optuna-search")
+    except metadata.PackageNotFoundError:  # run from a checkout that pip never installed
+        return "(not installed: version unknown)"
 
 
 def parse_fixed(model: str, assignments: Sequence[str]) -> dict[str, Any]:

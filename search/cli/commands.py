@@ -11,7 +11,7 @@ from pathlib import Path
 
 from search.cli.arguments import UsageError, parse_fixed, run_settings, study_spec
 from search.settings import RunSettings
-from search.terminal import say
+from search.terminal import DEFAULT_COLUMNS, columns, say
 from search.train.sources import check_source
 from spaces import Config, apply_overrides
 from storage import check_url, check_writable, redact
@@ -22,27 +22,27 @@ def check_before_running(args, data: str, joining: bool = False,
     """What every command that runs trials checks before it writes anything (exit 2 if bad):
     the storage URL (a joining worker's study must exist), that its folders take writes,
     the data source (a worker's may come from the study; an archive is read once per
-    process, search/train/sources.py), and the device. `starting`, the command's first
-    line, is printed to a terminal once the arguments are good and before torch loads (the
-    device check imports it: 3-5 s on a busy CPU), so a person sees it within a couple of
-    seconds of Enter; a log gets the data's line a few seconds later, as before."""
+    process, search/train/sources.py), and the device. `starting`, the command's first line,
+    is printed once the arguments are good and before torch loads (the device check imports
+    it: 3-5 s on a busy CPU), so a person sees it within a couple of seconds of Enter."""
     check_url(args.storage, must_exist=joining)
     check_writable(args.storage)
     check_source(data)
-    if starting and sys.stdout.isatty():
+    if starting:
         say(sys.stdout, starting)
     check_device(args.device)
 
 
 def starting_line(settings: RunSettings, joining: bool = False) -> str:
-    """What this command is about to do, said before the libraries load."""
+    """What this command is about to do, said before the libraries load: "study 'mlp' in
+    optuna-search.db: 12 trials of 4 epochs; loading..." (the data is named once loaded)."""
     spec = settings.spec
     target = (f"{settings.trials} trials" if settings.trials else
-              "every grid point" if spec.grid else "its target")
-    verb = "joining" if joining else "starting"
-    return (f"{verb} study {settings.study_name!r} in {redact(settings.storage)} ({target}, "
-            f"{spec.epochs} epochs each); loading torch and the {settings.data_source} "
-            "data...")
+              f"{len(spec.grid_points)} grid points" if spec.grid else "its target")
+    where = (settings.storage[len("sqlite:///"):] if settings.storage.startswith("sqlite:///")
+             else redact(settings.storage))   # a SQLite study is a file: name the file
+    return (f"{'joining ' if joining else ''}study {settings.study_name!r} in {where}: "
+            f"{target} of {spec.epochs} epochs; loading...")
 
 
 def check_device(name: str) -> None:
@@ -83,9 +83,9 @@ def command_info(args) -> int:
 
 
 def command_studies(args) -> int:
-    from reports.studies import list_studies  # its read-only open refuses a missing file
-    table = list_studies(args.storage)
-    print(table.to_markdown(index=False) if len(table) else "no studies in " + args.storage)
+    from reports.studies import list_studies, studies_text  # a read-only open: refuses a
+    table = list_studies(args.storage)                        # missing file
+    print(studies_text(table) if len(table) else "no studies in " + args.storage)
     return 0
 
 
@@ -116,7 +116,10 @@ def command_report(args) -> int:
         raise UsageError("--format html needs -o FILE (the page embeds plotly.js, ~5 MB)")
     if args.output and not Path(args.output).resolve().parent.is_dir():
         raise UsageError(f"folder {Path(args.output).parent} does not exist")
-    text = render_report(args.storage, args.study, args.top, args.format, args.include_pruned)
+    # On a terminal a table that fits it; into a file or a pipe the whole Markdown table.
+    fmt = args.format or ("text" if not args.output and sys.stdout.isatty() else "markdown")
+    text = render_report(args.storage, args.study, args.top, fmt, args.include_pruned,
+                         width=columns(sys.stdout) or DEFAULT_COLUMNS)
     text = text if text.endswith("\n") else text + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

@@ -15,7 +15,6 @@ import hashlib
 import io
 import shutil
 import tarfile
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +71,10 @@ class Dataset:
         return self._stats
 
     def describe(self) -> str:
-        return (f"{self.source}: {len(self.train)} train / {len(self.val)} val / "
-                f"{len(self.test)} test images, {len(self.classes)} classes")
+        """'cifar10-jpeg.tar.gz: 5,000 train / 1,000 val / 1,000 test' (images): short, so
+        that 'data ../shared/data/cifar10-jpeg.tar.gz: ' and the whole split fit 80 columns."""
+        return (f"{self.source}: {len(self.train):,} train / {len(self.val):,} val / "
+                f"{len(self.test):,} test")
 
 
 def same_device(a, b) -> bool:
@@ -102,7 +103,8 @@ def load_source(source: str, data_dir: str | Path = "data",
         return synthetic()
     if source == "cifar10":
         if say is not None:
-            say(f"loading CIFAR-10 from {data_dir}/ (torchvision; downloaded the first time)")
+            say(f"reading CIFAR-10 with torchvision (downloaded into {data_dir}/ the first "
+                "time)...")
         return _torchvision_cifar10(Path(data_dir))
     check_source(source, classes=None)   # at once, in one line: missing, no layout, truncated
     return _cached_image_folder(Path(source).expanduser(), say)
@@ -151,10 +153,8 @@ def _torchvision_cifar10(root: Path) -> tuple[Images, Images, list[str]]:
 def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
                          ) -> tuple[Images, Images, list[str]]:
     cached = cached_images(path)
-    if say is not None:
-        say(f"loading {path}: " + (f"decoded images from the cache {cached}" if cached.exists()
-                                   else f"decoding every image once (cached in {cache_dir()}; "
-                                        "CIFAR-10 takes 10-20 s)"))
+    if say is not None and not cached.exists():
+        say("decoding the images once (15-60 s for CIFAR-10; cached for the next runs)...")
     if cached.exists():
         try:
             blob = torch.load(cached, weights_only=True)
@@ -256,13 +256,12 @@ def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed:
 
     val_size is capped at a tenth of the training images (45,000 / 5,000 on CIFAR-10).
     train_subset keeps a class-balanced part of the remaining training images.
-    `say` gets a line before a long load and one after it (what, how many, seconds).
+    `say` gets a line before a long load (a first decode, a download); the caller names the
+    data once it is loaded (Dataset.describe).
     """
-    started = time.perf_counter()
     train, test, classes = load_source(source, data_dir, say)
     check_class_count(source, classes)
     fingerprint = content_fingerprint(train, test, classes)
-    source_size = len(train) + len(test)  # the whole source, before any subset
     generator = torch.Generator().manual_seed(seed)
     n_val = min(val_size, len(train) // 10)
     val_index = balanced_subset(train.y, n_val, generator)
@@ -278,9 +277,6 @@ def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed:
         train_index = train_index[pick]
     if test_subset is not None:
         test = test.take(balanced_subset(test.y, min(test_subset, len(test)), generator))
-    if say is not None:
-        say(f"data {source}: {source_size:,} images, {len(classes)} classes, "
-            f"ready in {time.perf_counter() - started:.1f} s (content {fingerprint})")
     return Dataset(train.take(train_index), train.take(val_index), test, classes, source,
                    fingerprint=fingerprint)
 
