@@ -22,7 +22,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from reports.table import DATA_SIZES_ATTR, REPEAT_ATTR
+from reports.study_data import describe_study
+from reports.table import REPEAT_ATTR
 from reports.trial_data import RUN, trial_value
 from search.claim import DONE, WAIT, claim, tally
 from search.errors import StudyMismatch
@@ -78,8 +79,7 @@ def run_process(settings: RunSettings, out, data=None,
         opened = start_run(opened) if opened is not None else open_study(settings)
         study, store = opened.study, opened.store
         sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
-        if study.user_attrs.get(DATA_SIZES_ATTR) != sizes:  # what the report's header says
-            study.set_user_attr(DATA_SIZES_ATTR, sizes)
+        describe_study(study, sizes)  # the split and a line for the dashboard's study card
         objective = Objective(settings.spec, Runtime(
             store, data, device, opened.uid, capture=settings.capture,
             shared_by=settings.device_shared_by,
