@@ -5,6 +5,7 @@ Skips where Chromium or its driver is missing, except under CI=true, where that 
 """
 from __future__ import annotations
 
+import re
 import shutil
 
 import optuna
@@ -90,14 +91,22 @@ def test_dashboard_shows_study_trials_and_first_layer_picture(tmp_path, browser)
         # box of user attributes shows every one without scrolling (17 rows scrolled).
         wait.until(lambda _: "max_val_acc" in page_text())
         assert_user_attributes_fit(browser, first)
-        assert "curves" not in page_text() and "test_acc" in page_text()
+        assert not re.search(r"^curves ", page_text(), re.M) and "test_acc" in page_text()
+        for name in ("acc_curves.svg", "loss_curves.svg"):   # the trial's curves, drawn
+            curves_url = (f"{root}/artifacts/{study._study_id}/{first._trial_id}/"
+                          f"{artifact_id(first, name)}")
+            curves = wait.until(lambda b: next(
+                (img for img in b.find_elements(By.TAG_NAME, "img")
+                 if img.get_attribute("src") == curves_url), False))
+            wait.until(lambda b: b.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth == 400", curves))
         browser.execute_script("arguments[0].scrollIntoView()", picture)
         shot = tmp_path / "dashboard-trial-first-layer.png"
         assert browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000  # bytes: a blank page compresses to far less
         print(f"screenshot: {shot}")
 
-        for other, reason in ((pruned, "prune_reason"), (failed, "fail_reason")):
+        for other, reason in ((pruned, "value_note"), (failed, "fail_reason")):
             browser.get(f"{root}/dashboard/studies/{study._study_id}/trials"
                         f"?numbers={other.number}")
             wait.until(lambda _: f"Trial {other.number} (trial_id" in page_text()
@@ -108,21 +117,23 @@ def test_dashboard_shows_study_trials_and_first_layer_picture(tmp_path, browser)
 
 
 def add_pruned_and_failed_trials(study: optuna.Study, like: optuna.trial.FrozenTrial):
-    """A trial pruned at epoch 1 with the longest reason the median pruner words, and one
-    failed out of memory, its reason as search/objective.py records it."""
-    reason = ("pruned at epoch 1: best val acc 0.1000 < median 0.1800 of 12 complete trials "
-              "at epoch 1")
+    """A trial pruned at epoch 3 with the longest reason the median pruner words and the line
+    on its value, and one failed out of memory, its reason as search/objective.py records it."""
+    reason = ("pruned at epoch 3: best val acc 0.2630 < median 0.2800 of 12 complete trials "
+              "at epoch 3")
+    value = ("Value 0.248 is epoch 3's val acc: Optuna keeps a pruned trial's last; its best: "
+             "0.263, epoch 2")   # as search/objective.py words it, at its longest
     attrs = {k: v for k, v in like.user_attrs.items() if not k.startswith("test_")}
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.PRUNED, params=like.params,
-        distributions=like.distributions, intermediate_values={1: 0.1},
-        user_attrs={**attrs, "prune_reason": reason}))
+        distributions=like.distributions, intermediate_values={1: 0.2, 2: 0.263, 3: 0.248},
+        user_attrs={**attrs, "prune_reason": reason, "value_note": value}))
     memory = ("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
               "total capacity of 79.19 GiB of which 1.06 GiB is free. " * 3)
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.FAIL, params=like.params,
         distributions=like.distributions,
-        user_attrs={"parameters": attrs["parameters"], "fail_reason": one_line(memory)}))
+        user_attrs={"model_size": attrs["model_size"], "fail_reason": one_line(memory)}))
     return study.trials[-2:]
 
 
