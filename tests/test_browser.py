@@ -272,10 +272,20 @@ def test_the_report_page_fits_an_800_px_window(tmp_path, browser):
                 box: box.right, table: table.scrollWidth, boxWidth: box.width,
                 optimizer: align('optimizer'), acc: align('max val acc'),
                 headings: [...document.querySelectorAll('figure > h3')].map(h => h.textContent),
+                header: [...document.querySelectorAll('ul.header li')].map(li => [li.textContent,
+                    li.getBoundingClientRect().right]),
+                keys: [...document.querySelectorAll('g.legend text.legendtext')]
+                    .map(t => t.textContent),
                 captions: [...document.querySelectorAll('figure > p.caption')]
                     .filter(p => p.getBoundingClientRect().height > 0).length};""")
     assert seen["page"] <= seen["window"], seen          # no sideways scrolling of the page
     assert seen["box"] <= 800, seen                       # the table's box fits the window
     assert seen["optimizer"] == "left" and seen["acc"] == "right", seen
     assert len(seen["headings"]) == seen["captions"] == 7, seen
+    assert seen["headings"][0] == "Validation accuracy per epoch", seen   # the objective first
+    header = [text for text, right in seen["header"]]
+    assert [line.split(":")[0] for line in header] == ["Model", "Search", "Data", "Trials"]
+    assert all(right <= 800 for _, right in seen["header"]), seen    # wrapped, never cut
+    assert header[2].startswith("Data: CIFAR-10 (cifar10-jpeg.tar.gz), 2,000 train")
+    assert "a dot: pruned after epoch 1" in seen["keys"], seen["keys"]   # the legend's key
     print(f"800 px window: table {seen['table']} px in a box of {seen['boxWidth']:.0f} px")
