@@ -157,6 +157,51 @@ def assert_user_attributes_fit(browser, trial) -> None:
     assert sorted(seen["shown"]) == sorted(trial.user_attrs), seen
 
 
+def test_the_study_page_says_what_the_study_is_and_its_note_summarises_it(tmp_path, browser):
+    """The study card shows each user attribute whole (the spec's JSON ran off its edge), and
+    the Note tab shows the note the search wrote: its facts and the top trials as a table."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from helpers import TINY
+    storage = f"sqlite:///{tmp_path / 'noted.db'}"
+    assert main(["mlp", "--epochs", "2", "--trials", "3", "--study", "noted", "--storage",
+                 storage, *TINY]) == 0
+    study = optuna.load_study(study_name="noted", storage=storage)
+    server = DashboardServer(dashboard_app(storage), "127.0.0.1", 0).start()
+    try:
+        browser.set_window_size(1400, 3000)
+        browser.get(f"{server.url}/studies/{study._study_id}")
+        wait = WebDriverWait(browser, WAIT_SECONDS)
+        page_text = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+        wait.until(lambda _: "summary in the Note tab" in page_text())
+        # The card's table is wider than the card (min-width 650 px in a ~600 px card): a
+        # value's text is cut where it runs past the card's right edge.
+        card = browser.execute_script("""
+            const h = [...document.querySelectorAll('h6')]
+                .find(e => e.textContent === 'Study User Attributes');
+            const box = h.parentElement.querySelector('.MuiTableContainer-root');
+            const edge = box.getBoundingClientRect().right;
+            const cells = [...box.querySelectorAll('tbody td')];
+            const right = cell => { const range = document.createRange();
+                                    range.selectNodeContents(cell);
+                                    return range.getBoundingClientRect().right; };
+            return {cut: cells.filter(c => right(c) > edge + 1).map(c => c.textContent),
+                    keys: cells.filter((c, i) => i % 2 == 0).map(c => c.textContent)};""")
+        assert card["cut"] == [], card                                # every value whole
+        assert sorted(card["keys"]) == ["about", "budget", "data_sizes", "runs",
+                                        "target_trials"], card       # one page: 5 rows
+        browser.get(f"{server.url}/studies/{study._study_id}/note")
+        wait.until(lambda _: "Top 3 by max validation accuracy" in page_text())
+        text = page_text()
+        assert "MLP on synthetic images" in text and "3 complete: 3 trials." in text
+        rows = browser.find_elements(By.CSS_SELECTOR, "table tbody tr")   # rendered Markdown
+        assert len(rows) == 3, text
+        assert "write your own notes below this line" in text
+    finally:
+        server.stop()
+
+
 def test_a_30_trial_curve_figure_leaves_most_of_its_width_to_the_plot(tmp_path, browser,
                                                                        monkeypatch):
     """In a dashboard card (~600 px) and a full window, the legend sits below the plot."""
