@@ -20,6 +20,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from reports.study_data import DATA_SIZES_ATTR, study_setting  # noqa: F401 (importers)
 from reports.trial_data import has_config, trial_config, trial_value
 from storage import Store, open_store
 
@@ -42,7 +43,6 @@ MODEL_PARAMS = {
 # search/objective.py answers a trial whose parameters a finished trial was trained with from
 # that trial's result, without training, and marks it with the original's number.
 REPEAT_ATTR = "repeat_of"
-DATA_SIZES_ATTR = "data_sizes"  # study user attr: {"train": n, "val": n, "test": n} images
 METRICS = [("max train acc", "max_train_acc"), ("max val acc", "max_val_acc"),
            ("test acc", "test_acc"), ("epochs run", "epochs_run")]
 ACCURACY_COLUMNS = ("max train acc", "max val acc", "test acc")
@@ -61,12 +61,6 @@ def load_study(storage_url: str, study_name: str, store: Store | None = None) ->
         known = ", ".join(names) if names else "none"
         raise ReportError(f"no study {study_name!r} in {store.name} (studies: {known})")
     return optuna.load_study(study_name=study_name, storage=store.optuna)
-
-
-def study_setting(study: optuna.Study, key: str, default: Any = None) -> Any:
-    """A value of the settings the study was made with (search/study.py writes them into
-    the user attr "optuna_search"), e.g. its "model" or "grid"."""
-    return (study.user_attrs.get("optuna_search") or {}).get("spec", {}).get(key, default)
 
 
 def study_model(study: optuna.Study) -> str:

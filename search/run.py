@@ -22,7 +22,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from reports.table import DATA_SIZES_ATTR, REPEAT_ATTR
+from reports.study_data import describe_study
+from reports.table import REPEAT_ATTR
 from reports.trial_data import RUN, trial_value
 from search.claim import DONE, WAIT, claim, tally
 from search.errors import StudyMismatch
@@ -78,8 +79,7 @@ def run_process(settings: RunSettings, out, data=None,
         opened = start_run(opened) if opened is not None else open_study(settings)
         study, store = opened.study, opened.store
         sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
-        if study.user_attrs.get(DATA_SIZES_ATTR) != sizes:  # what the report's header says
-            study.set_user_attr(DATA_SIZES_ATTR, sizes)
+        describe_study(study, sizes)  # the split and a line for the dashboard's study card
         objective = Objective(settings.spec, Runtime(
             store, data, device, opened.uid, capture=settings.capture,
             shared_by=settings.device_shared_by,
@@ -87,10 +87,12 @@ def run_process(settings: RunSettings, out, data=None,
             checkpoint_every=settings.checkpoint_every if store.heartbeat_seconds else None))
         objective.progress = progress = Progress(out, quiet=settings.quiet)
         said_waiting = False
-        # The dashboard's learning curves, while the search runs; imported here, as plotly
-        # takes ~1 s to import and the command's first line should not wait for it.
+        # The dashboard's learning curves and study note, while the search runs; imported
+        # here, as plotly takes ~1 s to import and the command's first line should not wait.
         from reports.dashboard_figures import LiveFigures
+        from reports.study_note import LiveNote
         figures = LiveFigures(study)
+        note = LiveNote(study, lambda: store.lock(settings.study_name))
         t = tally(study, settings)
         progress.study(t.finished, t.target, settings.spec.epochs, _best(study))
         deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
@@ -115,9 +117,9 @@ def run_process(settings: RunSettings, out, data=None,
                     "host": socket.gethostname(), "pid": os.getpid()})
                 frozen = run_one(opened, claimed, objective, interrupts, settings)
                 progress.trial_finished(frozen, tally(study, settings).finished, _best(study))
-                trouble = figures.after_trial()
-                if trouble:
-                    progress.line(trouble)
+                for trouble in (figures.after_trial(), note.after_trial()):
+                    if trouble:
+                        progress.line(trouble)
                 if _count(result, frozen, interrupts):
                     break
                 # Checked after a trial, not before the first: each process runs at least

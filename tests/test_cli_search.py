@@ -21,7 +21,9 @@ import search.cli.commands
 import search.launch
 import search.objective
 import search.study
-from reports.trial_data import RESULTS, artifact_id, trial_config, trial_curves, trial_value
+from reports.study_data import study_record
+from reports.trial_data import (RESULTS, artifact_id, significant, trial_config, trial_curves,
+                                trial_value)
 from search.cli import main
 from search.settings import RunSettings, StudySpec
 from storage import artifact_dir
@@ -30,7 +32,7 @@ from helpers import REPO, running_with_an_epoch, table_rows
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds")
 # What the dashboard's trial page shows (user attributes); the rest is bookkeeping.
-TRIAL_ATTRS = ("parameters", "best_epoch", "max_train_acc", "max_val_acc")
+TRIAL_ATTRS = ("model_size", "best_epoch", "max_train_acc", "max_val_acc")
 TEST_ATTRS = ("test_acc", "test_loss")
 BOOKKEEPING = ("epochs_run", "avg_train_seconds", "avg_val_seconds", "test_seconds", "run")
 SPEC_KEYS = ("model", "space", "fixed", "grid", "epochs", "data", "seed", "sampler", "pruner")
@@ -75,7 +77,8 @@ def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
     url, folder, code, _ = three_trials
     assert code == 0
     study = load(url, "mlp")
-    record = study.user_attrs["optuna_search"]  # the spec, written once
+    record = study_record(study)  # the spec, written once, out of the study card's way
+    assert set(study.user_attrs) == {"about", "budget", "data_sizes", "target_trials", "runs"}
     assert set(SPEC_KEYS) <= set(record["spec"])
     assert record["spec"]["model"] == "mlp" and record["spec"]["space"] == "report"
     assert record["spec"]["epochs"] == 2 and record["spec"]["seed"] == 0
@@ -88,17 +91,19 @@ def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     for trial in trials:
         attrs = trial.user_attrs
-        assert set(TRIAL_ATTRS) <= set(attrs) <= set(RESULTS) | {"prune_reason"}, attrs
+        assert set(TRIAL_ATTRS) <= set(attrs) <= set(RESULTS) | {"prune_reason", "value_note"}
         curves = trial_curves(trial)
         assert trial_config(trial)["epochs"] == 2 and "curves" not in attrs  # not on the page
         assert all(len(curves[name]) == trial_value(trial, "epochs_run") for name in CURVES)
-        assert attrs["max_val_acc"] == max(curves["val_acc"])
+        assert trial_value(trial, "max_val_acc") == max(curves["val_acc"])   # full, for reports
+        assert attrs["max_val_acc"] == significant(max(curves["val_acc"]))  # rounded, for the page
         if trial.state == TrialState.COMPLETE:
             assert trial_value(trial, "epochs_run") == 2
-            assert trial.value == attrs["max_val_acc"]
+            assert trial.value == trial_value(trial, "max_val_acc")
             assert set(TEST_ATTRS) <= set(attrs) and 0 <= attrs["test_acc"] <= 1
             assert all(trial_value(trial, name) is not None for name in BOOKKEEPING)
-            for name in ("first_layer.npy", "first_layer.png"):   # Optuna's own record
+            for name in ("first_layer.npy", "first_layer.png", "acc_curves.svg",
+                         "loss_curves.svg"):   # Optuna's own record
                 stored = artifact_dir(url) / artifact_id(trial, name)
                 assert stored.is_file() and stored.stat().st_size > 0
     assert artifact_dir(url) == folder / "s.db-artifacts"
@@ -190,7 +195,7 @@ def test_each_sampler_and_pruner_runs_and_is_recorded(sampler, pruner, tmp_path)
     code, _, _ = optuna_search("mlp", url, "--trials", "1", "--sampler", sampler,
                                "--pruner", pruner, "--seed", "3")
     assert code == 0
-    record = load(url, "mlp").user_attrs["optuna_search"]
+    record = study_record(load(url, "mlp"))
     study = load(url, "mlp")
     assert record["sampler"]["name"] == sampler and record["spec"]["seed"] == 3
     assert record["pruner"]["name"] == pruner
@@ -210,7 +215,7 @@ def test_the_wide_space_samples_lr_and_weight_decay_log_uniformly(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     assert optuna_search("mlp", url, "--trials", "1", "--space", "wide")[0] == 0
     study = load(url, "mlp")
-    assert study.user_attrs["optuna_search"]["spec"]["space"] == "wide"
+    assert study_record(study)["spec"]["space"] == "wide"
     lr = study.trials[0].distributions["lr"]
     assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
     assert (lr.low, lr.high) == (0.0001, 0.075)
