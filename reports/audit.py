@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from dataclasses import dataclass
 
 import optuna
@@ -127,8 +128,9 @@ def read_audit(store: Store, study: optuna.Study, top: int = 8) -> Audit | None:
     return Audit(name, study_setting(audit, "epochs"), top, best, len(complete), rows)
 
 
-COLUMNS = ("pruned trial", "pruned at epoch", "val acc then", "final val acc", "test acc",
-           "would rank", "top {top}", "beat the best", "audit trial")
+# Short: the Markdown table fits 100 columns; the caption says what each one is.
+COLUMNS = ("trial", "epoch", "val acc then", "final val acc", "test acc", "rank", "top {top}",
+           "beat best", "audit trial")
 
 
 def audit_cells(audit: Audit) -> tuple[list[str], list[list[str]]]:
@@ -146,20 +148,21 @@ def audit_cells(audit: Audit) -> tuple[list[str], list[list[str]]]:
 
 
 def caption(audit: Audit) -> str:
-    return (f"Pruned trials trained to the full budget in study {audit.name!r}: val acc then "
-            "is the best validation accuracy a trial had when it was pruned, final val acc "
-            f"its best over {audit.epochs or '?'} epochs; it would rank among the study's "
-            f"complete trials; {audit.best_words()}.")
+    return (f"Each pruned trial trained again to the full budget, with the same configuration "
+            f"and seed (its audit trial in study {audit.name!r}). Epoch: where it was pruned; "
+            "val acc then: its best validation accuracy by that epoch; final val acc: its "
+            f"best over {audit.epochs or '?'} epochs; rank: its place had it completed, among "
+            f"the study's {audit.complete} complete trials and itself; beat best: a false "
+            f"prune. {audit.best_words()[0].upper()}{audit.best_words()[1:]}.")
 
 
 def audit_markdown(audit: Audit) -> str:
     """The audit's section of the Markdown report: its line, its caption, its table."""
     headers, rows = audit_cells(audit)
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join("---:" if i not in (3,) else "---" for i in range(len(headers)))
-             + "|"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join([f"## Pruning audit\n\n{audit.line()}.\n\n{caption(audit)}\n", *lines])
+    return "\n".join([f"## Pruning audit\n\n{audit.line()}.\n\n"
+                      f"{textwrap.fill(caption(audit), 100)}\n", *lines])
 
 
 def audit_html(audit: Audit) -> str:

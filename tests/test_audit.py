@@ -45,6 +45,11 @@ def slow(model, config, data, *, on_epoch, **kwargs):
 search.objective.train = slow
 """
 
+# Audit trials running with an epoch reported, in the study file.
+AUDIT_RUNNING = ("SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN studies s ON s.study_id "
+                 "= t.study_id JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
+                 "WHERE s.study_name = 'mlp-audit' AND t.state = 'RUNNING'")
+
 
 def run(*argv: str) -> tuple[int, str, str]:
     """main(argv) in-process: (exit code, stdout, stderr)."""
@@ -237,10 +242,7 @@ def test_a_sigkilled_audit_resumes_and_trains_each_trial_once(db, monkeypatch):
     path = db.removeprefix("sqlite:///")
     first = run_cli(["audit", "mlp", "--pruned", "2", "--storage", db, "--quiet"],
                     code=SLOW_EPOCHS, **FAST_HEARTBEAT)
-    audit_running = ("SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN studies s ON "
-                     "s.study_id = t.study_id JOIN trial_intermediate_values v ON v.trial_id "
-                     "= t.trial_id WHERE s.study_name = 'mlp-audit' AND t.state = 'RUNNING'")
-    wait_until(lambda: query(path, audit_running, 0) >= 1, 120, "an audit trial mid-training")
+    wait_until(lambda: query(path, AUDIT_RUNNING, 0) >= 1, 120, "an audit trial mid-training")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
     killed = [t for t in load(db, "mlp-audit").trials if t.state == TrialState.RUNNING]
@@ -256,6 +258,22 @@ def test_a_sigkilled_audit_resumes_and_trains_each_trial_once(db, monkeypatch):
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number)
     assert retry.user_attrs[AUDIT_OF] == killed[0].user_attrs[AUDIT_OF]
     assert retry.state == TrialState.COMPLETE
+
+
+def test_ctrl_c_stops_an_audit_and_the_same_command_resumes(db):
+    path = db.removeprefix("sqlite:///")
+    first = run_cli(["audit", "mlp", "--pruned", "1", "--storage", db, "--quiet"],
+                    code=SLOW_EPOCHS)
+    wait_until(lambda: query(path, AUDIT_RUNNING, 0) >= 1, 120, "an audit trial mid-training")
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 130
+    err = first.stderr.read()
+    assert "interrupted" in err and "Traceback" not in err
+    states = sorted(t.state.name for t in load(db, "mlp-audit").trials)
+    assert states == ["FAIL", "WAITING"]   # failed and queued again; nothing left RUNNING
+    code, _, err = run("audit", "mlp", "--pruned", "1", "--storage", db, "--quiet")
+    assert code == 0, err
+    complete_once(db, best_looking(load(db), 1))
 
 
 def test_an_audit_on_postgresql(pg_url, tmp_path, monkeypatch):  # noqa: F811
