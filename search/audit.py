@@ -5,8 +5,7 @@ trial that started badly won't be a good one").
 - Which: the K pruned trials that looked best when they were stopped (their best validation
   accuracy by the pruning epoch), or K at random (`--random`, seeded). Not audited: a repeat
   (it trained nothing: the trial it repeats is a candidate itself), a trial whose loss diverged
-  (NaN: its configuration and seed diverge again, so a retrain says nothing new), a second
-  trial of the same parameters.
+  (NaN: its training stopped it, not the pruner), a second trial of the same parameters.
 - Where: a sibling study, STUDY-audit, in the same storage, so that STUDY's sampler, target,
   counts and tables never see it. Its spec is STUDY's (same model, space, --set values, grid,
   epochs, data and seed: search/settings.py), without pruning and marked `audit_of`, so
@@ -102,8 +101,8 @@ def audit_candidates(study: optuna.Study) -> tuple[list[FrozenTrial], list[str]]
             candidates.append(trial)
     excluded = [f"{_trials(repeats)}: repeat{_s(repeats)} of a trained configuration "
                 "(nothing trained; the trial repeated is a candidate itself)" if repeats else "",
-                f"{_trials(diverged)} diverged (the loss became NaN; its configuration and "
-                "seed diverge again)" if diverged else "",
+                f"{_trials(diverged)} diverged (the loss became NaN: stopped by its training, "
+                "not by the pruner)" if diverged else "",
                 f"{_trials(empty)} reported no epoch" if empty else "",
                 f"{_trials(twins)}: the same parameters as another pruned trial"
                 if twins else ""]
@@ -117,13 +116,13 @@ def _looked_best(trial: FrozenTrial) -> tuple:
     return (-value, -(epoch or 0), trial.number)
 
 
-def plan_lines(plan: Plan, epochs: int) -> list[str]:
+def plan_lines(plan: Plan) -> list[str]:
     """What the audit will train, in words, before anything is loaded."""
     how = "at random" if plan.randomly else "the best-looking when pruned"
     shown = ", ".join(f"{t.number} ({_then(t)})" for t in plan.chosen)
     lines = [f"auditing {len(plan.chosen)} of the {plan.candidates} pruned trials of study "
-             f"{plan.study.study_name!r} ({how}): trials {shown}; each is trained to {epochs} "
-             f"epochs in study {plan.name!r}"]
+             f"{plan.study.study_name!r} ({how}): trials {shown}; each is trained to "
+             f"{plan.spec.epochs} epochs in study {plan.name!r}"]
     return lines + [f"not audited: {line}" for line in plan.excluded]
 
 

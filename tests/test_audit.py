@@ -298,6 +298,28 @@ def test_an_audit_on_postgresql(pg_url, tmp_path, monkeypatch):  # noqa: F811
                 optuna.delete_study(study_name=study, storage=storage)
 
 
+def test_a_grid_studys_pruned_points_are_audited_alone(tmp_path):
+    """The audit study keeps the grid's spec (its trials suggest as the grid's did) but runs
+    only the pruned points queued in it, never the rest of the grid."""
+    url = f"sqlite:///{tmp_path}/g.db"
+    grid = [*SEARCH, "--epochs", "5", "--storage", url, "--set", "optimizer=adam", "--grid",
+            "lr=0.01,0.025,0.05,0.075,0.001,0.0025,0.0075,0.0001,0.00025,0.00075"]
+    assert run(*grid)[0] == 0
+    name = "mlp-hidden_sizes=16-optimizer=adam-grid-lr"
+    pruned = load(url, name).get_trials(states=(TrialState.PRUNED,))
+    assert len(pruned) >= 2
+    code, _, err = run("audit", name, "--pruned", "2", "--storage", url, "--quiet")
+    assert code == 0, err
+    trials = load(url, f"{name}-audit").trials
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    originals = {t.number: t for t in pruned}
+    for trial in trials:
+        original = originals[trial.user_attrs[AUDIT_OF]]
+        assert trial.params == original.params
+        assert trial_config(trial) == trial_config(original)
+        assert len(trial.intermediate_values) == 5
+
+
 def test_repeats_diverged_trials_and_twins_are_not_audited():
     study = optuna.create_study(direction="maximize")
     distribution = {"lr": optuna.distributions.CategoricalDistribution([0.1, 0.01, 0.001])}
@@ -317,7 +339,7 @@ def test_repeats_diverged_trials_and_twins_are_not_audited():
     assert excluded == [
         "trial 1: repeat of a trained configuration (nothing trained; the trial repeated is "
         "a candidate itself)",
-        "trial 2 diverged (the loss became NaN; its configuration and seed diverge again)",
+        "trial 2 diverged (the loss became NaN: stopped by its training, not by the pruner)",
         "trial 3 (as 0): the same parameters as another pruned trial"]
 
 

@@ -112,10 +112,10 @@ def command_audit(args) -> int:
     from storage import open_store
     store = open_store(args.storage, patience=args.storage_patience)
     plan = plan_audit(store, args.study, args.pruned, args.seed if args.random else None)
-    for line in plan_lines(plan, plan.spec.epochs):
+    for line in plan_lines(plan):
         say(sys.stdout, line)
     if nothing_to_train(store, plan):
-        say(sys.stdout, "every one of them is trained already; nothing to train")
+        say(sys.stdout, "every one of them is audited already; nothing to train")
         say_findings(store, plan.study, sys.stdout)
         return 0
     check_device(args.device)
