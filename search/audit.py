@@ -34,9 +34,6 @@ from search.study import TARGET_ATTR, OpenStudy, recorded_spec
 from search.terminal import say
 from storage import DEFAULT_STORAGE, MAX_TRIES, Store, redact
 
-DEFAULT_PRUNED = 3   # trials audited when --pruned is not given
-
-
 @dataclass
 class Plan:
     """What an audit will train: read from the study before anything is loaded or written."""
