@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import signal
+import time
 import uuid
 
 import optuna
@@ -25,6 +26,7 @@ from reports.trial_data import trial_config, trial_value
 from search.audit import audit_candidates
 from search.cli import main
 from storage import open_storage
+from test_faults import HANDLER_INSTALLED_SAYS_GO
 
 EPOCHS = 6
 # A real random search with the median pruner on the tiny synthetic MLP (a trial takes well
@@ -274,6 +276,24 @@ def test_ctrl_c_stops_an_audit_and_the_same_command_resumes(db):
     code, _, err = run("audit", "mlp", "--pruned", "1", "--storage", db, "--quiet")
     assert code == 0, err
     complete_once(db, best_looking(load(db), 1))
+
+
+def test_ctrl_c_at_any_moment_of_an_audits_first_seconds_is_one_line_and_exit_130(db):
+    """Reading the study, loading torch and the data, queueing: no traceback, ever, and
+    whatever was queued is trained once by the next audit."""
+    path = db.removeprefix("sqlite:///")
+    for delay in (0.0, 0.3, 1.0, 2.0, 3.5, 5.0):
+        audit = run_cli(["audit", "mlp", "--pruned", "2", "--storage", db, "--quiet"],
+                        HANDLER_INSTALLED_SAYS_GO)
+        assert audit.stderr.readline() == "go\n"
+        time.sleep(delay)  # a moment of the start-up, not a condition: any moment must do
+        audit.send_signal(signal.SIGINT)
+        _, err = audit.communicate(timeout=120)
+        assert audit.returncode == 130, (delay, err[-2000:])
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (delay, err)
+        assert query(path, "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'", 0) == 0
+    assert run("audit", "mlp", "--pruned", "2", "--storage", db, "--quiet")[0] == 0
+    complete_once(db, best_looking(load(db), 2))
 
 
 def test_an_audit_on_postgresql(pg_url, tmp_path, monkeypatch):  # noqa: F811
