@@ -52,6 +52,9 @@ class AuditRow:
     test_acc: float | None
     rank: int | None            # where it would rank among the study's complete trials
     audit_trial: int            # its trial in the audit study
+    # Its audit's first epochs equal the pruned run's (the same configuration, seed and
+    # data: so on a deterministic device); None before they are trained.
+    reproduced: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -124,13 +127,22 @@ def read_audit(store: Store, study: optuna.Study, top: int = 8) -> Audit | None:
             value > final or (value == final and other < number) for other, value in complete)
         rows.append(AuditRow(number, pruned_at, value_then, _STATE_WORDS[trained.state], final,
                              trained.user_attrs.get("test_acc") if final is not None else None,
-                             rank, trained.number))
+                             rank, trained.number,
+                             _reproduced(trials.get(number), trained) if final else None))
     return Audit(name, study_setting(audit, "epochs"), top, best, len(complete), rows)
 
 
 # Short: the Markdown table fits 100 columns; the caption says what each one is.
 COLUMNS = ("trial", "epoch", "val acc then", "final val acc", "test acc", "rank", "top {top}",
            "beat best", "audit trial")
+
+
+def _reproduced(original: FrozenTrial | None, audit: FrozenTrial) -> bool | None:
+    if original is None:
+        return None
+    again = audit.intermediate_values
+    return all(epoch in again and (again[epoch] == value or abs(again[epoch] - value) < 1e-9)
+               for epoch, value in original.intermediate_values.items())
 
 
 def audit_cells(audit: Audit) -> tuple[list[str], list[list[str]]]:
@@ -153,7 +165,18 @@ def caption(audit: Audit) -> str:
             "val acc then: its best validation accuracy by that epoch; final val acc: its "
             f"best over {audit.epochs or '?'} epochs; rank: its place had it completed, among "
             f"the study's {audit.complete} complete trials and itself; beat best: a false "
-            f"prune. {audit.best_words()[0].upper()}{audit.best_words()[1:]}.")
+            f"prune. {audit.best_words()[0].upper()}{audit.best_words()[1:]}."
+            + _reproduced_words(audit))
+
+
+def _reproduced_words(audit: Audit) -> str:
+    """Whether the audits repeat the pruned runs' epochs: evidence that each trained the same
+    configuration (a GPU's non-deterministic kernels may differ in the last digits)."""
+    checked = [row.reproduced for row in audit.rows if row.reproduced is not None]
+    if not checked:
+        return ""
+    return (f" The audit's first epochs equal the pruned run's in {sum(checked)} of "
+            f"{len(checked)}.")
 
 
 def audit_markdown(audit: Audit) -> str:

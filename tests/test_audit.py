@@ -187,6 +187,7 @@ def test_the_report_has_an_audit_section(db, tmp_path):
     assert run("report", "mlp", "--storage", db, "--format", "html", "-o", str(page))[0] == 0
     text = page.read_text()
     assert "<h2>Pruning audit</h2>" in text and line in text
+    assert "first epochs equal the pruned run&#x27;s in 3 of 3." in text   # same config, seed
     code, out, _ = run("report", "mlp", "--storage", db, "--format", "csv")
     assert code == 0 and "audit" not in out   # the CSV stays one table
 
