@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import signal
+import sqlite3
 import time
 import uuid
 
@@ -70,23 +71,31 @@ def searched(tmp_path_factory):
     pruned = optuna.load_study(study_name="mlp", storage=f"sqlite:///{folder}/s.db").get_trials(
         states=(TrialState.PRUNED,))
     assert len(pruned) >= 4, out   # the search must have pruned for the audit to mean much
+    assert len(optuna.load_study(study_name="mlp", storage=f"sqlite:///{folder}/s.db").trials) \
+        == 14
     return folder
+
+
+def copy_study(folder, to) -> str:
+    """A copy of the searched study file (SQLite's backup: the file alone may lack what its
+    write-ahead log holds while this process keeps the storage open), and its artifacts."""
+    with contextlib.closing(sqlite3.connect(folder / "s.db")) as source, \
+            contextlib.closing(sqlite3.connect(to / "s.db")) as copy:
+        source.backup(copy)
+    shutil.copytree(folder / "s.db-artifacts", to / "s.db-artifacts")
+    return f"sqlite:///{to}/s.db"
 
 
 @pytest.fixture
 def db(searched, tmp_path):
     """A copy of the searched study for one test to audit: its storage URL."""
-    shutil.copy(searched / "s.db", tmp_path / "s.db")
-    shutil.copytree(searched / "s.db-artifacts", tmp_path / "s.db-artifacts")
-    return f"sqlite:///{tmp_path}/s.db"
+    return copy_study(searched, tmp_path)
 
 
 @pytest.fixture(scope="module")
 def audited_once(searched, tmp_path_factory):
     """A copy of the searched study with one pruned trial audited: its storage URL."""
-    folder = tmp_path_factory.mktemp("audited")
-    shutil.copy(searched / "s.db", folder / "s.db")
-    url = f"sqlite:///{folder}/s.db"
+    url = copy_study(searched, tmp_path_factory.mktemp("audited"))
     code, _, err = run("audit", "mlp", "--pruned", "1", "--storage", url, "--quiet")
     assert code == 0, err
     return url
