@@ -21,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from reports.audit import audit_html, audit_markdown, read_audit
 from reports.captions import figure_text, picture_text
 from reports.counts import count_trials
 from reports.figures import best_pictures, study_figures
@@ -31,7 +32,7 @@ from reports.summary import parameters_text, time_text
 from reports.table import (ReportError, constant_columns, display_table, load_study,
                            study_model, text_columns, to_csv, to_markdown, to_text,
                            top_table)
-from storage import artifact_dir
+from storage import artifact_dir, open_store
 
 FORMATS = ("text", "markdown", "csv", "html")   # text: for a terminal (to_text)
 
@@ -49,21 +50,25 @@ def render_report(storage_url: str, study_name: str, top: int = 8, fmt: str = "m
     sentences wrapped to it), Markdown or CSV, or a whole HTML page."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    study = load_study(storage_url, study_name)
+    store = open_store(storage_url, readonly=True)
+    study = load_study(storage_url, study_name, store=store)
     table = top_table(study, top, include_pruned)
+    audit = read_audit(store, study, top)   # STUDY-audit's findings, where it has one
     if fmt == "text":
         counts = count_trials(study.get_trials(deepcopy=False)).summary()
         lines = textwrap.wrap(f"Study {study.study_name!r}, {study_model(study)}: {counts}.",
                               width, subsequent_indent="    ")
-        return "\n".join([*lines, *to_text(table, width)])
+        return "\n".join([*lines, *to_text(table, width)]) + (
+            f"\n\n{audit_markdown(audit)}" if audit else "")
     if fmt == "markdown":
-        return to_markdown(table)
+        return to_markdown(table) + (f"\n\n{audit_markdown(audit)}" if audit else "")
     if fmt == "csv":
         return to_csv(table)
     notes: list[str] = []
     figures = study_figures(study, notes)
     pictures = best_pictures(study, artifact_dir(storage_url), notes)
-    return page_html(study, table, figures, pictures, notes)
+    return page_html(study, table, figures, pictures, notes,
+                     sections=[audit_html(audit)] if audit else [])
 
 
 PAGE_STYLE = (  # the table scrolls inside its own box: the page itself never gets wider
@@ -77,14 +82,17 @@ PAGE_STYLE = (  # the table scrolls inside its own box: the page itself never ge
 
 
 def page_html(study: optuna.Study, table: pd.DataFrame, figures: dict[str, go.Figure],
-              pictures: dict[str, bytes], notes: list[str] = ()) -> str:
-    """One self-contained page: a header saying what was run on what, the table, every
-    figure (one plotly.js copy) and picture, each with a heading and a one-line caption."""
+              pictures: dict[str, bytes], notes: list[str] = (), sections: list[str] = ()
+              ) -> str:
+    """One self-contained page: a header saying what was run on what, the table, `sections`
+    (HTML: the pruning audit), every figure (one plotly.js copy) and picture, each with a
+    heading and a one-line caption."""
     title = html.escape(f"optuna-search report: {study.study_name}")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<style>{PAGE_STYLE}</style></head><body><h1>{title}</h1>",
-             header_html(header_lines(study)), "<h2>Best trials</h2>", table_html(table)]
+             header_html(header_lines(study)), "<h2>Best trials</h2>", table_html(table),
+             *sections]
     parts.append("<h2>Figures</h2>")
     for index, (name, figure) in enumerate(figures.items()):
         heading, caption = figure_text(name)

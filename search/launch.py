@@ -82,7 +82,8 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
     say(out, f"data {data.describe()}"
         + (f"; {progress_line(study, settings)}" if resumed else ""))
     if is_done(study, settings):
-        say(out, "every grid point is already done; nothing to run" if settings.spec.grid else
+        say(out, "every queued trial is done; nothing to run" if settings.spec.audit_of else
+            "every grid point is already done; nothing to run" if settings.spec.grid else
             "the study's target is met; nothing to run (a larger --trials extends it)")
         return report(Outcome(), study, settings, out)
 
@@ -121,7 +122,8 @@ def report(outcome: Outcome, study: optuna.Study, settings: RunSettings, out) ->
         return 130
     for message in dict.fromkeys(outcome.stopped):
         say(sys.stderr, f"optuna-search: stopped: {message}")
-    exhausted = grid_failures(study, settings.spec) if settings.spec.grid else []
+    exhausted = (grid_failures(study, settings.spec)
+                 if settings.spec.grid and not settings.spec.audit_of else [])
     if exhausted:
         points = "; ".join(",".join(f"{k}={v}" for k, v in p.items()) for p in exhausted)
         say(sys.stderr, f"optuna-search: grid points that failed every try: {points} (see "

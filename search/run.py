@@ -7,8 +7,8 @@ alone), runs it with a heartbeat, records how it ended and saves the study's fig
 optuna-dashboard (at most ~10% of the time: reports/dashboard_figures.py). When nothing can
 be claimed but trials still run elsewhere, the loop waits: one of them may die and come back
 as a retry. A trial that fails is queued again when it was interrupted (Ctrl-C, a signal: it
-resumes from its checkpoint) or is a grid point (3 tries in all); other failures (say, out of
-memory) leave the budget to a new sample.
+resumes from its checkpoint) or is a grid point or an audit's trial (3 tries in all); other
+failures (say, out of memory) leave the budget to a new sample.
 """
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def run_one(opened: OpenStudy, trial: optuna.Trial, objective, interrupts: Inter
     # The FAIL and its retry go in steps that a kill at any point leaves whole (retries.py).
     with store.lock(settings.study_name):
         try:
-            if state == TrialState.FAIL and (interrupted or settings.spec.grid):
+            if state == TrialState.FAIL and (interrupted or settings.spec.queued_only):
                 frozen = store.fail_and_retry(study, trial,
                                               lambda: study.tell(trial, value, state=state))
                 if frozen is None:

@@ -122,7 +122,9 @@ def open_study(settings: RunSettings, new_run: bool = True,
             with warnings.catch_warnings():  # experimental in Optuna 5, and what we need
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([METRIC_NAME])
-        if spec.grid:
+        if spec.audit_of is not None:
+            pass  # an audit's points and target are queued by search/audit.py alone
+        elif spec.grid:
             # Retries first: a point whose FAIL has a retry due (or lost) is not queued anew.
             store.fail_stale_trials(study)
             queue_grid_points(study, spec)

@@ -108,7 +108,7 @@ BAD = ["missing", "empty", "random", "text", "gzip of text", "truncated .tar.gz"
        "truncated .tar", "no train/ or test/"]
 # Every command that takes --data shares the check: two kinds are enough for the others.
 CASES = [(kind, "mlp") for kind in BAD] + [
-    (kind, command) for command in ("mlp --workers 2", "worker mlp", "reproduce")
+    (kind, command) for command in ("mlp --workers 2", "worker mlp", "reproduce", "audit mlp")
     for kind in ("missing", "truncated .tar.gz")]
 
 
@@ -135,6 +135,7 @@ def test_data_option_reads_argv_as_argparse_will():
     assert data_option(["resnet18", "--epochs", "1", "--data=x.tar.gz"]) == "x.tar.gz"
     assert data_option(["worker", "mlp", "--data", "f"]) == "f"
     assert data_option(["reproduce", "--data", "f"]) == "f"
+    assert data_option(["audit", "mlp", "--data", "f"]) == "f"
     assert data_option(["mlp", "--data", "f", "--help"]) is None       # help still answers
     assert data_option(["report", "--data", "f"]) is None              # takes no --data
     assert data_option(["mlp", "--data", "--epochs", "1"]) is None     # argparse says what

@@ -235,6 +235,36 @@ def build_parser() -> Parser:
     add_checkpoints(p)
     add_quiet(p)
 
+    p = commands.add_parser("audit", help="train pruned trials of a study to the full budget: "
+                            "would they have won?",
+                            description="Train to the study's full epochs the K pruned trials "
+                            "that looked best when they were stopped (or K at random), each with "
+                            "its exact configuration, in the sibling study STUDY-audit (STUDY "
+                            "itself is never changed); then `optuna-search report STUDY` has a "
+                            "pruning-audit section. Rerun to resume: nothing is trained twice. "
+                            "Example: optuna-search audit mlp --pruned 3")
+    p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
+    p.add_argument("--pruned", type=positive_int, default=3, metavar="K",
+                   help="how many pruned trials to train to the end (default 3); a larger K "
+                        "later adds trials, those audited already stay")
+    p.add_argument("--random", action="store_true",
+                   help="choose the K pruned trials at random (seeded by --seed), not the ones "
+                        "that looked best when they were stopped")
+    p.add_argument("--seed", type=int, default=0, help="the --random choice's seed (default 0)")
+    add_storage(p)
+    p.add_argument("--data", help="where this machine has the study's data (default: the "
+                   "source the study was made with)")
+    p.add_argument("--data-dir", default="data", help="where cifar10 lives (default ./data)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="processes on this machine training the audit's trials (default 1)")
+    p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                   help="start no trial after this many seconds (each process runs one at least)")
+    add_capture(p)
+    add_patience(p)
+    add_checkpoints(p)
+    add_quiet(p)
+
     p = commands.add_parser("dashboard", help="watch the studies in a browser (optuna-dashboard)",
                             description="Serve optuna-dashboard on a storage and its artifacts. "
                             "Example: optuna-search dashboard --port 8080; then open "

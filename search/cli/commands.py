@@ -105,6 +105,33 @@ def command_worker(args) -> int:
         return run_search(settings)
 
 
+def command_audit(args) -> int:
+    """Choose the pruned trials (reading the study, before torch loads), then train them in
+    the audit study with the one run loop; a rerun with everything trained says so at once."""
+    check_url(args.storage, must_exist=True)   # an audit reads a study; it never makes one
+    check_writable(args.storage)
+    if sys.stdout.isatty():
+        say(sys.stdout, f"reading study {args.study!r} in {redact(args.storage)}...")
+    from search.audit import nothing_to_train, plan_audit, plan_lines, run_audit, say_findings
+    from storage import open_store
+    store = open_store(args.storage, patience=args.storage_patience)
+    plan = plan_audit(store, args.study, args.pruned, args.seed if args.random else None)
+    for line in plan_lines(plan):
+        say(sys.stdout, line)
+    if nothing_to_train(store, plan):
+        say(sys.stdout, "every one of them is audited already; nothing to train")
+        say_findings(store, plan.study, sys.stdout)
+        return 0
+    settings = RunSettings(
+        spec=plan.spec, storage=args.storage, study=plan.name, data_path=args.data,
+        data_dir=args.data_dir, device=args.device, workers=args.workers,
+        timeout=args.timeout, storage_patience=args.storage_patience,
+        checkpoint_every=args.checkpoint_every, quiet=args.quiet, capture=args.capture)
+    check_source(settings.data_source)   # the study's data, unless --data: before torch loads
+    check_device(args.device)
+    return run_audit(settings, plan, sys.stdout)
+
+
 def command_dashboard(args) -> int:
     from search.dashboard import serve
     return serve(args.storage, host=args.host, port=args.port)
@@ -149,4 +176,5 @@ def command_reproduce(args) -> int:
 
 COMMANDS = {"reproduce": command_reproduce,
             "info": command_info, "studies": command_studies, "dashboard": command_dashboard,
-            "report": command_report, "plots": command_plots, "worker": command_worker}
+            "report": command_report, "plots": command_plots, "worker": command_worker,
+            "audit": command_audit}

@@ -9,7 +9,7 @@ from typing import Sequence
 from search.train.sources import check_source
 from spaces import MODEL_NAMES
 
-TAKES_DATA = (*MODEL_NAMES, "worker", "reproduce")
+TAKES_DATA = (*MODEL_NAMES, "worker", "reproduce", "audit")
 
 
 def data_option(argv: Sequence[str]) -> str | None:
