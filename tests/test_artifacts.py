@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import optuna
@@ -55,6 +56,8 @@ def assert_only_whole_artifacts(folder: Path, study: optuna.Study) -> int:
         path = folder / artifact_id
         if filename.endswith(".npy"):
             assert np.load(path).shape[1] == 3 * 32 * 32   # the MLP's first layer, whole
+        elif filename.endswith(".svg"):                    # a learning-curve picture
+            assert ElementTree.parse(path).getroot().tag.endswith("svg")   # raises if cut
         else:
             with Image.open(path) as picture:
                 picture.verify()                            # raises on a truncated PNG
@@ -74,7 +77,8 @@ def test_a_full_artifact_folder_fails_the_trial_in_one_line_and_keeps_the_others
     assert kept.state == TrialState.COMPLETE and kept.value is not None   # intact
     assert faulted.state == TrialState.FAIL and FULL in faulted.user_attrs["fail_reason"]
     assert len(study.get_trials()) == 2                        # no retry queued: the disk's fault
-    assert assert_only_whole_artifacts(folder, study) == 2     # trial 0's weight and picture
+    # trial 0's weight, its first-layer picture and its two learning-curve pictures (SVG)
+    assert assert_only_whole_artifacts(folder, study) == 4
     assert integrity(db) == "ok"
 
 

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from storage import StorageUnavailable, TrialWriter, open_storage
 
 from pg_server import pg_ctl, pg_study, pg_url  # noqa: F401 (fixtures)
-from helpers import integrity
+from helpers import integrity, wait_until
 from test_storage import new_trial, short_busy_timeout, write_lock_held  # noqa: F401
 
 
@@ -79,7 +79,13 @@ def test_a_restart_of_postgresql_loses_and_doubles_no_write(pg_url, pg_study):
     trainer.start()
     while steps[0] < 20:
         time.sleep(0.01)
-    outage = pg_ctl(pg_url, "restart")
+    # The outage lasts until writes are seen waiting: a restart alone of the run's own server
+    # (.ci/postgres) takes ~0.2 s, less than the writer's retry, and proved nothing.
+    pg_ctl(pg_url, "stop")
+    try:
+        wait_until(lambda: writer.pending() > 5, seconds=60, what="writes waiting for the server")
+    finally:
+        pg_ctl(pg_url, "start")
     before = steps[0]
     while steps[0] < before + 20:
         time.sleep(0.01)
@@ -87,7 +93,7 @@ def test_a_restart_of_postgresql_loses_and_doubles_no_write(pg_url, pg_study):
     trainer.join()
     assert writer.flush(timeout=60)
     writer.close()
-    assert outage > 0.5 and most_pending[0] > 5  # training went on while writes waited
+    assert most_pending[0] > 5  # training went on while writes waited
     trial = store.get_trial(trial_id)
     assert sorted(trial.intermediate_values) == list(range(1, steps[0] + 1))
     assert all(value == step / 1000 for step, value in trial.intermediate_values.items())
