@@ -119,7 +119,7 @@ def table(found: dict[str, list[Seed]], target: float | None, defaults: set[str]
         median = ordered[(len(ordered) - 1) // 2] if reached else None
         shares = [r / ref_epochs for r in reached] if ref_epochs else []
         to_t = ("-" if target is None else "never" if median is None else
-                f"{median}" + (f" ({min(reached)}-{max(reached)})" if len(reached) > 1 else ""))
+                f"{median}" + (f" ({min(reached)} to {max(reached)})" if len(reached) > 1 else ""))
         share = ("-" if median is None or not ref_epochs else
                  f"{median / ref_epochs:.2f} (latest {max(shares):.2f})")
         gaps = [(s.test_acc - s.best_val) if s.test_acc is not None and s.best_val is not None

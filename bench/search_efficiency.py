@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(1, str(Path(__file__).resolve().parent))      # efficiency_summary
 
 # The budgets of issue 31. cpu: a few minutes to an hour a search on a 2-core machine.
 BUDGETS = {
@@ -127,9 +128,12 @@ def settings_for(policy: Policy, seed: int, budget: dict, args, fixed: dict):
 
 
 def trained_so_far(settings) -> int | None:
-    """Trained trials of the study (None: no such study yet); reads, creates nothing."""
+    """Trained trials of the study (None: no such study yet); reads, creates nothing.
+    StudyMismatch (exit 2) when it was made with other settings (another budget)."""
     import optuna
     from reports.budget import is_trained
+    from search.errors import StudyMismatch
+    from search.study import recorded_spec
     from storage import open_store
     try:
         store = open_store(settings.storage, readonly=True)
@@ -138,6 +142,13 @@ def trained_so_far(settings) -> int | None:
     if settings.study_name not in optuna.get_all_study_names(storage=store.optuna):
         return None
     study = optuna.load_study(study_name=settings.study_name, storage=store.optuna)
+    recorded = recorded_spec(study)
+    if recorded is not None:   # the data's path may differ; its content may not (run_process)
+        differences = settings.spec.with_data(recorded.data_content).differences(recorded)
+        if differences:
+            raise StudyMismatch(f"study {settings.study_name!r} in {store.name} was made "
+                                f"with other settings: {'; '.join(differences)}; use "
+                                "another --storage for another budget")
     return sum(is_trained(t) for t in study.get_trials(deepcopy=False))
 
 
@@ -197,5 +208,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

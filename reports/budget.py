@@ -11,7 +11,8 @@ Work redone after an interruption between a try's last checkpoint and its kill (
 checkpoint interval, 60 s by default) is not counted: nothing records it.
 
 "Running every trained trial to the end" costs each finished, trained trial (complete or
-pruned, not a repeat) its configured epochs: what pruning saved is that minus what was spent.
+pruned, not a repeat) its configured epochs; what pruning saved is the epochs each pruned
+trial had left (a diverged trial, stopped as pruned, counts too).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from reports.counts import count_trials
 from reports.table import REPEAT_ATTR
-from reports.trial_data import trial_config
+from reports.trial_data import trial_config, trial_value
 
 RETRY_HISTORY = "retry_history"   # Optuna's: the numbers of the tries a retry follows
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -53,15 +54,11 @@ def is_trained(trial: FrozenTrial) -> bool:
 
 @dataclass(frozen=True)
 class Budget:
-    trained_epochs: int      # every epoch any try trained (failed tries included)
+    trained_epochs: int      # every epoch any try trained (failed and running ones included)
     full_epochs: int         # the finished trained trials, each run to its last epoch
-    failed_epochs: int       # of trained_epochs, those of failed tries
+    saved_epochs: int        # of those, the epochs pruning left out (each pruned trial's rest)
     trained_trials: int      # finished and trained (complete + pruned)
     repeats: int             # answered from the store: nothing trained
-
-    @property
-    def saved_epochs(self) -> int:
-        return self.full_epochs - self.trained_epochs
 
     @property
     def saved_share(self) -> float | None:
@@ -69,34 +66,39 @@ class Budget:
         return self.saved_epochs / self.full_epochs if self.full_epochs else None
 
     def line(self) -> str:
-        """One line for a report's header."""
-        if not self.trained_trials and not self.trained_epochs:
-            text = "Epochs: none trained yet"
-        else:
-            text = (f"Epochs: {self.trained_epochs:,} trained; running the "
-                    f"{self.trained_trials} trained trial{'s' if self.trained_trials != 1 else ''}"
-                    f" to the end would have cost {self.full_epochs:,}")
-            if self.saved_share is not None:
-                text += (f": pruning saved {self.saved_epochs:,} "
-                         f"({100 * self.saved_share:.0f}%)")
-            if self.failed_epochs:
-                text += f" ({self.failed_epochs:,} of the trained ones in failed tries)"
-        repeats = (f"{self.repeats} repeat{'s' if self.repeats != 1 else ''} of a trained "
-                   "configuration answered from the store (0 epochs)")
-        return f"{text}; {repeats}."
+        """One line for a report's header: "Epochs trained: 143 (running all 30 trained
+        trials to the end would cost 300: pruning saved 157, 52%); 2 repeats answered from
+        the store (0 epochs)."."""
+        repeats = (f"{self.repeats} repeat{'s' if self.repeats != 1 else ''} answered from "
+                   "the store (0 epochs)")
+        if not self.full_epochs:
+            return f"Epochs trained: {self.trained_epochs:,}; {repeats}."
+        trials = f"{self.trained_trials} trained trial{'s' if self.trained_trials != 1 else ''}"
+        return (f"Epochs trained: {self.trained_epochs:,} (running all {trials} to the end "
+                f"would cost {self.full_epochs:,}: pruning saved {self.saved_epochs:,}, "
+                f"{100 * self.saved_share:.0f}%); {repeats}.")
 
 
 def study_budget(trials: Sequence[FrozenTrial], epochs: int | None = None) -> Budget:
     """The budget of a study's trials (`study.get_trials(deepcopy=False)`); `epochs`: the
     study's epochs per trial, for trials that recorded no config."""
     by_number = {t.number: t for t in trials}
-    spent = {t.number: own_epochs(t, by_number) for t in trials}
     trained = [t for t in trials if is_trained(t)]
-    full = sum(configured_epochs(t, epochs) or len(t.intermediate_values) for t in trained)
+    reached = {t.number: len(t.intermediate_values) or trial_value(t, "epochs_run", 0)
+               for t in trained}   # a retry's inherited epochs included: trained once
+    # A complete trial ran to its end; a pruned one would have run to its configured epochs.
+    full = {t.number: reached[t.number] if t.state == TrialState.COMPLETE
+            else max(reached[t.number], configured_epochs(t, epochs) or 0) for t in trained}
     return Budget(
-        trained_epochs=sum(spent.values()), full_epochs=full,
-        failed_epochs=sum(spent[t.number] for t in trials if t.state == TrialState.FAIL),
+        trained_epochs=sum(own_epochs(t, by_number) for t in trials),
+        full_epochs=sum(full.values()),
+        saved_epochs=sum(full[n] - reached[n] for n in full),
         trained_trials=len(trained), repeats=count_trials(trials).repeats)
+
+
+def budget_line(study) -> str:
+    """The report's header line: epochs trained, what pruning saved, repeats answered."""
+    return study_budget(study.get_trials(deepcopy=False)).line()
 
 
 @dataclass(frozen=True)

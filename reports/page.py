@@ -20,6 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from reports.budget import budget_line
 from reports.captions import figure_text, picture_text
 from reports.figures import best_pictures, study_figures
 from reports.png import PngError, write_pngs
@@ -46,7 +47,7 @@ def render_report(storage_url: str, study_name: str, top: int = 8, fmt: str = "m
     study = load_study(storage_url, study_name)
     table = top_table(study, top, include_pruned)
     if fmt == "markdown":
-        return to_markdown(table)
+        return f"{budget_line(study)}\n\n{to_markdown(table)}"
     if fmt == "csv":
         return to_csv(table)
     notes: list[str] = []
@@ -112,6 +113,7 @@ def header_lines(study: optuna.Study) -> list[str]:
     lines.append("Trials: " + (", ".join(f"{n} {s}" for s, n in states.items()) or "none")
                  + (f" ({repeats} of them repeats of a trained configuration)"
                     if repeats else "") + ".")
+    lines.append(budget_line(study))
     return lines
 
 

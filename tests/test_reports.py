@@ -244,6 +244,7 @@ def pruned_after_one_epoch_study(storage=None, name="s") -> optuna.Study:
         trial = fake_trial("mlp", rng, TrialState.PRUNED if pruned else TrialState.COMPLETE,
                            epochs=1 if pruned else 8)
         curves = trial.user_attrs["curves"]
+        trial.user_attrs["config"]["epochs"] = 8   # the search's: a pruned one ran 1 of 8
         if pruned:
             curves.update(train_loss=[24.75], val_loss=[14.0 + rng.random()])
         else:
@@ -428,7 +429,7 @@ def test_html_page_is_offline_with_one_plotly_copy(tmp_path):
     # plotly.js itself mentions cdn.plot.ly (map data); no <script> may load from a network
     assert not re.search(r"<script[^>]*\bsrc=", page)
     assert page.count("src='data:image/png;base64,") == 1
-    assert page.count("<div id=\"figure-") == 7     # 4 curves + 3 Optuna figures
+    assert page.count("<div id=\"figure-") == 9     # 4 curves, 2 anytime, 3 Optuna figures
     assert "<table" in page and "max val acc" in page
 
 
@@ -450,8 +451,10 @@ def test_report_page_says_what_was_run_and_heads_and_captions_every_figure(tmp_p
     assert "Model mlp, 8 epochs per trial" in header and "cifar10-jpeg.tar.gz" in header
     assert "2,000 train / 500 validation / 1,000 test images" in header
     assert "Trials: 19 complete, 11 pruned." in header
+    assert ("Epochs trained: 163 (running all 30 trained trials to the end would cost 240: "
+            "pruning saved 77, 32%); 0 repeats answered from the store (0 epochs).") in header
     figures = re.findall(r"<figure><h3>(.*?)</h3><p class='caption'>(.*?)</p>", page)
-    assert len(figures) == page.count("<figure>") == 7          # 4 curves, 3 Optuna figures
+    assert len(figures) == page.count("<figure>") == 9   # 4 curves, 2 anytime, 3 Optuna
     for heading, caption in figures:
         assert "_" not in heading and caption, (heading, caption)   # no file names
     assert "Validation loss per epoch" in [h for h, _ in figures]
@@ -488,7 +491,8 @@ def test_cli_report_and_clear_errors(tmp_path, capsys):
     make_study("mlpmixer", 0, pruned=1, storage=url, name="empty")
     assert main(["report", "mixer", "--top", "8", "--storage", url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 + 8 and "embed dim" in lines[0]
+    assert lines[0].startswith("Epochs trained: 30 (running all 10 trained trials") and not lines[1]
+    assert len(lines) == 2 + 2 + 8 and "embed dim" in lines[2]
     for argv, message in [(["report", "nope"], "no study 'nope'"),
                           (["report", "empty"], "no complete trial"),
                           (["plots", "nope", "-o", str(tmp_path / "f")], "no study 'nope'"),
@@ -523,7 +527,7 @@ def test_plots_folder_holds_one_plotly_js_and_opens_offline(tmp_path):
     assert [p.name for p in out.rglob("*.js")] == ["plotly.min.js"]       # once per folder
     assert "plotly.js v" in (out / "plotly.min.js").read_text()[:300]
     pages = sorted(out.glob("*.html"))
-    assert len(pages) == 8                       # 4 curves, 3 Optuna figures, 1 picture
+    assert len(pages) == 10         # 4 curves, 2 anytime, 3 Optuna figures, 1 picture
     for page in pages:
         text = page.read_text()
         sources = re.findall(r"<(?:script|img)[^>]*\bsrc=[\"']([^\"']+)", text)
@@ -563,7 +567,8 @@ def test_end_to_end_mlp_search_then_report_plots_and_dashboard(tmp_path, capsys)
     study = optuna.load_study(study_name="mlp", storage=url)
     saved = saved_figure_ids(study)
     assert saved == ["01-curves_val_acc", "02-curves_train_acc", "03-curves_val_loss",
-                     "04-curves_train_loss"]                     # registered by the search
+                     "04-curves_train_loss", "05-anytime_epochs",
+                     "06-anytime_seconds"]                       # registered by the search
     assert register_dashboard_figures(study) == saved             # fixed ids overwrite
     assert saved_figure_ids(study) == saved
 
@@ -588,8 +593,8 @@ def test_dashboard_figures_in_reading_order_without_the_dashboards_own_panels(tm
                                  graph_object_id=old)
     ids = register_dashboard_figures(study)
     assert ids == ["01-curves_val_acc", "02-curves_train_acc", "03-curves_val_loss",
-                   "04-curves_train_loss", "05-patch_parameters", "06-patch_train_seconds",
-                   "07-patch_val_seconds"]
+                   "04-curves_train_loss", "05-anytime_epochs", "06-anytime_seconds",
+                   "07-patch_parameters", "08-patch_train_seconds", "09-patch_val_seconds"]
     assert saved_figure_ids(study) == ids == sorted(ids)   # the older ones are emptied
 
 
