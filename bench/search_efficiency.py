@@ -60,6 +60,13 @@ POLICIES = [   # run in this order within a seed: the most informative first
     Policy("tpe10-median-s2-w1", "tpe", "median", TPE10,
            dict(n_startup_trials=2, n_warmup_steps=1),
            "TPE, 10 start-up; median pruning after 2 complete, from epoch 1"),
+    Policy("tpe5-median-s5-w2", "tpe", "median", TPE5,
+           dict(n_startup_trials=5, n_warmup_steps=2),
+           "TPE, 5 start-up; median pruning after 5 complete, from epoch 2"),
+    Policy("tpe5-halving", "tpe", "halving", TPE5,
+           dict(min_resource=1, reduction_factor=3),
+           "TPE, 5 start-up; successive halving (rungs at 1, 3, 9 epochs; the best third "
+           "goes on)"),
     Policy("tpe10-hyperband", "tpe", "hyperband", TPE10,
            about="TPE; Hyperband (min 1 epoch, reduction 3)"),
     Policy("tpe10-none", "tpe", "none", TPE10, about="TPE, no pruning"),
