@@ -17,6 +17,12 @@ FIGURES = {  # name -> (heading, caption)
     "curves_val_loss": ("Validation loss per epoch", CURVE_CAPTION),
     "curves_train_acc": ("Training accuracy per epoch", CURVE_CAPTION),
     "curves_val_acc": ("Validation accuracy per epoch", CURVE_CAPTION),
+    "anytime_epochs": ("Best so far against epochs spent",
+                       "the best validation accuracy of a complete trial so far (line) against "
+                       "the epochs every trial trained, pruned ones included; each trial a dot "
+                       "where it ended (pruned hollow)"),
+    "anytime_seconds": ("Best so far against seconds spent",
+                        "the same against the trials' seconds, start to end, summed"),
     "patch_parameters": ("Parameters against patch size",
                          "the model's trainable parameters for each patch size"),
     "patch_train_seconds": ("Training time against patch size",

@@ -24,18 +24,19 @@ import time
 import optuna
 import plotly.graph_objects as go
 
+from reports.anytime import anytime_figures
 from reports.figures import learning_curves, patch_size_figures
 from storage.internals import set_study_system_attr, study_system_attrs
 
 ORDER = ("curves_val_acc", "curves_train_acc", "curves_val_loss", "curves_train_loss",
-         "patch_parameters", "patch_train_seconds", "patch_val_seconds")
+         "anytime_epochs", "anytime_seconds", "patch_parameters", "patch_train_seconds", "patch_val_seconds")
 PLOT_DATA_PREFIX = "dashboard:plot_data:"  # optuna-dashboard's study system attr keys
 SHARE = 0.1  # of a search's wall time, at most, spent saving figures while it runs
 
 
 def dashboard_figures(study: optuna.Study) -> dict[str, go.Figure]:
     """Figure id -> figure, in reading order; ids sort in that same order."""
-    figures = {**learning_curves(study), **patch_size_figures(study)}
+    figures = {**learning_curves(study), **anytime_figures(study), **patch_size_figures(study)}
     names = sorted(figures, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
     return {f"{place:02d}-{name}": figures[name] for place, name in enumerate(names, start=1)}
 

@@ -2,6 +2,8 @@
 
 - learning curves (reports/curves.py): val/train accuracy and loss against epoch
   (Figures 1-12);
+- the anytime figures (reports/anytime.py): best validation accuracy so far against the
+  epochs and the seconds spent;
 - against patch size, when it varies: parameters, avg train and val seconds (Figures 13-15);
 - Optuna's optimization history, parameter importances and parallel coordinates, with the
   objective named as the study names it (`val_acc`).
@@ -21,6 +23,7 @@ import plotly.graph_objects as go
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
+from reports.anytime import anytime_figures
 from reports.curves import curve_trials, learning_curves
 from reports.pictures import picture_png, picture_variants
 from reports.style import legend_below, metric_name, tidy
@@ -110,6 +113,7 @@ def study_figures(study: optuna.Study, notes: list[str] | None = None) -> dict[s
     figures = learning_curves(study)
     if not curve_trials(study):
         notes.append("learning curves are empty: no trial has finished an epoch")
+    figures.update(anytime_figures(study))
     figures.update(patch_size_figures(study))
     figures.update(optuna_figures(study, notes))
     first = [name for name in READING_ORDER if name in figures]

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from reports.audit import audit_html, audit_markdown, read_audit
+from reports.budget import budget_line
 from reports.captions import figure_text, picture_text
 from reports.counts import count_trials
 from reports.figures import best_pictures, study_figures
@@ -56,12 +57,14 @@ def render_report(storage_url: str, study_name: str, top: int = 8, fmt: str = "m
     audit = read_audit(store, study, top)   # STUDY-audit's findings, where it has one
     if fmt == "text":
         counts = count_trials(study.get_trials(deepcopy=False)).summary()
-        lines = textwrap.wrap(f"Study {study.study_name!r}, {study_model(study)}: {counts}.",
-                              width, subsequent_indent="    ")
+        lines = [*textwrap.wrap(f"Study {study.study_name!r}, {study_model(study)}: {counts}.",
+                                width, subsequent_indent="    "),
+                 *textwrap.wrap(budget_line(study), width, subsequent_indent="    ")]
         return "\n".join([*lines, *to_text(table, width)]) + (
             f"\n\n{audit_markdown(audit)}" if audit else "")
     if fmt == "markdown":
-        return to_markdown(table) + (f"\n\n{audit_markdown(audit)}" if audit else "")
+        return (f"{budget_line(study)}\n\n{to_markdown(table)}"
+                + (f"\n\n{audit_markdown(audit)}" if audit else ""))
     if fmt == "csv":
         return to_csv(table)
     notes: list[str] = []
@@ -124,7 +127,8 @@ def header_lines(study: optuna.Study) -> list[str]:
     lines = [f"Model: {model_name(study_model(study))}{', ' + size if size else ''}.",
              f"Search: {budget_text(study)}.",
              f"Data: {data_name(study_setting(study, 'data'))}, {split}.",
-             f"Trials: {count_trials(trials).summary()}."]
+             f"Trials: {count_trials(trials).summary()}.",
+             budget_line(study)]   # "Epochs trained: ..., pruning saved N%; repeats"
     time = time_text(trials)
     if time:
         lines.append(f"Time: {time}.")

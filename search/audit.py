@@ -75,7 +75,8 @@ def plan_audit(store: Store, study_name: str, pruned: int, seed: int | None = No
     else:   # a sample of the candidates in trial order: the same seed picks the same ones
         chosen = sorted(random.Random(seed).sample(candidates, min(pruned, len(candidates))),
                         key=lambda t: t.number)
-    spec = dataclasses.replace(spec, pruner="none", sampler="random", audit_of=study_name)
+    spec = dataclasses.replace(spec, pruner="none", sampler="random", sampler_options={},
+                               pruner_options={}, audit_of=study_name)
     return Plan(study, spec, chosen, len(candidates), excluded, randomly=seed is not None)
 
 

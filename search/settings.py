@@ -40,6 +40,10 @@ class StudySpec:
     seed: int = 0
     sampler: str = "tpe"
     pruner: str = "median"
+    # Over the sampler's and pruner's pinned settings (search/study.py make_sampler,
+    # make_pruner): what the search-efficiency benchmark varies; the command line keeps {}.
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    pruner_options: dict[str, Any] = field(default_factory=dict)
     lists: dict[str, Any] | None = None   # the space's value lists; None: the model's today
     # An audit (search/audit.py): the study whose pruned trials this one trains to the full
     # budget. It runs only the trials queued in it, each a pruned trial's exact parameters.

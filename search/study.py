@@ -47,12 +47,13 @@ def make_sampler(spec: StudySpec, seed: int):
     """The sampler and the settings recorded with the study, so studies stay comparable.
 
     A grid study's trials are all queued points with fixed parameters: its sampler never draws.
+    `spec.sampler_options` override the pinned settings (the benchmark's policies).
     """
     if spec.grid:
         return optuna.samplers.RandomSampler(seed=seed), {"name": "grid"}
     if spec.sampler == "tpe":
-        pinned = dict(n_startup_trials=10, n_ei_candidates=24, multivariate=True,
-                      constant_liar=True, group=False)
+        pinned = {**dict(n_startup_trials=10, n_ei_candidates=24, multivariate=True,
+                         constant_liar=True, group=False), **spec.sampler_options}
         return optuna.samplers.TPESampler(seed=seed, **pinned), {"name": "tpe", **pinned}
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed), {"name": "random"}
@@ -62,15 +63,30 @@ def make_sampler(spec: StudySpec, seed: int):
 
 
 def make_pruner(spec: StudySpec):
-    epochs = spec.epochs
-    if spec.pruner == "median":
+    """The pruner and its recorded settings; `spec.pruner_options` override the pinned ones.
+
+    "patient" is the median pruner that also waits until a trial has not improved for
+    `patience` epochs (Optuna's PatientPruner), "halving" successive halving.
+    """
+    epochs, options = spec.epochs, dict(spec.pruner_options)
+    if spec.pruner in ("median", "patient"):
         # Warm-up: the first epochs of any run are noisy; judge a trial from epoch ~epochs/5.
-        pinned = dict(n_startup_trials=5, n_warmup_steps=max(1, min(5, epochs // 5)),
-                      interval_steps=1)
-        return optuna.pruners.MedianPruner(**pinned), {"name": "median", **pinned}
+        patience = options.pop("patience", 1) if spec.pruner == "patient" else None
+        pinned = {**dict(n_startup_trials=5, n_warmup_steps=max(1, min(5, epochs // 5)),
+                         interval_steps=1), **options}
+        median = optuna.pruners.MedianPruner(**pinned)
+        if patience is None:
+            return median, {"name": "median", **pinned}
+        return (optuna.pruners.PatientPruner(median, patience=patience),
+                {"name": "patient", "patience": patience, **pinned})
     if spec.pruner == "hyperband":
-        pinned = dict(min_resource=1, max_resource=epochs, reduction_factor=3)
+        pinned = {**dict(min_resource=1, max_resource=epochs, reduction_factor=3), **options}
         return optuna.pruners.HyperbandPruner(**pinned), {"name": "hyperband", **pinned}
+    if spec.pruner == "halving":
+        pinned = {**dict(min_resource=1, reduction_factor=3, min_early_stopping_rate=0),
+                  **options}
+        return (optuna.pruners.SuccessiveHalvingPruner(**pinned),
+                {"name": "halving", **pinned})
     if spec.pruner == "none":
         return optuna.pruners.NopPruner(), {"name": "none"}
     raise ValueError(f"unknown pruner {spec.pruner!r}")

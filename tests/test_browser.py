@@ -326,10 +326,11 @@ def test_the_report_page_fits_an_800_px_window(tmp_path, browser):
     assert seen["page"] <= seen["window"], seen          # no sideways scrolling of the page
     assert seen["box"] <= 800, seen                       # the table's box fits the window
     assert seen["optimizer"] == "left" and seen["acc"] == "right", seen
-    assert len(seen["headings"]) == seen["captions"] == 7, seen
+    assert len(seen["headings"]) == seen["captions"] == 9, seen   # 4 curves, 2 anytime, 3 Optuna
     assert seen["headings"][0] == "Validation accuracy per epoch", seen   # the objective first
     header = [text for text, right in seen["header"]]
-    assert [line.split(":")[0] for line in header] == ["Model", "Search", "Data", "Trials"]
+    assert [line.split(":")[0] for line in header] == ["Model", "Search", "Data", "Trials",
+                                                       "Epochs trained"]
     assert all(right <= 800 for _, right in seen["header"]), seen    # wrapped, never cut
     assert header[2].startswith("Data: CIFAR-10 (cifar10-jpeg.tar.gz), 2,000 train")
     assert "a dot: pruned after epoch 1" in seen["keys"], seen["keys"]   # the legend's key

@@ -338,7 +338,8 @@ def test_the_studys_figures_arrive_in_reading_order_without_emptied_ones(small_s
             detail = get_json(f"{root}/api/studies/{study._study_id}?after=0")
             served = [g["id"] for g in detail["plotly_graph_objects"]]
             assert served == ids == ["01-curves_val_acc", "02-curves_train_acc",
-                                     "03-curves_val_loss", "04-curves_train_loss"]
+                                     "03-curves_val_loss", "04-curves_train_loss",
+                                     "05-anytime_epochs", "06-anytime_seconds"]
         status, body, kind = get(f"{root}/api/studies/{study._study_id + 99}")
         assert status == 404 and kind == "application/json"  # errors pass through untouched
     finally:

@@ -245,6 +245,7 @@ def pruned_after_one_epoch_study(storage=None, name="s") -> optuna.Study:
         trial = fake_trial("mlp", rng, TrialState.PRUNED if pruned else TrialState.COMPLETE,
                            epochs=1 if pruned else 8)
         curves = trial.user_attrs["curves"]
+        trial.user_attrs["config"]["epochs"] = 8   # the search's: a pruned one ran 1 of 8
         if pruned:
             curves.update(train_loss=[24.75], val_loss=[14.0 + rng.random()])
         else:
@@ -456,7 +457,7 @@ def test_html_page_is_offline_with_one_plotly_copy(tmp_path):
     # plotly.js itself mentions cdn.plot.ly (map data); no <script> may load from a network
     assert not re.search(r"<script[^>]*\bsrc=", page)
     assert page.count("src='data:image/png;base64,") == 1
-    assert page.count("<div id=\"figure-") == 7     # 4 curves + 3 Optuna figures
+    assert page.count("<div id=\"figure-") == 9     # 4 curves, 2 anytime, 3 Optuna figures
     assert "<table" in page and "max val acc" in page
 
 
@@ -476,8 +477,9 @@ def test_report_page_says_what_was_run_and_heads_and_captions_every_figure(tmp_p
     url = f"sqlite:///{tmp_path / 'r.db'}"
     report_study(url)
     page = render_report(url, "mlp", fmt="html")
-    header = re.findall(r"<li><b>(\w+):</b> (.*?)</li>", page)
-    assert [label for label, _ in header] == ["Model", "Search", "Data", "Trials"], header
+    header = re.findall(r"<li><b>([\w ]+):</b> (.*?)</li>", page)
+    assert [label for label, _ in header] == ["Model", "Search", "Data", "Trials",
+                                                "Epochs trained"], header
     said = dict(header)
     assert said["Model"] == "MLP, 1,000 parameters."
     assert said["Search"].startswith("30 trials of 8 epochs, report space, TPE sampler, "
@@ -485,9 +487,12 @@ def test_report_page_says_what_was_run_and_heads_and_captions_every_figure(tmp_p
     assert said["Data"] == ("CIFAR-10 (cifar10-jpeg.tar.gz), 2,000 train / 500 validation / "
                             "1,000 test images.")
     assert said["Trials"] == "19 complete, 11 pruned: 30 trials."
+    assert said["Epochs trained"] == (
+        "163 (running all 30 trained trials to the end would cost 240: pruning saved 77, 32%); "
+        "0 repeats answered from the store (0 epochs).")
     assert "/work/" not in page and "shared/data" not in page     # no machine path anywhere
     figures = re.findall(r"<figure><h3>(.*?)</h3><p class='caption'>(.*?)</p>", page)
-    assert len(figures) == page.count("<figure>") == 7          # 4 curves, 3 Optuna figures
+    assert len(figures) == page.count("<figure>") == 9   # 4 curves, 2 anytime, 3 Optuna
     for heading, caption in figures:
         assert "_" not in heading and caption, (heading, caption)   # no file names
     assert [h for h, _ in figures][:3] == ["Validation accuracy per epoch",  # the objective
@@ -524,8 +529,9 @@ def test_the_header_gives_wall_time_seconds_per_epoch_and_sizes_from_the_new_rec
     assert lines[2] == ("Data: CIFAR-10 (torchvision's copy), split sizes not recorded (a "
                         "study run before they were).")
     assert lines[3] == "Trials: 3 complete: 3 trials."
+    assert lines[4].startswith("Epochs trained: 9 ")
     # fake trials' epochs: 1.0 s training + 0.1 s validation each, 3 epochs a trial
-    assert lines[4] == ("Time: 1 min 30 s of wall time with a trial running; 1.1 s per epoch "
+    assert lines[5] == ("Time: 1 min 30 s of wall time with a trial running; 1.1 s per epoch "
                         "on average (training and validation, over 9 epochs).")
     table = top_table(study)
     assert list(table["max val acc"]) == [0.123456789] * 3     # reports read full precision
@@ -562,7 +568,8 @@ def test_cli_report_and_clear_errors(tmp_path, capsys):
     make_study("mlpmixer", 0, pruned=1, storage=url, name="empty")
     assert main(["report", "mixer", "--top", "8", "--storage", url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 + 8 and "embed dim" in lines[0]
+    assert lines[0].startswith("Epochs trained: 30 (running all 10 trained trials") and not lines[1]
+    assert len(lines) == 2 + 2 + 8 and "embed dim" in lines[2]
     for argv, message in [(["report", "nope"], "no study 'nope'"),
                           (["report", "empty"], "no complete trial"),
                           (["plots", "nope", "-o", str(tmp_path / "f")], "no study 'nope'"),
@@ -597,7 +604,7 @@ def test_plots_folder_holds_one_plotly_js_and_opens_offline(tmp_path):
     assert [p.name for p in out.rglob("*.js")] == ["plotly.min.js"]       # once per folder
     assert "plotly.js v" in (out / "plotly.min.js").read_text()[:300]
     pages = sorted(out.glob("*.html"))
-    assert len(pages) == 8                       # 4 curves, 3 Optuna figures, 1 picture
+    assert len(pages) == 10         # 4 curves, 2 anytime, 3 Optuna figures, 1 picture
     for page in pages:
         text = page.read_text()
         sources = re.findall(r"<(?:script|img)[^>]*\bsrc=[\"']([^\"']+)", text)
@@ -648,7 +655,8 @@ def test_end_to_end_mlp_search_then_report_plots_and_dashboard(tmp_path, capsys)
     study = optuna.load_study(study_name="mlp", storage=url)
     saved = saved_figure_ids(study)
     assert saved == ["01-curves_val_acc", "02-curves_train_acc", "03-curves_val_loss",
-                     "04-curves_train_loss"]                     # registered by the search
+                     "04-curves_train_loss", "05-anytime_epochs",
+                     "06-anytime_seconds"]                       # registered by the search
     assert register_dashboard_figures(study) == saved             # fixed ids overwrite
     assert saved_figure_ids(study) == saved
 
@@ -673,8 +681,8 @@ def test_dashboard_figures_in_reading_order_without_the_dashboards_own_panels(tm
                                  graph_object_id=old)
     ids = register_dashboard_figures(study)
     assert ids == ["01-curves_val_acc", "02-curves_train_acc", "03-curves_val_loss",
-                   "04-curves_train_loss", "05-patch_parameters", "06-patch_train_seconds",
-                   "07-patch_val_seconds"]
+                   "04-curves_train_loss", "05-anytime_epochs", "06-anytime_seconds",
+                   "07-patch_parameters", "08-patch_train_seconds", "09-patch_val_seconds"]
     assert saved_figure_ids(study) == ids == sorted(ids)   # the older ones are emptied
 
 
@@ -803,7 +811,8 @@ def test_on_a_terminal_the_top_8_fit_100_columns_with_short_headers_and_a_key(mo
     assert "wd weight decay" in key and "val: the best accuracy of any epoch" in key
     # Markdown keeps every column under its full name, for pasting
     markdown = render_report(url, model, top=8, fmt="markdown").splitlines()
-    assert "schedule" in markdown[0] and "max val acc" in markdown[0] and len(markdown) == 10
+    assert markdown[0].startswith("Epochs trained: ") and markdown[1] == ""   # then the table
+    assert "schedule" in markdown[2] and "max val acc" in markdown[2] and len(markdown) == 12
 
 
 def test_report_on_a_terminal_is_the_terminal_table_and_a_file_gets_markdown(tmp_path):
@@ -816,7 +825,9 @@ def test_report_on_a_terminal_is_the_terminal_table_and_a_file_gets_markdown(tmp
     assert max(len(line) for line in text.splitlines()) <= 100
     code, seen = run_in_terminal([sys.executable, "-m", "search.cli", "report", "mixer",
                                   "-o", "top.md", "--storage", url], tmp_path, columns=100)
-    assert code == 0 and (tmp_path / "top.md").read_text().startswith("|   rank |")
+    pasted = (tmp_path / "top.md").read_text().splitlines()
+    assert code == 0 and pasted[0].startswith("Epochs trained: ")
+    assert pasted[2].startswith("|   rank |")
 
 
 def test_studies_says_dash_for_a_study_without_a_complete_trial(tmp_path):

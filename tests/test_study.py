@@ -73,6 +73,25 @@ def test_hyperband_spans_the_epochs_and_none_never_prunes():
     assert isinstance(pruner, optuna.pruners.NopPruner) and recorded == {"name": "none"}
 
 
+def test_options_override_the_pinned_settings_and_are_recorded():
+    spec = StudySpec(model="mlp", epochs=10, sampler_options={"n_startup_trials": 3},
+                     pruner="patient", pruner_options={"patience": 2, "n_warmup_steps": 4})
+    sampler, recorded = make_sampler(spec, seed=1)
+    assert sampler._n_startup_trials == 3 and recorded["n_startup_trials"] == 3
+    pruner, recorded = make_pruner(spec)
+    assert isinstance(pruner, optuna.pruners.PatientPruner) and pruner._patience == 2
+    assert recorded == dict(name="patient", patience=2, n_startup_trials=5, n_warmup_steps=4,
+                            interval_steps=1)
+    pruner, recorded = make_pruner(StudySpec(model="mlp", pruner="halving"))
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    assert recorded["name"] == "halving" and recorded["reduction_factor"] == 3
+    # A study records its options: another study's options are another study.
+    assert StudySpec.from_json(spec.as_json()) == spec
+    assert spec.differences(StudySpec(model="mlp", epochs=10, pruner="patient")) == [
+        "sampler_options n_startup_trials=3 (asked) vs {} (study)",
+        "pruner_options patience=2;n_warmup_steps=4 (asked) vs {} (study)"]
+
+
 def test_each_run_samples_with_its_own_reproducible_seed():
     seeds = [run_seed(0, run) for run in range(1, 6)]
     assert len(set(seeds)) == 5 and seeds == [run_seed(0, run) for run in range(1, 6)]
