@@ -284,7 +284,8 @@ def test_the_dashboard_recovers_by_itself_after_a_database_outage(pg_url, tmp_pa
         pg_ctl(pg_url, "start")
         back = time.monotonic()
         while get(root + "/api/studies")[0] != 200:     # nothing restarted, nothing reopened
-            assert time.monotonic() - back < 5, "still failing 5 s after the database is back"
+            # 20 s: room for a loaded 2-core CI machine (the server's start, a new connection)
+            assert time.monotonic() - back < 20, "still failing 20 s after the database is back"
             time.sleep(0.1)
         studies = get_json(root + "/api/studies")["study_summaries"]
         assert name in [s["study_name"] for s in studies]
