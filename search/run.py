@@ -26,7 +26,7 @@ from reports.table import DATA_SIZES_ATTR, REPEAT_ATTR
 from reports.trial_data import RUN, trial_value
 from search.claim import DONE, WAIT, claim, tally
 from search.errors import StudyMismatch
-from search.interrupts import Interrupts
+from search.interrupts import Interrupts, stop_requested
 from search.objective import BrokenDevice, Objective, Runtime, sweep_checkpoints
 from search.progress import Progress
 from search.settings import RunSettings
@@ -82,7 +82,7 @@ def run_process(settings: RunSettings, out, data=None,
             study.set_user_attr(DATA_SIZES_ATTR, sizes)
         objective = Objective(settings.spec, Runtime(
             store, data, device, opened.uid, capture=settings.capture,
-            shared_by=settings.device_shared_by,
+            shared_by=settings.device_shared_by, should_stop=stop_requested,
             # checkpoints are worth writing where a killed trial is retried (a heartbeat)
             checkpoint_every=settings.checkpoint_every if store.heartbeat_seconds else None))
         objective.progress = progress = Progress(out, quiet=settings.quiet)
@@ -177,11 +177,12 @@ def _count(result: RunResult, frozen: optuna.trial.FrozenTrial, interrupts: Inte
 
 
 def load_data(settings: RunSettings, say=None):
-    """The data set of this run, split as the study's spec says (search/train/data.py)."""
+    """The data set of this run, split as the study's spec says (search/train/data.py); a
+    stop noted meanwhile ends the load within an image (Stopped, a KeyboardInterrupt)."""
     spec = settings.spec
     return make_dataset(settings.data_source, settings.data_dir, seed=spec.seed,
                         val_size=spec.val_size, train_subset=spec.train_subset,
-                        test_subset=spec.test_subset, say=say)
+                        test_subset=spec.test_subset, say=say, should_stop=stop_requested)
 
 
 def with_loaded_data(settings: RunSettings, data) -> RunSettings:

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from search.train.errors import DataError, first_line
+from search.train.errors import DataError, check, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CLASSES = 10          # the models' outputs: CIFAR-10's classes
@@ -102,7 +102,8 @@ def cache_dir() -> Path:
 # ---------------------------------------------------------------- sources -> (train, test, classes)
 
 def load_source(source: str, data_dir: str | Path = "data",
-                say: Callable[[str], None] | None = None
+                say: Callable[[str], None] | None = None,
+                should_stop: Callable[[], bool] | None = None
                 ) -> tuple[Images, Images, list[str]]:
     if source == "synthetic":
         return synthetic()
@@ -114,7 +115,7 @@ def load_source(source: str, data_dir: str | Path = "data",
     if not path.exists():
         raise DataError(f"data source {source!r} does not exist; use cifar10, synthetic, "
                         "a folder with train/<class>/ and test/<class>/, or such a .tar.gz")
-    return _cached_image_folder(path, say)
+    return _cached_image_folder(path, say, should_stop)
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0
@@ -168,7 +169,8 @@ def _fingerprint(path: Path) -> str:
             f"{max((s.st_mtime_ns for s in stats), default=0)}")
 
 
-def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
+def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None,
+                         should_stop: Callable[[], bool] | None = None
                          ) -> tuple[Images, Images, list[str]]:
     key = hashlib.sha256(f"{CACHE_VERSION}|{path.resolve()}|{_fingerprint(path)}"
                          .encode()).hexdigest()[:16]
@@ -184,7 +186,7 @@ def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
                     Images(blob["test_x"], blob["test_y"]), list(blob["classes"]))
         except Exception:
             cached.unlink(missing_ok=True)  # a torn write: decode again
-    train, test, classes = _decode_image_folder(path)
+    train, test, classes = _decode_image_folder(path, should_stop)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".tmp")
     torch.save(dict(train_x=train.x, train_y=train.y, test_x=test.x, test_y=test.y,
@@ -193,18 +195,22 @@ def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
     return train, test, classes
 
 
-def _decode_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
-    """Read train/<class>/* and test/<class>/* from a folder or a .tar(.gz) archive."""
+def _decode_image_folder(path: Path, should_stop: Callable[[], bool] | None = None
+                         ) -> tuple[Images, Images, list[str]]:
+    """Read train/<class>/* and test/<class>/* from a folder or a .tar(.gz) archive;
+    `should_stop()` is read before each file (True raises Stopped)."""
     files: dict[str, dict[str, list[bytes]]] = {"train": {}, "test": {}}
     if path.is_dir():
         for split in files:
             for image in sorted((path / split).glob("*/*")):
+                check(should_stop)
                 if image.suffix.lower() in IMAGE_SUFFIXES:
                     files[split].setdefault(image.parent.name, []).append(image.read_bytes())
     else:
         try:
             with tarfile.open(path) as archive:
                 for member in archive:
+                    check(should_stop)
                     parts = Path(member.name).parts
                     parts = parts[parts.index("train") if "train" in parts else
                                   parts.index("test") if "test" in parts else len(parts):]
@@ -228,14 +234,17 @@ def _decode_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
     unknown = set(files["test"]) - set(classes)
     if unknown:
         raise DataError(f"{path}: test classes {sorted(unknown)} have no training images")
-    return _decode(files["train"], classes), _decode(files["test"], classes), classes
+    return (_decode(files["train"], classes, should_stop),
+            _decode(files["test"], classes, should_stop), classes)
 
 
-def _decode(by_class: dict[str, list[bytes]], classes: list[str]) -> Images:
+def _decode(by_class: dict[str, list[bytes]], classes: list[str],
+            should_stop: Callable[[], bool] | None = None) -> Images:
     from PIL import Image
     xs, ys = [], []
     for label, name in enumerate(classes):
         for blob in by_class.get(name, []):
+            check(should_stop)
             image = Image.open(io.BytesIO(blob)).convert("RGB")
             if image.size != (32, 32):
                 image = image.resize((32, 32))
@@ -264,15 +273,17 @@ def balanced_subset(labels: torch.Tensor, n: int, generator: torch.Generator) ->
 def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed: int = 0,
                  val_size: int = 5000, train_subset: int | None = None,
                  test_subset: int | None = None,
-                 say: Callable[[str], None] | None = None) -> Dataset:
+                 say: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Dataset:
     """Load a source and hold out a seeded, class-balanced validation set disjoint from train.
 
     val_size is capped at a tenth of the training images (45,000 / 5,000 on CIFAR-10).
     train_subset keeps a class-balanced part of the remaining training images.
     `say` gets a line before a long load and one after it (what, how many, seconds).
+    `should_stop()` is read before each image read and decoded: True raises Stopped.
     """
     started = time.perf_counter()
-    train, test, classes = load_source(source, data_dir, say)
+    train, test, classes = load_source(source, data_dir, say, should_stop)
     if len(classes) != CLASSES:
         raise DataError(f"{source} has {len(classes)} classes ({', '.join(classes[:12])}"
                         f"{', ...' if len(classes) > 12 else ''}); the models classify "
