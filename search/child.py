@@ -6,7 +6,9 @@ The launcher starts each process with SIGINT and SIGTERM blocked (a child inheri
 a signal sent while the interpreter starts (a terminal's Ctrl-C reaches the whole group) waits
 until `start` has its handler on, then stops the process quietly with exit 130. It is handled
 even where the shell started the search with SIGINT ignored (nohup, `cmd &`): the launcher
-forwards every stop to its workers, and a worker obeys it.
+forwards every stop to its workers, and a worker obeys it. The handler (search/interrupts.py)
+notes every signal and raises at most once, inside the `try`: the second of the two SIGINTs a
+worker gets at a Ctrl-C (the terminal's, the launcher's) never lands outside it as a traceback.
 
 A process leaves with os._exit once it has said what it did: the interpreter's own shutdown
 would spend 8-12 s (measured on 2 loaded cores) collecting torch's and optuna's objects, and
@@ -22,9 +24,11 @@ import sys
 import threading
 import traceback
 
+from search import interrupts
+
 INTERRUPTED = 130            # stopped by a signal: the launcher counts it as stopped, no error
 FAILED = 1
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = set(interrupts.STOP_SIGNALS)
 PARENT_CHECK_SECONDS = 1.0   # where prctl is missing: how often a watchdog looks at the parent
 FLUSH_SECONDS = 5.0          # how long the last lines and the result may take to reach a parent
 
@@ -34,28 +38,25 @@ def start(payload: bytes, index: int, gpu: str | None, parent: int, messages) ->
 
     `payload` is the pickled RunSettings: unpickling it imports the settings' modules, which
     must happen under the handler, not while multiprocessing reads this call's arguments."""
-    interrupted: list[int] = []
-
-    def note(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, note)
+    stop = interrupts.Interrupts()
+    stop.install()   # for good: a signal after the `try` below is noted, never raised
+    sys.unraisablehook = interrupts.unheard_lost_interrupts(sys.unraisablehook)
     code = FAILED
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one pending raises here
-        die_with_parent(parent)
-        if gpu is not None:  # before anything touches CUDA in this fresh (spawned) process
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-        try:
-            from search.launch import worker_main
-            settings = pickle.loads(payload)
-        except Exception:
-            if interrupted:  # a library that turned the interrupt into an ImportError
-                raise KeyboardInterrupt from None
-            raise
-        code = worker_main(settings, index, messages)
+        with stop.raising():
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one pending raises here
+            die_with_parent(parent)
+            if gpu is not None:  # before anything touches CUDA in this fresh (spawned) process
+                os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            try:
+                from search.launch import worker_main
+                settings = pickle.loads(payload)
+            except Exception:
+                if stop.requested:  # a library that turned the interrupt into an ImportError
+                    raise KeyboardInterrupt from None
+                raise
+            interrupts.check_stop()   # one lost where Python could not raise it (a finalizer)
+            code = worker_main(settings, index, messages)
     except KeyboardInterrupt:  # outside the run loop's own handling: nothing is held
         code = INTERRUPTED
     except BaseException:  # unexpected: the details on stderr, the launcher says the rest
@@ -66,8 +67,6 @@ def start(payload: bytes, index: int, gpu: str | None, parent: int, messages) ->
 def leave(code: int, messages, parent: int) -> None:
     """Hand over what is still buffered (while the parent lives to read it), then exit now."""
     try:
-        for signum in STOP_SIGNALS:  # stopping already: a second signal changes nothing
-            signal.signal(signum, signal.SIG_IGN)
         sys.stdout.flush()
         sys.stderr.flush()
         messages.close()

@@ -31,6 +31,7 @@ from search import child
 from search.errors import USER_ERRORS
 from search.progress import LineSender, print_summary, quiet_optuna
 from search.claim import is_done, progress_line, tally
+from search.interrupts import check_stop, note_stop
 from search.run import RunResult, load_data, run_process, with_loaded_data
 from search.settings import RunSettings
 from search.study import grid_failures, open_study
@@ -80,6 +81,7 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
         return report(Outcome(), study, settings, out)
 
     outcome = Outcome()
+    check_stop()  # a stop whose KeyboardInterrupt was lost (a finalizer): no runner starts
     if settings.ray:
         from search.ray_cluster import run_on_ray
         del data  # each actor loads its own copy
@@ -150,20 +152,21 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
                                        i, gpus[i], os.getpid(), messages))
                  for i in range(settings.workers)]
 
-    def forward(signum, _frame):
+    def forward(signum, _frame):  # never raises: this process only waits for its workers
+        note_stop(signum)
         outcome.interrupted = True
         for process in processes:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
     handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Started with the stop signals blocked (the mask is inherited): each child takes a
+    # signal sent meanwhile once its handler is on (search/child.py); here it is taken when
+    # the mask is restored, and forwarded to the children started by then.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, child.STOP_SIGNALS)
     try:
-        # Started with the stop signals blocked (the mask is inherited): each child takes a
-        # signal sent meanwhile once its handler is on (search/child.py); here it is taken
-        # when the mask is restored, and forwarded to the children started by then.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, child.STOP_SIGNALS)
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, forward) for s in child.STOP_SIGNALS}
         try:
             for process in processes:
                 process.start()

@@ -1,13 +1,19 @@
 """search.interrupts: an interrupt inside a trial waits for a storage call to return (raising
-inside SQLAlchemy could leave SQLite's write lock held), and is raised once it has."""
+inside SQLAlchemy could leave SQLite's write lock held), and is raised once it has; a handler
+raises once per stop; a KeyboardInterrupt lost in a finalizer still stops a worker, because
+the stop is a state its training loop reads."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from helpers import (TINY, in_workers, integrity, run_cli, states, wait_for_running,
+                     wait_until)
 from search.interrupts import Interrupts, _in_storage_call
 
 
@@ -53,3 +59,67 @@ def test_outside_a_raising_region_an_interrupt_is_only_noted_and_a_second_is_ign
         with pytest.raises(KeyboardInterrupt):  # a region entered afterwards raises at once
             with interrupts.raising():
                 pass
+
+
+# ------------------------------------------------------------------ a Ctrl-C lost in a worker
+
+# In one `--workers` process of the search, at the first epoch to start once the file $LOSE_GO
+# exists: an object whose __del__ sends SIGINT to the whole group (a terminal's Ctrl-C: the
+# launcher and both workers) and runs on until the worker's handler has run there, made and
+# dropped at once. Python can only print "Exception ignored" for the KeyboardInterrupt raised
+# inside a finalizer, and goes on; the launcher's forwarded SIGINT follows. This worker has
+# lost its interrupt, for certain.
+LOSE_CTRL_C_IN_A_FINALIZER = """
+    import os, signal
+    train_epoch = module._train_epoch
+
+    class Finalizer:
+        def __del__(self):
+            print("finalizer sends SIGINT", flush=True)   # stdout: stderr must hold one line
+            os.killpg(0, signal.SIGINT)
+            for _ in range(100_000):   # the handler runs here, at a backward jump
+                pass
+
+    def losing(run, batches, first_step, order, epoch):
+        go = os.environ["LOSE_GO"]
+        if os.path.exists(go):
+            try:   # one worker of the search, once
+                os.close(os.open(go + ".fired", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                Finalizer()   # __del__ runs here
+                print("trains on after the finalizer", flush=True)   # its interrupt is lost
+        return train_epoch(run, batches, first_step, order, epoch)
+
+    module._train_epoch = losing
+"""
+
+
+def test_a_ctrl_c_a_worker_loses_in_a_finalizer_still_stops_it_within_seconds(tmp_path):
+    """The CI hang: a worker's KeyboardInterrupt raised inside a finalizer is lost; the stop
+    is a state its training loop reads, so it stops all the same, and the parent with it."""
+    db, go = tmp_path / "lost.db", tmp_path / "go"
+    parent = run_cli(["mlp", "--workers", "2", "--trials", "6", "--epochs", "2000",
+                      "--storage", f"sqlite:///{db}", *TINY],
+                     **in_workers(tmp_path / "site", "search.train.trainer",
+                                  LOSE_CTRL_C_IN_A_FINALIZER, LOSE_GO=str(go)))
+    try:
+        wait_for_running(db, 2, seconds=240)
+        go.touch()
+        wait_until(lambda: Path(f"{go}.fired").exists(), what="a worker's finalizer to fire")
+        fired = time.monotonic()
+        out, err = parent.communicate(timeout=60)
+        took = time.monotonic() - fired
+    finally:
+        if parent.poll() is None:   # main's code: the worker trains on, the parent waits
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.communicate()
+    print(f"exit {parent.returncode} {took:.1f} s after the lost Ctrl-C")
+    assert "finalizer sends SIGINT\ntrains on after the finalizer\n" in out  # lost, for certain
+    assert parent.returncode == 130, err[-2000:]
+    assert took < 10, took
+    lines = err.strip().splitlines()   # no "Exception ignored", no traceback: our one line
+    assert len(lines) == 1 and lines[0].startswith("interrupted; unfinished trials"), err
+    assert sorted(states(db)) == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    assert integrity(db) == "ok"
