@@ -10,12 +10,18 @@ forwards every stop to its workers, and a worker obeys it. The handler (search/i
 notes every signal and raises at most once, inside the `try`: the second of the two SIGINTs a
 worker gets at a Ctrl-C (the terminal's, the launcher's) never lands outside it as a traceback.
 
+What a worker says (its lines, its result) goes to the launcher through a pipe of its own
+(`Outbox`), not a multiprocessing.Queue: a Queue's three named semaphores (/dev/shm) outlive a
+launcher killed outright, and its resource tracker then says "There appear to be 3 leaked
+semaphore objects". A pipe ends with its processes.
+
 A process leaves with os._exit once it has said what it did: the interpreter's own shutdown
 would spend 8-12 s (measured on 2 loaded cores) collecting torch's and optuna's objects, and
 after its launcher's death nobody waits for that.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import pickle
@@ -33,11 +39,13 @@ PARENT_CHECK_SECONDS = 1.0   # where prctl is missing: how often a watchdog look
 FLUSH_SECONDS = 5.0          # how long the last lines and the result may take to reach a parent
 
 
-def start(payload: bytes, index: int, gpu: str | None, parent: int, messages) -> None:
+def start(payload: bytes, index: int, gpu: str | None, parent: int, pipe) -> None:
     """One worker: handlers first, then the heavy imports and the run loop; never returns.
 
     `payload` is the pickled RunSettings: unpickling it imports the settings' modules, which
-    must happen under the handler, not while multiprocessing reads this call's arguments."""
+    must happen under the handler, not while multiprocessing reads this call's arguments.
+    `pipe`: the writing end of this worker's pipe to the launcher."""
+    messages = Outbox(pipe)   # its thread is made with the stop signals blocked: they stay so
     stop = interrupts.Interrupts()
     stop.install()   # for good: a signal after the `try` below is noted, never raised
     sys.unraisablehook = interrupts.unheard_lost_interrupts(sys.unraisablehook)
@@ -64,17 +72,52 @@ def start(payload: bytes, index: int, gpu: str | None, parent: int, messages) ->
     leave(code, messages, parent)
 
 
-def leave(code: int, messages, parent: int) -> None:
+def leave(code: int, messages: "Outbox", parent: int) -> None:
     """Hand over what is still buffered (while the parent lives to read it), then exit now."""
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        messages.close()
-        flushing = threading.Thread(target=messages.join_thread, daemon=True)
-        flushing.start()
-        flushing.join(FLUSH_SECONDS if os.getppid() == parent else 0)
+        messages.close(FLUSH_SECONDS if os.getppid() == parent else 0)
     finally:
         os._exit(code)
+
+
+class Outbox:
+    """A worker's messages to its launcher, ("line" | "result" | "error", index, payload),
+    through a pipe only this process writes. `put` never waits: a thread of its own writes,
+    so a launcher that reads slowly never holds up training, and a signal (taken by the main
+    thread) never stops a write half-way, which would leave the launcher a torn message."""
+
+    def __init__(self, pipe):
+        self._pipe, self._queued, self._closed = pipe, collections.deque(), False
+        self._changed = threading.Condition()
+        self._writer = threading.Thread(target=self._write, name="outbox", daemon=True)
+        self._writer.start()
+
+    def put(self, message: tuple) -> None:
+        with self._changed:
+            self._queued.append(message)
+            self._changed.notify()
+
+    def close(self, seconds: float) -> None:
+        """Write what is queued, for up to `seconds`; then the pipe is the launcher's to end."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._writer.join(seconds)
+
+    def _write(self) -> None:
+        while True:
+            with self._changed:
+                while not (self._queued or self._closed):
+                    self._changed.wait()
+                if not self._queued:
+                    return
+                message = self._queued.popleft()
+            try:
+                self._pipe.send(message)
+            except OSError:   # the launcher has gone: nobody reads any more
+                return
 
 
 def die_with_parent(parent: int) -> None:

@@ -181,6 +181,28 @@ def test_workers_still_importing_leave_within_5_s_of_their_parents_kill(tmp_path
     assert parent.wait(timeout=60) == -signal.SIGKILL
 
 
+def test_a_killed_launcher_leaves_no_semaphore_and_says_nothing_of_one(tmp_path):
+    """multiprocessing's named semaphores (a Queue has three, in /dev/shm) outlive a launcher
+    killed outright: its resource tracker then removes them and says "There appear to be 3
+    leaked semaphore objects". The workers talk to their launcher through pipes instead."""
+    db = tmp_path / "killed.db"
+    parent = run_cli(["mlp", "--workers", "2", "--trials", "4", "--epochs", "2000",
+                      "--storage", f"sqlite:///{db}", *TINY])
+    wait_until(lambda: running_with_an_epoch(db) >= 2, what="both workers training")
+    workers = [pid for pid in children_of(parent.pid) if "spawn_main" in cmdline(pid)]
+    shared = {line.split()[-1] for pid in workers for line in maps(pid).splitlines()
+              if "/dev/shm/" in line}
+    parent.kill()
+    out, err = parent.communicate(timeout=120)  # its stderr's end: every process that shares
+    # it has gone (the workers, multiprocessing's resource tracker)
+    assert parent.returncode == -signal.SIGKILL
+    assert not any(alive(pid) for pid in workers)
+    assert "leaked" not in err and "resource_tracker" not in err, err
+    assert "Traceback" not in err, err
+    assert shared == set()   # no semaphore (nor other shared memory) made for the workers
+    assert integrity(db) == "ok"
+
+
 def running_pids(db) -> list[int]:
     """The pids of the processes running trials that have reported an epoch and may still be
     killed without using up their point's tries (the chaos test wants every point done)."""
