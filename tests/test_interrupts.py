@@ -14,7 +14,7 @@ import pytest
 
 from helpers import (TINY, in_workers, integrity, run_cli, states, wait_for_running,
                      wait_until)
-from search.interrupts import Interrupts, _in_storage_call
+from search.interrupts import Interrupts, _in_storage_call, forget_stops, stop_requested
 
 
 def frame_inside(module_name: str):
@@ -59,6 +59,22 @@ def test_outside_a_raising_region_an_interrupt_is_only_noted_and_a_second_is_ign
         with pytest.raises(KeyboardInterrupt):  # a region entered afterwards raises at once
             with interrupts.raising():
                 pass
+
+
+def test_a_stop_raises_once_and_stays_a_state_of_the_process():
+    """The first signal raises; a second (a Ctrl-C reaches a worker twice) is only noted,
+    even inside a raising region, so it never lands in the cleanup of the first; every
+    Interrupts of the process, and every loop, reads the stop until a new command."""
+    first, later = Interrupts(), Interrupts()
+    with first.installed():
+        with pytest.raises(KeyboardInterrupt), first.raising():
+            signal.raise_signal(signal.SIGINT)   # the handler runs before this returns
+        first._raising = True   # as if still inside: the second one must not raise
+        signal.raise_signal(signal.SIGTERM)
+        first._raising = False
+    assert stop_requested() and later.requested
+    forget_stops()   # what search.cli.main does as a command starts
+    assert not later.requested
 
 
 # ------------------------------------------------------------------ a Ctrl-C lost in a worker
