@@ -9,8 +9,8 @@ searches; every stop must be quick, quiet and leave nothing running.
 Each try runs a search of short synthetic trials (the MLP with 16 hidden units on 100 images,
 6 trials of 20 epochs, 2 runners) in a folder of its own and sends one signal at a moment
 drawn at random over the whole life of such a run (an uninterrupted run of each launcher is
-timed first): start-up, imports, data loading, training, testing, saving, between trials,
-the summary. SIGINT goes to the whole group (a terminal's Ctrl-C) or to the launcher alone
+timed first): the interpreter's start-up (before our handler is on: Python's own), imports,
+data loading, training, testing, saving, between trials, the summary. SIGINT goes to the whole group (a terminal's Ctrl-C) or to the launcher alone
 (`kill -INT`), SIGTERM to the group (Slurm's scancel) or to the launcher alone, in turn. A run
 that had ended before its signal is not counted and is tried again. Each try must:
 - exit within 10 s of the signal (still running after 60 s: a hang; its group is killed),
@@ -81,9 +81,12 @@ def start(launcher: str, folder: Path) -> subprocess.Popen:
         start_new_session=True)
 
 
-def phase(folder: Path) -> str:
-    """Where the run was, from what it had printed: start-up (interpreter, imports, the
-    launcher's data), runners starting, training, testing/saving, between trials, summary."""
+def phase(folder: Path, pid: int) -> str:
+    """Where the run was, from what it had printed: interpreter (Python starting, before our
+    handler: SIGTERM not caught yet), start-up (imports, the launcher's data), runners
+    starting, training, testing/saving, between trials, summary."""
+    if not catches_sigterm(pid):
+        return "interpreter"
     lines = (folder / "out.txt").read_text().splitlines()
     runner = [line for line in lines if line.startswith(("[w", "[r"))]
     if any(line.startswith("trials:") for line in lines):
@@ -97,6 +100,17 @@ def phase(folder: Path) -> str:
         done, total = last.split(" epoch ")[1].split()[0].split("/")
         return "testing/saving" if done == total else "training"
     return "between trials"
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (ours: search.cli installs it first)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+                 .split()[1], 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
 
 
 def session(pid: int) -> set[int]:
@@ -169,7 +183,7 @@ def one_try(launcher: str, signum: int, to_group: bool, moment, keep: Path) -> T
         time.sleep(delay)
         if search.poll() is not None:
             return None
-        attempt.phase = phase(folder)
+        attempt.phase = phase(folder, search.pid)
         try:
             (os.killpg if to_group else os.kill)(search.pid, signum)
         except ProcessLookupError:   # it ended this very moment
@@ -225,7 +239,10 @@ def timed_run(launcher: str) -> dict[str, float]:
         now = time.monotonic() - started
         if "workers" not in marks and launcher == "workers" and workers(search.pid) >= 2:
             marks["workers"] = now
-        if "runner line" not in marks and phase(folder) not in ("start-up", "runners starting"):
+        if "handler" not in marks and catches_sigterm(search.pid):
+            marks["handler"] = now
+        if "runner line" not in marks and phase(folder, search.pid) not in (
+                "interpreter", "start-up", "runners starting"):
             marks["runner line"] = now
         time.sleep(0.05)
     marks["exit"] = time.monotonic() - started

@@ -18,7 +18,6 @@ never land in the cleanup of the first, outside every `try`, as a traceback.
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import time
 
@@ -142,6 +141,6 @@ def _in_storage_call(frame) -> bool:
     return False
 
 
-def hide_interrupt_traceback(record: logging.LogRecord) -> bool:
+def hide_interrupt_traceback(record: "logging.LogRecord") -> bool:
     """Ctrl-C is no error: keep Optuna from logging the interrupted trial's traceback."""
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
