@@ -282,6 +282,10 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=Path(tempfile.gettempdir()) / "soak-failed")
     args = parser.parse_args()
     args.keep.mkdir(parents=True, exist_ok=True)
+    # The searches get SIGINT's default, as from a terminal: started in the background of a
+    # script (`nohup ... &`), this process and its children would have SIGINT ignored, and a
+    # SIGINT before a search's handler is on (the interpreter's start-up) would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng, tries, skipped = random.Random(args.seed), [], 0
     print(f"load average {os.getloadavg()[0]:.1f} (2-minute window: {os.getloadavg()[1]:.1f})")
     launchers = [name for name in args.launchers.split(",") if name] if args.signals else []
