@@ -3,10 +3,11 @@
 Each epoch runs the training step (steps.py: fixed-shape tensors, ready to be captured) once
 per batch and steps the learning-rate schedule (schedules.py) after it; then it
 evaluates the validation set and hands the run so far to `on_epoch`, which may ask to stop
-(pruning). A `should_stop` callable (a plain check: the caller's Ctrl-C / SIGTERM, noted) is
+(pruning). A `should_stop` callable (the caller's Ctrl-C or SIGTERM, noted: a plain check) is
 read before every training step and evaluation batch; when it says stop, `Stopped` (a
-KeyboardInterrupt) is raised there. It keeps the weights of the best validation epoch, gives them back to the model at
-the end (also when stopped early), and evaluates the test set once with them. A NaN or infinite
+KeyboardInterrupt) is raised there. It keeps the weights of the best validation epoch, gives
+them back to the model at the end (also when stopped early), and evaluates the test set once
+with them. A NaN or infinite
 loss raises `Diverged` naming the epoch. On CUDA it trains in bf16 autocast with channels_last
 and fused optimizers; on the CPU in bf16 autocast where the CPU has native bf16, else in fp32,
 deterministically either way. The loop reads GPU values back once per epoch (plus one
