@@ -3,8 +3,8 @@ searches; every stop must be quick, quiet and leave nothing running.
 
     python bench/interrupt_soak.py                                  # 100 + 100 per launcher
     python bench/interrupt_soak.py --launchers workers --signals 3  # a short run
-    python bench/interrupt_soak.py --launchers workers --signals 0 --startup 30
-                                                  # Ctrl-C while the workers start (import)
+    python bench/interrupt_soak.py --signals 0 --startup 30   # Ctrl-C while workers import
+    python bench/interrupt_soak.py --signals 0 --imports 100  # ... while the launcher imports
 
 Each try runs a search of short synthetic trials (the MLP with 16 hidden units on 100 images, 6
 trials of 20 epochs, 2 runners) in a folder of its own and sends one signal at a moment drawn
@@ -22,7 +22,9 @@ not counted and is tried again. Each try must:
 - leave no trial RUNNING in its study, and no process of its own (workers, Ray's processes,
   the Ray watchdog) within 30 s.
 `--startup N`: N Ctrl-Cs to the group of a `--workers 2` search at a moment drawn while its
-workers import (from their start to the first line a worker prints), the same checks.
+workers import (from their start to the first line a worker prints); `--imports N`: N signals
+(SIGINT and SIGTERM in turn) to the group while its launcher imports torch and Optuna and
+loads the data (from its handler being on to its first line); the same checks.
 
 It prints one line per try, then per launcher and signal the counts, the median and worst
 seconds from the signal to the exit; exit status 1 if any try failed. Failed tries keep their
@@ -165,6 +167,15 @@ def workers(pid: int) -> int:
     return count
 
 
+def wait_for_handler(search: subprocess.Popen) -> bool:
+    """Until the search handles SIGTERM (its handler is on); False if it ended first."""
+    while search.poll() is None:
+        if catches_sigterm(search.pid):
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def wait_for_workers(search: subprocess.Popen, count: int = 2) -> bool:
     """Until `count` --workers processes of the search run; False if it ended first."""
     while search.poll() is None:
@@ -235,8 +246,8 @@ def check(attempt: Try, search: subprocess.Popen, folder: Path) -> None:
 
 
 def timed_run(launcher: str) -> dict[str, float]:
-    """An uninterrupted run: seconds from its start to its workers' start, to the first line
-    of a runner, and to its exit."""
+    """An uninterrupted run: seconds from its start to its handler being on, to its workers'
+    start, to its first line (imports and data done), to a runner's first line, to its exit."""
     folder = Path(tempfile.mkdtemp(prefix=f"soak-{launcher}-"))
     started = time.monotonic()
     search = start(launcher, folder)
@@ -247,6 +258,8 @@ def timed_run(launcher: str) -> dict[str, float]:
             marks["workers"] = now
         if "handler" not in marks and catches_sigterm(search.pid):
             marks["handler"] = now
+        if "first line" not in marks and (folder / "out.txt").stat().st_size:
+            marks["first line"] = now
         if "runner line" not in marks and phase(folder, search.pid) not in (
                 "interpreter", "start-up", "runners starting"):
             marks["runner line"] = now
@@ -257,6 +270,18 @@ def timed_run(launcher: str) -> dict[str, float]:
     if code != 0:
         sys.exit(f"an uninterrupted {launcher} run exited {code}")
     return marks
+
+
+def counted(tries: list[Try], label: str, *how) -> int:
+    """One counted try (`how`: one_try's arguments), retried while its run ends before its
+    signal; noted in `tries` as `label` and printed. Returns how many runs were not counted."""
+    skipped = 0
+    while (attempt := one_try(*how)) is None:
+        skipped += 1
+    attempt.launcher = label
+    tries.append(attempt)
+    print(attempt.line(), flush=True)
+    return skipped
 
 
 def summary(tries: list[Try]) -> list[str]:
@@ -284,6 +309,9 @@ def main() -> int:
     parser.add_argument("--signals", type=int, default=100, help="of each kind, per launcher")
     parser.add_argument("--startup", type=int, default=0,
                         help="Ctrl-Cs while a --workers 2 search's workers import")
+    parser.add_argument("--imports", type=int, default=0,
+                        help="signals (SIGINT, SIGTERM in turn, to the group) while a "
+                             "--workers 2 search's launcher imports and loads its data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=Path(tempfile.gettempdir()) / "soak-failed")
     args = parser.parse_args()
@@ -295,7 +323,7 @@ def main() -> int:
     rng, tries, skipped = random.Random(args.seed), [], 0
     print(f"load average {os.getloadavg()[0]:.1f} (2-minute window: {os.getloadavg()[1]:.1f})")
     launchers = [name for name in args.launchers.split(",") if name] if args.signals else []
-    if args.startup:
+    if args.startup or args.imports:
         launchers = list(dict.fromkeys(launchers + ["workers"]))
     life = {}
     for launcher in launchers:
@@ -307,28 +335,22 @@ def main() -> int:
         plan = [(signum, k % 2 == 0) for k in range(args.signals)
                 for signum in (signal.SIGINT, signal.SIGTERM)]
         for signum, to_group in plan:
-            while True:
-                attempt = one_try(launcher, signum, to_group,
-                                  lambda _search: rng.uniform(0, whole), args.keep)
-                if attempt is not None:
-                    break
-                skipped += 1
-            tries.append(attempt)
-            print(attempt.line(), flush=True)
-    if args.startup:
+            skipped += counted(tries, launcher, launcher, signum, to_group,
+                               lambda _search: rng.uniform(0, whole), args.keep)
+    if args.imports:   # from the handler being on to the launcher's first line
+        window = life["workers"]["first line"] - life["workers"]["handler"]
+        for k in range(args.imports):
+            skipped += counted(
+                tries, "imports", "workers", (signal.SIGINT, signal.SIGTERM)[k % 2], True,
+                lambda search: rng.uniform(0, window) if wait_for_handler(search) else None,
+                args.keep)
+    if args.startup:   # from the workers' start to a worker's first line
         window = life["workers"]["runner line"] - life["workers"]["workers"]
         for _ in range(args.startup):
-            while True:
-                attempt = one_try(
-                    "workers", signal.SIGINT, True,
-                    lambda search: rng.uniform(0, window) if wait_for_workers(search) else None,
-                    args.keep)
-                if attempt is not None:
-                    break
-                skipped += 1
-            attempt.launcher = "startup"
-            tries.append(attempt)
-            print(attempt.line(), flush=True)
+            skipped += counted(
+                tries, "startup", "workers", signal.SIGINT, True,
+                lambda search: rng.uniform(0, window) if wait_for_workers(search) else None,
+                args.keep)
     print(f"\n{len(tries)} tries ({skipped} runs had ended before their signal: not counted); "
           f"load average {os.getloadavg()[0]:.1f}")
     for line in summary(tries):

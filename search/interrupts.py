@@ -62,10 +62,9 @@ class Interrupts:
     """Where an interrupt may raise, and where it is only noted.
 
     Inside `raising()` (training a trial, loading data, waiting for other processes) the first
-    SIGINT/SIGTERM raises KeyboardInterrupt at once, but not in the middle of a storage call:
-    there it could leave a transaction open that holds SQLite's write lock, and every later
-    write, this process's own included, would wait out the busy timeout. So it is raised a
-    few milliseconds later, once the call has returned. Everywhere else (claiming a trial
+    SIGINT/SIGTERM raises KeyboardInterrupt at once, but not in the middle of a storage call
+    nor inside torch's own Python code (see _UNSAFE_MODULES), where it is raised a few
+    milliseconds later, once that call has returned. Everywhere else (claiming a trial
     under the study's lock, recording how it ended) the interrupt is only noted: the run loop
     looks at `requested` before it claims the next trial.
     """
@@ -100,7 +99,7 @@ class Interrupts:
     def _raise_when_safe(self, frame) -> None:
         if not self._raising:
             return  # the trial ended meanwhile: the loop sees `requested` before the next
-        if _in_storage_call(frame):
+        if _unsafe_to_raise(frame):
             signal.signal(signal.SIGALRM, lambda _s, later: self._raise_when_safe(later))
             signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
             return
@@ -127,15 +126,22 @@ class Interrupts:
                     signal.signal(signum, handler)
 
 
-RETRY_SECONDS = 0.02  # how soon to look again whether a storage call has returned
-_STORAGE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "optuna.storages", "optuna.artifacts",
-                    "storage.")
+RETRY_SECONDS = 0.02  # how soon to look again whether the interrupted call has returned
+# Where a KeyboardInterrupt waits: inside a database or artifact-store call (raised there, it
+# could leave a transaction open that holds SQLite's write lock, and every later write, this
+# process's own included, would wait out the busy timeout), and inside torch's Python code
+# (torch's C++ calls back into Python while it imports: raised there, the exception becomes a
+# C++ one nothing catches and the process aborts, "terminate called after throwing an instance
+# of 'pybind11::error_already_set'", exit -6: 1 of 90 soak tries, Ctrl-C during the imports).
+_UNSAFE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "optuna.storages", "optuna.artifacts",
+                   "storage.", "torch")
 
 
-def _in_storage_call(frame) -> bool:
-    """Whether the interrupted code is inside a database or artifact-store call."""
+def _unsafe_to_raise(frame) -> bool:
+    """Whether the interrupted code is inside a storage call or torch's code (the callers of
+    `frame` included)."""
     while frame is not None:
-        if frame.f_globals.get("__name__", "").startswith(_STORAGE_MODULES):
+        if frame.f_globals.get("__name__", "").startswith(_UNSAFE_MODULES):
             return True
         frame = frame.f_back
     return False
