@@ -85,6 +85,7 @@ class Interrupts:
             yield
         finally:
             self._raising = False
+            signal.setitimer(signal.ITIMER_REAL, 0)   # a raise still waiting is moot now
 
     def sleep(self, seconds: float) -> None:
         """Wait up to `seconds`, returning early when an interrupt is requested."""

@@ -32,7 +32,7 @@ from search import child
 from search.errors import USER_ERRORS
 from search.progress import LineSender, print_summary, quiet_optuna
 from search.claim import is_done, progress_line, tally
-from search.interrupts import check_stop, note_stop
+from search.interrupts import check_stop, note_stop, stop_requested
 from search.run import RunResult, load_data, run_process, with_loaded_data
 from search.settings import RunSettings
 from search.study import grid_failures, open_study
@@ -156,17 +156,24 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
                  for i in range(settings.workers)]
     readers = [reader for reader, _ in pipes]
 
-    def forward(signum, _frame):  # never raises: this process only waits for its workers
-        note_stop(signum)
+    told: set[int] = set()   # the workers sent the stop
+
+    def tell(signum: int) -> None:
         outcome.interrupted = True
         for process in processes:
-            if process.pid is not None and process.is_alive():
+            if process.pid is not None and process.pid not in told and process.is_alive():
                 os.kill(process.pid, signum)
+                told.add(process.pid)
+
+    def forward(signum, _frame):  # never raises: this process only waits for its workers
+        note_stop(signum)
+        tell(signum)
 
     handlers = {}
     # Started with the stop signals blocked (the mask is inherited): each child takes a
-    # signal sent meanwhile once its handler is on (search/child.py); here it is taken when
-    # the mask is restored, and forwarded to the children started by then. multiprocessing's
+    # signal sent meanwhile once its handler is on (search/child.py). Here another thread
+    # (torch's) may take one while the main thread blocks them, and `forward` then runs
+    # before every worker is started: the loop below tells the later ones. multiprocessing's
     # resource tracker is started first: starting it (in the first process.start()) unblocks
     # SIGINT and SIGTERM, and the workers would start with them unblocked.
     resource_tracker.ensure_running()
@@ -181,6 +188,8 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         while any(p.is_alive() for p in processes):
+            if stop_requested():   # the stop is a state: each worker is told once
+                tell(signal.SIGTERM)
             _relay(readers, out, outcome, timeout=POLL_SECONDS)
         while _relay(readers, out, outcome, timeout=0):  # lines sent just before exiting
             pass

@@ -42,6 +42,19 @@ def test_an_interrupt_in_a_storage_call_is_raised_when_the_call_has_returned():
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_a_raise_still_waiting_when_its_region_ends_is_dropped():
+    """A stop noted in a storage call waits (SIGALRM, 20 ms); the region left meanwhile, the
+    wait is moot (the loops read the state): no alarm is left to fire in a finishing process
+    (once Python has put SIGALRM's default back, it killed a search: exit -14)."""
+    interrupts = Interrupts()
+    with interrupts.installed():
+        with interrupts.raising():
+            interrupts._handle(signal.SIGINT, frame_inside("sqlalchemy.orm.session"))
+            assert signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0)   # waiting
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert interrupts.requested
+
+
 def test_an_interrupt_while_training_is_raised_at_once():
     interrupts = Interrupts()
     with interrupts.installed(), pytest.raises(KeyboardInterrupt), interrupts.raising():

@@ -67,8 +67,9 @@ def entry(argv: Sequence[str] | None = None) -> NoReturn:
     code = _main(argv, for_good=True)
     # The command is over, its status decided: a stop now changes nothing, so it is ignored.
     # Not left to Python, which puts the default actions back as the interpreter shuts down
-    # (a SIGINT or SIGTERM there killed a search that had finished: exit -2 or -15).
-    for signum in interrupts.STOP_SIGNALS:
+    # (a SIGINT or SIGTERM there killed a search that had finished: exit -2 or -15; so did
+    # the SIGALRM of a raise that waited, -14).
+    for signum in (*interrupts.STOP_SIGNALS, signal.SIGALRM):
         signal.signal(signum, signal.SIG_IGN)
     gc.freeze()  # what is alive now is left to the exit; atexit handlers still run
     ray_local = sys.modules.get("search.ray_local")  # loaded: --ray was given
