@@ -134,15 +134,21 @@ RETRY_SECONDS = 0.02  # how soon to look again whether the interrupted call has 
 # (torch's C++ calls back into Python while it imports: raised there, the exception becomes a
 # C++ one nothing catches and the process aborts, "terminate called after throwing an instance
 # of 'pybind11::error_already_set'", exit -6: 1 of 90 soak tries, Ctrl-C during the imports).
+# And inside code that exec() or eval() runs from a string (dataclasses make their methods so):
+# a KeyboardInterrupt out of it marks the interpreter (CPython 3.11), which then ends by SIGINT
+# whatever the program returns, under `python -m` (exit -2 after our line: 4 of 120 tries).
 _UNSAFE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "optuna.storages", "optuna.artifacts",
                    "storage.", "torch")
 
 
 def _unsafe_to_raise(frame) -> bool:
-    """Whether the interrupted code is inside a storage call or torch's code (the callers of
-    `frame` included)."""
+    """Whether the interrupted code is inside a storage call, torch's code or code run from a
+    string (the callers of `frame` included)."""
     while frame is not None:
         if frame.f_globals.get("__name__", "").startswith(_UNSAFE_MODULES):
+            return True
+        code = frame.f_code   # a string's code run by exec()/eval(), not `python -c`'s own
+        if code.co_name == "<module>" and code.co_filename == "<string>" and frame.f_back:
             return True
         frame = frame.f_back
     return False
