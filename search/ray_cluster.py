@@ -68,22 +68,28 @@ def connected(settings: RunSettings, err=None) -> Iterator[None]:
             raise UsageError(f"no Ray cluster at {address} ({error.strerror or error}); "
                              "start one with `ray start --head`, or use --ray local") from None
     import ray
+    ours = address == "local" and ray_local.can_watch()
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                 configure_logging=True)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise UsageError(f"could not connect to Ray at {address}: "
-                         f"{first_line(error)}") from None
-    _one_line_per_raylet_message()
-    if address == "local":
-        ray_local.start_watchdog()
-    try:
+        try:
+            with ray_local.starting(ours):   # a stop meanwhile kills it and leaves, exit 130
+                ray.init(address=address, include_dashboard=False,
+                         logging_level=logging.ERROR, configure_logging=True)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise UsageError(f"could not connect to Ray at {address}: "
+                             f"{first_line(error)}") from None
+        _one_line_per_raylet_message()
+        if address == "local":
+            ray_local.start_watchdog()
         _check_cluster(settings, local_file, err)
         with ray_local.ray_errors_to_log():
             yield
+    except KeyboardInterrupt:   # a stop before the actors ran (or after): ours is killed at
+        if ours and not ray_local.cluster_killed:   # once, not shut down (Ray's processes
+            ray_local.kill_cluster({})              # may have the group's signal too)
+        raise
     finally:
-        if not ray_local.cluster_killed:   # killed at a stop: nothing to disconnect from
-            ray.shutdown()  # with --ray local this stops the cluster started above
+        if ray.is_initialized() and not ray_local.cluster_killed:   # killed: nothing to
+            ray.shutdown()  # disconnect from; else, with --ray local, this stops the cluster
         ray_local.stop_watchdog()
 
 

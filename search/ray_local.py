@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from search.interrupts import check_stop, note_stop
+
 WATCH_SECONDS = 0.5     # how often the watchdog notes the descendants (agents start in ~2 s)
 GONE_SECONDS = 5.0      # how long killed processes get to be gone (SIGKILL: milliseconds)
 PROC = Path("/proc")
@@ -111,6 +113,42 @@ def ray_errors_to_log() -> Iterator[None]:
             os.dup2(ours, 2)
             sys.stderr = before
             os.close(ours)
+
+
+@contextlib.contextmanager
+def starting(ours: bool) -> Iterator[None]:
+    """Around ray.init. Ray's own SIGTERM handler (sys.exit(15), no line, the processes it
+    started left behind) is kept out: ours stays. With `ours` (a local cluster this process
+    starts: seconds), a stop meanwhile kills what has started and leaves at once, exit 130:
+    nothing is written yet (the cluster comes before the study), and Ray, half started and
+    its processes signalled too, could only wait out its timeouts (30 s, measured) or crash."""
+    import ray._private.utils as ray_utils
+    setter = getattr(ray_utils, "set_sigterm_handler", None)
+    if setter is not None:
+        ray_utils.set_sigterm_handler = lambda handler: None
+    previous = {}
+    if ours:
+        previous = {s: signal.signal(s, _leave_now) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        check_stop()   # one noted before (its KeyboardInterrupt lost): no cluster is started
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if setter is not None:
+            ray_utils.set_sigterm_handler = setter
+
+
+def _leave_now(signum, _frame) -> None:
+    note_stop(signum)
+    for _ in range(3):   # the raylet may start an agent while its elders are being killed
+        started = descendants(os.getpid())
+        if not started:
+            break
+        kill(started)
+    sys.stdout.flush()
+    print("optuna-search: interrupted; nothing was left running", file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 def can_watch() -> bool:

@@ -164,6 +164,31 @@ def test_sigterm_to_the_group_fails_and_requeues_every_trial_within_10_s(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["Ctrl-C", "SIGTERM-to-driver"])
+def test_a_stop_while_the_local_cluster_starts_kills_it_at_once(tmp_path, signum, to_group):
+    """While ray.init starts the cluster (seconds), Ray's processes have the group's signal
+    too and Ray, half started, waits out its timeouts or crashes; and ray.init puts its own
+    SIGTERM handler, which exits 15 with no line. Was: exit 15, -11 (SIGSEGV), 30 s, or Ray
+    processes left (11 of 53 soak tries in the start-up)."""
+    db = tmp_path / "ray.db"
+    search = start(["mlp", *RAY, "--trials", "2", "--storage", f"sqlite:///{db}", *TINY],
+                   cwd=tmp_path)
+    wait_until(lambda: session_processes(search.pid), seconds=120, what="Ray starting")
+    sent = time.monotonic()
+    (os.killpg if to_group else os.kill)(search.pid, signum)
+    out, err = search.communicate(timeout=120)
+    took = time.monotonic() - sent
+    gone = gone_within(search.pid, sent, seconds=30)
+    print(f"--ray local starting: exit {search.returncode} {took:.1f} s after the signal, "
+          f"Ray gone after {gone:.1f} s")
+    assert search.returncode == 130, err[-3000:]
+    assert err == "optuna-search: interrupted; nothing was left running\n", err[-3000:]
+    assert took < 10 and gone < 10, (took, gone)
+    assert not db.exists() or not load(db).get_trials()
+
+
+@pytest.mark.slow
 def test_a_killed_driver_leaves_no_ray_process_within_5_s(tmp_path):
     """SIGKILL to the driver alone: the kernel ends the GCS and the raylet, our watchdog the
     raylet's agents and workers (without it they stay ~61 s)."""
