@@ -6,7 +6,8 @@ underneath, with one legend entry for all of them (clicking it hides them). A gr
 are all coloured and named by their grid value (`activation=relu`), as in the report's
 Figures 1-12. Hovering any line shows its trial number, the epoch, the value and the
 trial's parameters. Pruned and failed trials are dotted; a trial with a single epoch (pruned
-after it) is a marker, since a one-point line draws nothing. A loss axis is ranged to the bulk
+after it) is a marker, since a one-point line draws nothing; the legend has a key for each
+(state_keys). A loss axis is ranged to the bulk
 of the curves (style.bulk_ceiling): points far above it are drawn at its top edge as
 triangles, with a note saying how many; if nothing sticks out but the losses span over 100
 times, the axis turns logarithmic.
@@ -19,16 +20,16 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from reports.style import (BEST_COLOURS, OTHERS_GREY, OTHERS_MARKER, bulk_ceiling, cut_axis,
-                           log_axis_if_wide, metric_name, short, tidy)
+from reports.style import (BEST_COLOURS, HOVER_LINE_HINT, OTHERS_GREY, OTHERS_MARKER,
+                           bulk_ceiling, cut_axis, log_axis_if_wide, metric_name, short, tidy)
 from reports.table import ranked_trials, study_setting
 from reports.trial_data import trial_curves, trial_value
 
-CURVES = {  # figure name -> (trial_curves key, title, y-axis title with unit)
-    "train_loss": ("train_loss", "training loss", "loss (cross-entropy)"),
-    "val_loss": ("val_loss", "validation loss", "loss (cross-entropy)"),
-    "train_acc": ("train_acc", "training accuracy", "accuracy (fraction)"),
+CURVES = {  # figure name -> (trial_curves key, title, y-axis title with unit); objective first
     "val_acc": ("val_acc", "validation accuracy", "accuracy (fraction)"),
+    "train_acc": ("train_acc", "training accuracy", "accuracy (fraction)"),
+    "val_loss": ("val_loss", "validation loss", "loss (cross-entropy)"),
+    "train_loss": ("train_loss", "training loss", "loss (cross-entropy)"),
 }
 BEST_K = 5  # trials drawn in colour in a search (at most len(BEST_COLOURS))
 
@@ -71,8 +72,7 @@ def learning_curves(study: optuna.Study) -> dict[str, go.Figure]:
     epochs = max((len(c["val_acc"]) for c in curves.values()), default=1)
     grid = bool(study_setting(study, "grid"))
     legend_title = ("" if grid or not coloured else
-                    f"best {len(coloured)} by max {metric_name(study)} (hover a line for its "
-                    "parameters)")
+                    f"best {len(coloured)} by max {metric_name(study)}{HOVER_LINE_HINT}")
     figures = {}
     for name, (key, title, y_title) in CURVES.items():
         values = {number: c.get(key, []) for number, c in curves.items()}
@@ -88,6 +88,8 @@ def learning_curves(study: optuna.Study) -> dict[str, go.Figure]:
                                         hoverinfo="skip", name=f"other trials ({len(others)})",
                                         legendrank=999, marker=dict(color=OTHERS_MARKER, size=5),
                                         line=dict(color=OTHERS_GREY, width=1)))
+        for key_trace in state_keys(trials):
+            figure.add_trace(key_trace)
         ranked = list(coloured.items())
         for rank in reversed(range(len(ranked))):  # the best trial is drawn last, on top
             number, label = ranked[rank]
@@ -104,6 +106,31 @@ def learning_curves(study: optuna.Study) -> dict[str, go.Figure]:
             log_axis_if_wide(figure, drawn)
         figures[f"curves_{name}"] = figure
     return figures
+
+
+KEY_COLOUR = "#555555"   # the legend's keys for how a trial ended: no trial's colour
+
+
+def state_keys(trials: list[FrozenTrial]) -> list[go.Scatter]:
+    """Legend entries that say how a line shows how its trial ended, for the cases drawn: a
+    dotted line is a trial not complete (pruned; failed, or still running), a lone dot one
+    pruned after its first epoch. They draw nothing themselves (their one point is None)."""
+    epochs = {t.number: len(trial_curves(t).get("val_acc", [])) for t in trials}
+    dotted = sorted({t.state.name.lower() for t in trials
+                     if t.state != TrialState.COMPLETE and epochs[t.number] > 1},
+                    key=lambda state: (state != "pruned", state))   # pruned first
+    keys = []
+    if dotted:
+        words = (", ".join(dotted[:-1]) + " or " if len(dotted) > 1 else "") + dotted[-1]
+        keys.append(go.Scatter(x=[None], y=[None], mode="lines", hoverinfo="skip",
+                               showlegend=True, legendrank=1001, name=f"dotted: {words}",
+                               line=dict(color=KEY_COLOUR, width=1.5, dash="dot")))
+    if any(t.state == TrialState.PRUNED and epochs[t.number] == 1 for t in trials):
+        keys.append(go.Scatter(x=[None], y=[None], mode="markers", hoverinfo="skip",
+                               showlegend=True, legendrank=1002,
+                               name="a dot: pruned after epoch 1",
+                               marker=dict(color=KEY_COLOUR, size=7)))
+    return keys
 
 
 def _trace(trial: FrozenTrial, values: list[float], title: str, ceiling: float | None, *,

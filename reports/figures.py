@@ -1,6 +1,6 @@
 """Study -> the report's plotly figures, read from the storage alone (no retraining).
 
-- learning curves (reports/curves.py): train/val loss and accuracy against epoch
+- learning curves (reports/curves.py): val/train accuracy and loss against epoch
   (Figures 1-12);
 - against patch size, when it varies: parameters, avg train and val seconds (Figures 13-15);
 - Optuna's optimization history, parameter importances and parallel coordinates, with the
@@ -34,6 +34,8 @@ PATCH_FIGURES = {  # figure name -> (trial_value name, title, y-axis title with 
     "patch_val_seconds": ("avg_val_seconds", "validation time against patch size",
                           "validation time per epoch (seconds)"),
 }
+READING_ORDER = ("curves_val_acc", "optimization_history", "curves_train_acc",
+                 "curves_val_loss", "curves_train_loss")   # then the others as made
 WEIGHT_ARTIFACT = "first_layer.npy"  # uploaded by search/objective.py while the trial trains
 
 
@@ -101,14 +103,17 @@ def optuna_figures(study: optuna.Study, notes: list[str] | None = None) -> dict[
 
 
 def study_figures(study: optuna.Study, notes: list[str] | None = None) -> dict[str, go.Figure]:
-    """Every plotly figure of a study, by file-friendly name, in the report's order."""
+    """Every plotly figure of a study, by file-friendly name, in the report's order: the
+    objective first (validation accuracy per epoch, then per trial: READING_ORDER), then the
+    other curves, the patch-size figures and the rest of Optuna's."""
     notes = [] if notes is None else notes
     figures = learning_curves(study)
     if not curve_trials(study):
         notes.append("learning curves are empty: no trial has finished an epoch")
     figures.update(patch_size_figures(study))
     figures.update(optuna_figures(study, notes))
-    return figures
+    first = [name for name in READING_ORDER if name in figures]
+    return {name: figures[name] for name in first + [n for n in figures if n not in first]}
 
 
 def best_pictures(study: optuna.Study, artifact_root: str | Path,
@@ -127,7 +132,7 @@ def best_pictures(study: optuna.Study, artifact_root: str | Path,
     weight = load_first_layer(best, artifact_root)
     if weight is None:
         notes.append(f"first-layer pictures skipped: trial {best.number} has no "
-                     f"{WEIGHT_ARTIFACT} in {artifact_root}")
+                     f"{WEIGHT_ARTIFACT} in the study's artifact folder")  # no machine path
         return {}
     model = study_model(study)
     return {f"{name}_trial{best.number}": picture_png(model, weight, gray)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +21,20 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from reports.audit import audit_html, audit_markdown, read_audit
 from reports.captions import figure_text, picture_text
+from reports.counts import count_trials
 from reports.figures import best_pictures, study_figures
 from reports.png import PngError, write_pngs
-from reports.table import (DATA_SIZES_ATTR, REPEAT_ATTR, ReportError, constant_columns,
-                           display_table, load_study, study_model, study_setting, text_columns,
-                           to_csv, to_markdown, top_table)
-from storage import artifact_dir
+from reports.study_data import (DATA_SIZES_ATTR, budget_text, data_name, model_name,
+                                sizes_text, study_setting)
+from reports.summary import parameters_text, time_text
+from reports.table import (ReportError, constant_columns, display_table, load_study,
+                           study_model, text_columns, to_csv, to_markdown, to_text,
+                           top_table)
+from storage import artifact_dir, open_store
 
-FORMATS = ("markdown", "csv", "html")
+FORMATS = ("text", "markdown", "csv", "html")   # text: for a terminal (to_text)
 
 
 @dataclass
@@ -39,25 +45,36 @@ class Written:
 
 
 def render_report(storage_url: str, study_name: str, top: int = 8, fmt: str = "markdown",
-                  include_pruned: bool = False) -> str:
-    """The report of one study as text: Markdown or CSV table, or a whole HTML page."""
+                  include_pruned: bool = False, width: int = 80) -> str:
+    """The report of one study as text: a table for a terminal `width` columns wide (its
+    sentences wrapped to it), Markdown or CSV, or a whole HTML page."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    study = load_study(storage_url, study_name)
+    store = open_store(storage_url, readonly=True)
+    study = load_study(storage_url, study_name, store=store)
     table = top_table(study, top, include_pruned)
+    audit = read_audit(store, study, top)   # STUDY-audit's findings, where it has one
+    if fmt == "text":
+        counts = count_trials(study.get_trials(deepcopy=False)).summary()
+        lines = textwrap.wrap(f"Study {study.study_name!r}, {study_model(study)}: {counts}.",
+                              width, subsequent_indent="    ")
+        return "\n".join([*lines, *to_text(table, width)]) + (
+            f"\n\n{audit_markdown(audit)}" if audit else "")
     if fmt == "markdown":
-        return to_markdown(table)
+        return to_markdown(table) + (f"\n\n{audit_markdown(audit)}" if audit else "")
     if fmt == "csv":
         return to_csv(table)
     notes: list[str] = []
     figures = study_figures(study, notes)
     pictures = best_pictures(study, artifact_dir(storage_url), notes)
-    return page_html(study, table, figures, pictures, notes)
+    return page_html(study, table, figures, pictures, notes,
+                     sections=[audit_html(audit)] if audit else [])
 
 
 PAGE_STYLE = (  # the table scrolls inside its own box: the page itself never gets wider
     "body{font-family:sans-serif;margin:1.5em;max-width:1200px;line-height:1.4}"
     "h1{font-size:1.5em}.caption{color:#444;margin:.2em 0 .6em}"
+    "ul.header{list-style:none;padding:0;margin:0 0 1em}ul.header li{margin:.25em 0}"
     ".table-box{max-width:100%;overflow-x:auto}table{border-collapse:collapse;font-size:.9em}"
     "td,th{border:1px solid #ccc;padding:.2em .4em}th{white-space:normal;vertical-align:bottom}"
     "td.number,th.number{text-align:right}td.text,th.text{text-align:left}"
@@ -65,15 +82,17 @@ PAGE_STYLE = (  # the table scrolls inside its own box: the page itself never ge
 
 
 def page_html(study: optuna.Study, table: pd.DataFrame, figures: dict[str, go.Figure],
-              pictures: dict[str, bytes], notes: list[str] = ()) -> str:
-    """One self-contained page: a header saying what was run on what, the table, every
-    figure (one plotly.js copy) and picture, each with a heading and a one-line caption."""
+              pictures: dict[str, bytes], notes: list[str] = (), sections: list[str] = ()
+              ) -> str:
+    """One self-contained page: a header saying what was run on what, the table, `sections`
+    (HTML: the pruning audit), every figure (one plotly.js copy) and picture, each with a
+    heading and a one-line caption."""
     title = html.escape(f"optuna-search report: {study.study_name}")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<style>{PAGE_STYLE}</style></head><body><h1>{title}</h1>",
-             *(f"<p class='header'>{html.escape(line)}</p>" for line in header_lines(study)),
-             "<h2>Best trials</h2>", table_html(table)]
+             header_html(header_lines(study)), "<h2>Best trials</h2>", table_html(table),
+             *sections]
     parts.append("<h2>Figures</h2>")
     for index, (name, figure) in enumerate(figures.items()):
         heading, caption = figure_text(name)
@@ -94,25 +113,32 @@ def page_html(study: optuna.Study, table: pd.DataFrame, figures: dict[str, go.Fi
 
 
 def header_lines(study: optuna.Study) -> list[str]:
-    """What was run on what: the model and search, the data and its split, the trials."""
-    setting = lambda key: study_setting(study, key)  # noqa: E731
-    search = ", ".join(f"{k} {setting(k)}" for k in ("space", "sampler", "pruner")
-                       if setting(k))
-    changed = "; ".join(f"{k} {setting(k)}" for k in ("fixed", "grid") if setting(k))
-    lines = [f"Model {study_model(study)}, {setting('epochs') or '?'} epochs per trial"
-             f"{', ' + search if search else ''}{'; ' + changed if changed else ''}"
-             f"{', seed ' + str(setting('seed')) if setting('seed') is not None else ''}."]
-    sizes = study.user_attrs.get(DATA_SIZES_ATTR)
-    split = (f"{sizes['train']:,} train / {sizes['val']:,} validation / {sizes['test']:,} "
-             "test images" if sizes else "split sizes not recorded (a study run before they "
-             "were)")
-    lines.append(f"Data: {setting('data') or 'not recorded'}, {split}.")
-    states = pd.Series([t.state.name.lower() for t in study.trials]).value_counts()
-    repeats = sum(REPEAT_ATTR in t.user_attrs for t in study.trials)
-    lines.append("Trials: " + (", ".join(f"{n} {s}" for s, n in states.items()) or "none")
-                 + (f" ({repeats} of them repeats of a trained configuration)"
-                    if repeats else "") + ".")
+    """What was run on what, one line each, in words (never a machine path): the model and
+    its size, the search's budget, the data and its split, the trials per state (as every
+    summary counts them: reports/counts.py), the time it took. The dashboard's study note
+    says the same lines (reports/study_note.py); a new fact is a line added here."""
+    trials = study.get_trials(deepcopy=False)
+    size = parameters_text(trials)
+    split = (sizes_text(study.user_attrs.get(DATA_SIZES_ATTR))
+             or "split sizes not recorded (a study run before they were)")
+    lines = [f"Model: {model_name(study_model(study))}{', ' + size if size else ''}.",
+             f"Search: {budget_text(study)}.",
+             f"Data: {data_name(study_setting(study, 'data'))}, {split}.",
+             f"Trials: {count_trials(trials).summary()}."]
+    time = time_text(trials)
+    if time:
+        lines.append(f"Time: {time}.")
     return lines
+
+
+def header_html(lines: list[str]) -> str:
+    """The header's lines as a list, each led by its label in bold ('Model: ...')."""
+    items = []
+    for line in lines:
+        label, colon, text = line.partition(": ")
+        items.append(f"<li><b>{html.escape(label)}:</b> {html.escape(text)}</li>" if colon
+                     else f"<li>{html.escape(line)}</li>")
+    return f"<ul class='header'>{''.join(items)}</ul>"
 
 
 def table_html(table: pd.DataFrame) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from reports.style import for_print
 from storage import first_line
 
 PNG_WIDTH, PNG_HEIGHT = 1000, 600   # pixels: readable text, legend below the plot
@@ -47,7 +48,8 @@ def missing_renderer() -> str | None:
 
 
 def write_pngs(figures: dict[str, go.Figure], out: Path) -> list[Path]:
-    """out/NAME.png for every figure, PNG_WIDTH x PNG_HEIGHT, in one browser session."""
+    """out/NAME.png for every figure, PNG_WIDTH x PNG_HEIGHT, in one browser session; a
+    still picture says nothing of hovering (style.for_print)."""
     reason = missing_renderer()
     if reason:
         raise PngError(reason)
@@ -58,7 +60,8 @@ def write_pngs(figures: dict[str, go.Figure], out: Path) -> list[Path]:
     os.environ.setdefault("BROWSER_PATH", chromium_path())
     paths = [out / f"{name}.png" for name in figures]
     try:
-        pio.write_images(list(figures.values()), paths, width=PNG_WIDTH, height=PNG_HEIGHT)
+        pio.write_images([for_print(f) for f in figures.values()], paths, width=PNG_WIDTH,
+                         height=PNG_HEIGHT)
     except Exception as error:  # a browser that will not start, a renderer crash
         raise PngError(f"{type(error).__name__}: {first_line(error, 150)}") from error
     return paths

@@ -25,6 +25,9 @@ BULK_QUANTILE = 0.9          # of the drawn points, weighted as below: the axis 
 BULK_MARGIN = 1.15           # ... with this much headroom
 CLIP_WHEN_OVER = 1.5         # clip only when the highest point is this far above the ceiling
 MARGIN = dict(l=64, r=16, t=40, b=8)  # pixels; automargin adds room for the legend below
+# What only a live figure can do, said in its text; a picture of it (PNG) leaves these out.
+HOVER_LINE_HINT = " (hover a line for its parameters)"
+HOVER_VALUE_HINT = " (hover for values)"
 
 
 def metric_name(study: optuna.Study) -> str:
@@ -97,10 +100,28 @@ def cut_axis(figure: go.Figure, values: Iterable[float], ceiling: float) -> int:
     pad = 0.04 * (ceiling - low) or 0.05 * abs(ceiling) or 0.05
     figure.update_yaxes(range=[low - pad, ceiling + pad])
     figure.add_annotation(text=f"▲ {above} point{'s' * (above != 1)} above {ceiling:.3g}, "
-                               "drawn at the top edge (hover for values)",
+                               f"drawn at the top edge{HOVER_VALUE_HINT}",
                           xref="paper", yref="paper", x=1, y=1, xanchor="right",
                           yanchor="bottom", showarrow=False, font=dict(size=11, color="#555"))
     return above
+
+
+def for_print(figure: go.Figure) -> go.Figure:
+    """A copy of `figure` for a still picture: without the hints that only make sense in a
+    live figure (hovering), which a PNG cannot do."""
+    still = go.Figure(figure)
+    legend_title = still.layout.legend.title.text
+    if legend_title:
+        still.update_layout(legend_title_text=_without_hints(legend_title))
+    for annotation in still.layout.annotations:
+        annotation.text = _without_hints(annotation.text or "")
+    return still
+
+
+def _without_hints(text: str) -> str:
+    for hint in (HOVER_LINE_HINT, HOVER_VALUE_HINT):
+        text = text.replace(hint, "")
+    return text
 
 
 def short(value) -> str:

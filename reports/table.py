@@ -13,12 +13,14 @@ momentum, so its momentum is blank ("-" in Markdown).
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from reports.study_data import DATA_SIZES_ATTR, study_setting  # noqa: F401 (importers)
 from reports.trial_data import has_config, trial_config, trial_value
 from storage import Store, open_store
 
@@ -41,7 +43,6 @@ MODEL_PARAMS = {
 # search/objective.py answers a trial whose parameters a finished trial was trained with from
 # that trial's result, without training, and marks it with the original's number.
 REPEAT_ATTR = "repeat_of"
-DATA_SIZES_ATTR = "data_sizes"  # study user attr: {"train": n, "val": n, "test": n} images
 METRICS = [("max train acc", "max_train_acc"), ("max val acc", "max_val_acc"),
            ("test acc", "test_acc"), ("epochs run", "epochs_run")]
 ACCURACY_COLUMNS = ("max train acc", "max val acc", "test acc")
@@ -60,12 +61,6 @@ def load_study(storage_url: str, study_name: str, store: Store | None = None) ->
         known = ", ".join(names) if names else "none"
         raise ReportError(f"no study {study_name!r} in {store.name} (studies: {known})")
     return optuna.load_study(study_name=study_name, storage=store.optuna)
-
-
-def study_setting(study: optuna.Study, key: str, default: Any = None) -> Any:
-    """A value of the settings the study was made with (search/study.py writes them into
-    the user attr "optuna_search"), e.g. its "model" or "grid"."""
-    return (study.user_attrs.get("optuna_search") or {}).get("spec", {}).get(key, default)
 
 
 def study_model(study: optuna.Study) -> str:
@@ -174,6 +169,51 @@ def constant_columns(table: pd.DataFrame) -> dict[str, str]:
     shown = display_table(table)
     return {c: shown[c].iloc[0] for c in table.columns
             if c not in ("rank", "trial") and shown[c].nunique() == 1}
+
+
+# A terminal's table (`report` on a terminal): short headers, so that a model's top 8 fit 100
+# columns; the long names stay in Markdown, CSV and HTML. A short name that is no plain word
+# is explained in the table's key.
+SHORT = {"rank": "#", "batch size": "bs", "learning rate": "lr", "optimizer": "opt",
+         "momentum": "mom", "weight decay": "wd", "schedule": "sched", "embed dim": "dim",
+         "drop rate": "drop", "patch size": "patch", "activation": "act",
+         "max train acc": "train", "max val acc": "val", "test acc": "test", "epochs run": "ep"}
+KEYED = ("bs", "opt", "mom", "wd", "sched", "dim", "drop", "act", "ep")
+ACCURACY_KEY = ("train, val: the best accuracy of any epoch; test: with the best val epoch's "
+                "weights")
+RANKING = "Ranked by max validation accuracy (chosen on validation, never on test)."
+
+
+def to_text(table: pd.DataFrame, width: int = 80) -> list[str]:
+    """The table for a terminal, as lines: the columns equal in every row said once above it
+    (constant_columns), short headers, words left and numbers right, and a key below; the
+    sentences wrapped to `width` columns."""
+    constant = constant_columns(table)
+    rest = table.drop(columns=list(constant))
+    words = set(text_columns(rest))
+    headers = [SHORT.get(c, c) for c in rest.columns]
+    grid = aligned(headers, display_table(rest).to_numpy().tolist(),
+                   left=[c in words for c in rest.columns])
+    lines = [RANKING]
+    if constant:
+        lines.append("In every row: " + ", ".join(f"{k} {v}" for k, v in constant.items())
+                     + ".")
+    keys = [f"{h} {long}" for long, h in SHORT.items() if h in KEYED and h in headers]
+    key = "Key: " + "; ".join([ACCURACY_KEY, *([", ".join(keys)] if keys else [])]) + "."
+    wrap = lambda text: textwrap.wrap(text, width, subsequent_indent="    ")  # noqa: E731
+    return [*(part for line in lines for part in wrap(line)), *grid, *wrap(key)]
+
+
+def aligned(headers: list[str], rows: list[list[str]], left: list[bool]) -> list[str]:
+    """Text cells in columns two spaces apart, each as wide as its widest cell (tabulate
+    pads every column by two more), under a rule of dashes; words left, numbers right."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells) -> str:
+        return "  ".join(f"{cell:<{w}}" if is_left else f"{cell:>{w}}"
+                         for cell, w, is_left in zip(cells, widths, left)).rstrip()
+
+    return [line(headers), line("-" * w for w in widths), *(line(row) for row in rows)]
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -1,8 +1,10 @@
 """What runs next, decided from the storage alone, under the study's lock (storage/lock.py).
 
-- heartbeat-stale trials (their process died) are failed and queued again as retries, and
+- heartbeat-stale trials (their process died; or it died before their first beat, and they
+  started over the grace period ago) are failed and queued again as retries, and
   a failed trial whose retry was lost (its failer killed in between) is queued again;
-- a grid study runs its queued points (put in the storage once, by search/study.py);
+- a grid study runs its queued points (put in the storage once, by search/study.py), and an
+  audit the pruned trials search/audit.py queued;
 - any other study runs a queued trial (a retry, a published row) or samples a new one while
   finished (COMPLETE + PRUNED) + running trials stay below the study's target, and its space
   has configurations left; a repeat of a trained configuration does not count (it trains
@@ -49,8 +51,11 @@ def tally(study: optuna.Study, settings: RunSettings) -> Tally:
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     repeats = sum(REPEAT_ATTR in t.user_attrs for t in trials if t.state in FINISHED)
     spec = settings.spec
-    target = len(spec.grid_points) if spec.grid else study.user_attrs[TARGET_ATTR]
-    space = None if spec.grid else get_space(spec.model).size(spec.space, spec.fixed)
+    if spec.audit_of is not None:   # the pruned trials search/audit.py queued
+        target = study.user_attrs.get(TARGET_ATTR, 0)
+    else:
+        target = len(spec.grid_points) if spec.grid else study.user_attrs[TARGET_ATTR]
+    space = None if spec.queued_only else get_space(spec.model).size(spec.space, spec.fixed)
     return Tally(count[TrialState.COMPLETE] + count[TrialState.PRUNED] - repeats,
                  count[TrialState.RUNNING], count[TrialState.WAITING], target, repeats, space)
 
@@ -58,14 +63,14 @@ def tally(study: optuna.Study, settings: RunSettings) -> Tally:
 def is_done(study: optuna.Study, settings: RunSettings) -> bool:
     """Nothing left to run: the target is met, or a grid's queue is empty and none runs."""
     t = tally(study, settings)
-    if settings.spec.grid:
+    if settings.spec.queued_only:
         return not t.waiting and not t.running
     return t.finished >= t.target or t.exhausted
 
 
 def progress_line(study: optuna.Study, settings: RunSettings) -> str:
     t = tally(study, settings)
-    what = "grid points" if settings.spec.grid else "trials"
+    what = "grid points" if settings.spec.grid and not settings.spec.audit_of else "trials"
     line = f"{t.finished} of {t.target} {what} finished"
     busy = [f"{n} {name}" for n, name in ((t.running, "running"), (t.waiting, "queued")) if n]
     return line + (f" ({', '.join(busy)})" if busy else "")
@@ -76,7 +81,7 @@ def claim(study: optuna.Study, store: Store, settings: RunSettings):
     heartbeat = store.heartbeat_seconds is not None
     store.fail_stale_trials(study)   # and queues a retry its failer died before queuing
     t = tally(study, settings)
-    if settings.spec.grid:
+    if settings.spec.queued_only:
         if t.waiting:
             return _ask(study, store)
         # Without a heartbeat a dead process's trial stays RUNNING for ever: don't wait on it.

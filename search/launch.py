@@ -32,11 +32,13 @@ from search import child
 from search.errors import USER_ERRORS
 from search.progress import LineSender, print_summary, quiet_optuna
 from search.claim import is_done, progress_line, tally
+from search.cpu_cost import cpu_line
 from search.interrupts import check_stop, note_stop, stop_requested
 from search.run import RunResult, load_data, run_process, with_loaded_data
 from search.settings import RunSettings
 from search.study import grid_failures, open_study
-from search.terminal import say
+from search.terminal import say, transient
+from search.train.trainer import pick_device
 from storage import redact
 
 POLL_SECONDS = 0.2      # how often the parent looks at its workers while no line arrives
@@ -70,17 +72,27 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
     out = sys.stdout if out is None else out  # looked up now: tests and callers swap stdout
     quiet_optuna()
     if data is None:
-        data = load_data(settings, say=lambda line: say(out, line))
+        with transient(out) as note:   # a first decode's note: the data's line replaces it
+            data = load_data(settings, say=note)
     settings = with_loaded_data(settings, data)
     opened = open_study(settings, new_run=False)   # made here, once; runners start runs in it
     study = opened.study
-    where = f"study {settings.study_name!r} in {opened.store.name}"
-    say(out, f"{where}: {progress_line(study, settings)}; data {data.describe()}")
+    # The data, named once (the command's first line named the study), and where a resumed
+    # study stands; then, without a GPU, what the search will cost.
+    t = tally(study, settings)
+    resumed = t.finished or t.running or t.waiting or t.repeats
+    say(out, f"data {data.describe()}"
+        + (f"; {progress_line(study, settings)}" if resumed else ""))
     if is_done(study, settings):
-        say(out, "every grid point is already done; nothing to run" if settings.spec.grid else
+        say(out, "every queued trial is done; nothing to run" if settings.spec.audit_of else
+            "every grid point is already done; nothing to run" if settings.spec.grid else
             "the study's target is met; nothing to run (a larger --trials extends it)")
         return report(Outcome(), study, settings, out)
 
+    if not settings.ray and pick_device(settings.device).type == "cpu":
+        left = (len(settings.spec.grid_points) if settings.spec.grid else t.target) - t.finished
+        say(out, cpu_line(settings.spec, left, len(data.train), len(data.val),
+                          torch.get_num_threads(), settings.workers))
     outcome = Outcome()
     check_stop()  # a stop whose KeyboardInterrupt was lost (a finalizer): no runner starts
     if settings.ray:
@@ -113,7 +125,8 @@ def report(outcome: Outcome, study: optuna.Study, settings: RunSettings, out) ->
         return 130
     for message in dict.fromkeys(outcome.stopped):
         say(sys.stderr, f"optuna-search: stopped: {message}")
-    exhausted = grid_failures(study, settings.spec) if settings.spec.grid else []
+    exhausted = (grid_failures(study, settings.spec)
+                 if settings.spec.grid and not settings.spec.audit_of else [])
     if exhausted:
         points = "; ".join(",".join(f"{k}={v}" for k, v in p.items()) for p in exhausted)
         say(sys.stderr, f"optuna-search: grid points that failed every try: {points} (see "

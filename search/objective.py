@@ -3,12 +3,16 @@
 suggest -> build -> train (trial.report / should_prune each epoch) -> attributes + artifacts.
 Value: the best validation accuracy over the epochs. Every finished or pruned trial keeps its
 results in user_attrs (reports/trial_data.RESULTS: what the dashboard's trial page shows, one
-box without scrolling) and the rest (curves, config, timings, epochs run) in system attrs;
-reports read both through reports/trial_data.py, from the storage alone.
+box without scrolling, rounded to 4 significant digits) and the rest (curves, config, timings,
+epochs run, the unrounded results) in system attrs; reports read both through
+reports/trial_data.py, from the storage alone. Its artifacts: the first-layer weight and
+pictures, and pictures of its learning curves (acc_curves.svg, loss_curves.svg), for its
+trial page.
 """
 from __future__ import annotations
 
 import gc
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +23,11 @@ import optuna
 import torch
 
 from reports.pictures import save_first_layer_picture
+from reports.curve_picture import trial_pictures
 from reports.table import REPEAT_ATTR
 from reports.trial_data import (CAPTURE, CONFIG, CURVES, EPOCHS_RUN, FAIL_REASON,
-                                FAIL_REASON_ATTR, TIMING, one_line)
+                                FAIL_REASON_ATTR, FULL_RESULTS, MODEL_SIZE_ATTR, PARAMETERS,
+                                TIMING, model_size_text, one_line, significant)
 from search.train.checkpoint import Checkpoint
 from search.train.data import Dataset
 from search.train.gpu_share import stuck_memory
@@ -36,6 +42,7 @@ from storage import (Store, StorageFailure, StorageFault, StorageUnavailable, Tr
 WEIGHT_ARTIFACT = "first_layer.npy"
 PICTURE_ARTIFACT = "first_layer.png"
 GRAY_PICTURE_ARTIFACT = "first_layer_gray.png"  # ResNet18 only
+VALUE_NOTE_ATTR = "value_note"  # a pruned trial's: its Value is its last epoch's, not its best
 INTERRUPT_FLUSH_SECONDS = 2.0   # Ctrl-C: how long the last epochs may take to land
 PRUNE_WAIT_SECONDS = 1.0        # how long an epoch waits for its writes before the pruner
 LAND_MARGIN_SECONDS = 5.0       # beyond the storage's patience, for the writes in the queue
@@ -71,7 +78,9 @@ class Objective:
         run.store.set_system_attr(trial, CONFIG, _jsonable(config.as_dict()))
         torch.manual_seed(spec.seed)  # same initial weights for every trial: only params differ
         model = build(spec.model, config)
-        trial.set_user_attr("parameters", parameter_count(model))
+        size = parameter_count(model)
+        run.store.set_system_attr(trial, PARAMETERS, size)         # the count, for reports
+        trial.set_user_attr(MODEL_SIZE_ATTR, model_size_text(size))  # in words, for the page
         checkpoint = self._checkpoint(trial)
         # A retry inherits the epochs its first try reported; it reports each epoch its
         # checkpoint holds (or it trains) that the storage lacks, once.
@@ -125,6 +134,7 @@ class Objective:
             trial.set_user_attr("diverged", one_line(str(error)))
             # The curves of the finished epochs are already stored by on_epoch; say how many.
             run.store.set_system_attr(trial, EPOCHS_RUN, len(reported))
+            self._explain_pruned_value(trial)
             reason = f"diverged: {error}"
             model = None  # the raised exception's traceback keeps this frame, not the model
             self._cleanup(checkpoint)
@@ -160,13 +170,14 @@ class Objective:
         self.progress.finishing(("pruned; " if result.stopped_early else "")
                                 + "saving curves and first-layer pictures")
         self._save_summary(trial, result)
-        self._save_first_layer(trial, model)  # the best epoch's weights, pruned or not
+        self._save_pictures(trial, model, result)  # the best epoch's weights, pruned or not
         model = None  # a raised TrialPruned's traceback keeps this frame, not the model
         self._cleanup(checkpoint)
         if result.stopped_early:
             reason = (pruned_because[-1] if pruned_because
                       else f"pruned after epoch {result.epochs[-1].epoch}")
             trial.set_user_attr(PRUNE_REASON, reason)
+            self._explain_pruned_value(trial)
             raise optuna.TrialPruned(reason)
         return result.best_val_acc
 
@@ -174,13 +185,16 @@ class Objective:
         store, curves = self.run.store, result.curves()
         store.set_system_attr(trial, CURVES, curves)
         store.set_system_attr(trial, EPOCHS_RUN, len(result.epochs))
-        # What a person reads on the trial page: user attributes (trial_data.RESULTS).
-        trial.set_user_attr("max_val_acc", max(curves["val_acc"]))
-        trial.set_user_attr("max_train_acc", max(curves["train_acc"]))
-        trial.set_user_attr("best_epoch", result.best_epoch)
+        # What a person reads on the trial page: user attributes (trial_data.RESULTS), rounded
+        # to 4 significant digits; the reports read the full values (FULL_RESULTS).
+        results = {"max_val_acc": max(curves["val_acc"]),
+                   "max_train_acc": max(curves["train_acc"])}
         if result.test_acc is not None:
-            trial.set_user_attr("test_acc", result.test_acc)
-            trial.set_user_attr("test_loss", result.test_loss)
+            results.update(test_acc=result.test_acc, test_loss=result.test_loss)
+        store.set_system_attr(trial, FULL_RESULTS, results)
+        for name, value in results.items():
+            trial.set_user_attr(name, significant(value))
+        trial.set_user_attr("best_epoch", result.best_epoch)
         # Per-epoch means without the warm-up epochs (the first one autotunes kernels and
         # fills caches; so does the first after a resume), which are kept apart. Seconds.
         timing = {"avg_train_seconds": result.steady_train_seconds,
@@ -195,14 +209,25 @@ class Objective:
             store.set_system_attr(trial, CAPTURE,
                                   {k: v for k, v in capture.items() if v is not None})
 
-    def _save_first_layer(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
-        """The best epoch's first-layer weight (.npy) and its pictures (.png) as artifacts,
-        linked to the trial by Optuna itself (reports/trial_data.artifact_id finds them)."""
+    def _explain_pruned_value(self, trial: optuna.Trial) -> None:
+        """Optuna gives a pruned trial the value of its last epoch, while its prune reason
+        names its best: say so on its page when the two differ (the sampler and the pruner
+        still see what Optuna records)."""
+        note = pruned_value_note(self.run.store.trial(trial))
+        if note:
+            trial.set_user_attr(VALUE_NOTE_ATTR, note)
+
+    def _save_pictures(self, trial: optuna.Trial, model: torch.nn.Module,
+                       result: TrainResult) -> None:
+        """The best epoch's first-layer weight (.npy) and its pictures (.png), and the
+        trial's learning curves (.svg, reports/curve_picture.py), as artifacts linked to the
+        trial by Optuna itself (reports/trial_data.artifact_id finds them)."""
         name = self.spec.model
         weight = first_layer_weight(name, model).detach().float().cpu().numpy()
         with tempfile.TemporaryDirectory() as folder:
             try:
                 paths = _render_first_layer(name, weight, Path(folder))
+                paths += _render_curves(trial.number, result, Path(folder))
             except OSError as error:   # a full temporary disk (TMPDIR): one line, exit 1
                 raise StorageFailure(
                     f"{folder_fault('temporary', Path(folder).parent, error)} while saving "
@@ -238,6 +263,29 @@ def _render_first_layer(name: str, weight: np.ndarray, folder: Path) -> list[Pat
         paths.append(save_first_layer_picture(name, weight, folder / GRAY_PICTURE_ARTIFACT,
                                               grayscale=True))
     return paths
+
+
+def _render_curves(number: int, result: TrainResult, folder: Path) -> list[Path]:
+    """The trial's learning curves as SVG files in `folder` (reports/curve_picture.py)."""
+    paths = []
+    for name, svg in trial_pictures(result.curves(), number, result.best_epoch).items():
+        paths.append(folder / name)
+        paths[-1].write_text(svg, encoding="utf-8")
+    return paths
+
+
+def pruned_value_note(trial: optuna.trial.FrozenTrial) -> str | None:
+    """For a trial about to be told PRUNED: Optuna will record the val acc of its last epoch
+    as its value; when its best epoch was better, one line saying both, else None."""
+    reported = {e: v for e, v in trial.intermediate_values.items() if not math.isnan(v)}
+    last = trial.last_step
+    if last not in reported:   # no epoch, or a NaN last one: Optuna records no value
+        return None
+    best_epoch = max(reported, key=lambda e: (reported[e], -e))   # the first of equal bests
+    if significant(reported[last]) == significant(reported[best_epoch]):
+        return None
+    return (f"Value {reported[last]:.4g} is epoch {last}'s val acc: Optuna keeps a pruned "
+            f"trial's last; its best: {reported[best_epoch]:.4g}, epoch {best_epoch}")
 
 
 class BrokenDevice(RuntimeError):

@@ -8,7 +8,11 @@ it does (testing, saving pictures). Every line fits the terminal's width (search
 wrapped at spaces by us, never mid-word by the terminal; a terminal reporting 0 columns counts
 as 80). Anywhere else (a log file, a pipe, a worker's lines to its parent): plain lines without
 carriage returns, whole, one per epoch and one per trial. `--quiet`: one line per trial only.
-Accuracies show 4 decimals everywhere.
+Accuracies show 4 decimals everywhere; a value that is missing shows as "-".
+
+The study bar counts trained trials (complete and pruned) against the study's target, as the
+target does; the summary counts every trial by how it ended (reports/counts.py), repeats apart,
+adding up to the number optuna-dashboard lists.
 """
 from __future__ import annotations
 
@@ -22,16 +26,19 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from reports.counts import count_trials
 from reports.trial_data import trial_value
 from search.interrupts import hide_interrupt_traceback
 from search.pruning import PRUNE_REASON
-from search.terminal import DEFAULT_COLUMNS, DEFAULT_ROWS, columns, fit, rows, say
+from search.terminal import DEFAULT_COLUMNS, DEFAULT_ROWS, columns, duration, fit, rows, say
 from storage import DEFAULT_STORAGE, redact
+from storage.retries import RETRY_DUE
 
 ACCURACY = "{:.4f}"
 STUDY_REFRESH_SECONDS = 1.0   # how often the study's ETA follows the steps of an epoch
 TRIAL_BAR = "{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]"
 FINISHING_BAR = "{desc} |{bar}| [{elapsed}]"   # after the last epoch: no "<00:00" left
+Best = tuple[int, float]   # a study's best trial: its number and its value
 
 
 class Progress:
@@ -43,7 +50,7 @@ class Progress:
         self.study_bar: tqdm | None = None
         self.trial_bar: tqdm | None = None
         self.target = self.epochs = self.finished = 0
-        self.best: float | None = None
+        self.best: Best | None = None    # (trial number, value) of the best complete trial
         self.trial_number: int | None = None
         self.epoch = 0                   # epochs finished by the running trial
         self.trial_epochs = 0            # its epochs (a grid over epochs varies them)
@@ -55,13 +62,14 @@ class Progress:
         self._eta_shown = False          # whether that text had an ETA
 
     # ------------------------------------------------------------------ the study
-    def study(self, finished: int, target: int, epochs: int, best: float | None) -> None:
-        """The study as it stands when this process starts running trials."""
+    def study(self, finished: int, target: int, epochs: int, best: Best | None) -> None:
+        """The study as it stands when this process starts running trials: `finished` trained
+        trials of its `target`, and its best trial (number, value)."""
         self.finished, self.target, self.epochs, self.best = finished, target, epochs, best
         if self.bars and self.study_bar is None:
             self.study_bar = self._bar(total=target, initial=min(finished, target),
                                        unit="trial", position=0,
-                                       desc=f"study: {min(finished, target)}/{target} trials",
+                                       desc=self._study_count(),
                                        bar_format="{desc} |{bar}|")
             self._study_text()
 
@@ -84,15 +92,19 @@ class Progress:
     def _study_text(self) -> None:
         if self.study_bar is None:
             return
-        parts = [f"study: {min(self.finished, self.target)}/{self.target} trials"]
+        parts = [self._study_count()]
         eta = self.study_eta()
         self._eta_shown = eta is not None
         if eta is not None and self.finished < self.target:
             parts.append(f"ETA {duration(eta)}")
         if self.best is not None:
-            parts.append(f"best val_acc {ACCURACY.format(self.best)}")
+            number, value = self.best
+            parts.append(f"best val_acc {ACCURACY.format(value)} (trial {number})")
         self.study_bar.set_description_str(", ".join(parts), refresh=True)
         self._study_refreshed = time.monotonic()
+
+    def _study_count(self) -> str:
+        return f"study: {min(self.finished, self.target)}/{self.target} trained"
 
     def study_eta(self) -> float | None:
         """Seconds left: the epochs the target still needs at this run's seconds per epoch
@@ -170,7 +182,7 @@ class Progress:
         bar.set_description_str(f"trial {self.trial_number}: {what}", refresh=True)
 
     def trial_finished(self, trial: optuna.trial.FrozenTrial, finished: int,
-                       best: float | None) -> None:
+                       best: Best | None) -> None:
         if self.trial_bar is not None:
             self.trial_bar.close()
             self.trial_bar = None
@@ -222,32 +234,36 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def duration(seconds: float | None) -> str:
-    """12s, 4m05s, 3h12m."""
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def trial_line(trial: optuna.trial.FrozenTrial) -> str:
-    """One line per finished trial: number, state, val acc, seconds, parameters, and why it
-    ended early (pruned: at which epoch, its value against the pruner's threshold)."""
-    value = ACCURACY.format(trial.value) if trial.value is not None else "  -   "
-    seconds = (trial.duration.total_seconds() if trial.duration else 0.0)
-    repeat = trial.user_attrs.get("repeat_of")
+    """One line per finished trial: number, state, val acc, epochs, seconds, parameters, and
+    why it ended early (pruned: at which epoch, its value against the pruner's threshold;
+    interrupted: queued again). A value it has not got reads "-"."""
     attrs = trial.user_attrs
+    epochs_run = trial_value(trial, "epochs_run", len(trial.intermediate_values) or None)
+    value = trial.value
+    if value is None and trial.intermediate_values:   # stopped mid-way: its best so far
+        value = max(trial.intermediate_values.values())
+    seconds = trial.duration.total_seconds() if trial.duration else None
+    repeat = attrs.get("repeat_of")
     reason = (f"repeat of trial {repeat}: not trained" if repeat is not None else
               attrs.get(PRUNE_REASON) or attrs.get("diverged")
-              or trial_value(trial, "fail_reason") or "")
-    epochs = trial_value(trial, "epochs_run", "?")
-    return (f"trial {trial.number:>3} {trial.state.name:<8} val_acc={value} epochs={epochs} "
-            f"{seconds:7.1f}s  {key_values(trial.params)}"
+              or trial_value(trial, "fail_reason") or _interrupted(trial) or "")
+    return (f"trial {trial.number:>3} {trial.state.name:<8} val_acc={_shown(value)} "
+            f"epochs={_shown(epochs_run, '{}')} "
+            f"{_shown(seconds, '{:.1f}s'):>7}  {key_values(trial.params)}"
             f"{'  (' + reason[:160] + ')' if reason else ''}")
+
+
+def _interrupted(trial: optuna.trial.FrozenTrial) -> str | None:
+    """Why a trial failed without an error of its own: Ctrl-C or a signal stopped it, and
+    it was queued again (storage/retries.py marks it so)."""
+    if trial.state == TrialState.FAIL and trial.system_attrs.get(RETRY_DUE):
+        return "interrupted: queued again; the same command resumes it"
+    return None
+
+
+def _shown(value: Any, form: str = ACCURACY) -> str:
+    return "-" if value is None else form.format(value)
 
 
 def key_values(params: dict[str, Any]) -> str:
@@ -263,23 +279,18 @@ def _short(value: Any) -> str:
 
 
 def print_summary(study: optuna.Study, settings, out) -> int:
-    """Trials per state, the best trial, and the command that prints its table; returns 0."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    counts = {s.name: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] += 1
-    repeats = sum("repeat_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
-    states = ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n) or "none"
-    say(out, f"trials: {states}" + (f" ({repeats} of them repeats of trained configurations,"
-                                    " not trained)" if repeats else ""))
+    """Trials by how they ended (repeats apart: reports/counts.py), the best trial, and the
+    command that prints its table; returns 0."""
+    trials = study.get_trials(deepcopy=False)
+    say(out, f"trials: {count_trials(trials).summary()}")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         say(out, "no trial completed yet")
         return 0
     best = study.best_trial
     test = best.user_attrs.get("test_acc")
     say(out, f"best: trial {best.number} val_acc={ACCURACY.format(best.value)}"
-             f"{' test_acc=' + ACCURACY.format(test) if test is not None else ''}"
-             f" {key_values(best.params)}")
+             f" test_acc={_shown(test)} {key_values(best.params)}")
     storage = ("" if settings.storage == DEFAULT_STORAGE
                else f" --storage {redact(settings.storage)}")
     say(out, f"table: optuna-search report {settings.study_name} --top 8{storage}")

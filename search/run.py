@@ -7,8 +7,8 @@ alone), runs it with a heartbeat, records how it ended and saves the study's fig
 optuna-dashboard (at most ~10% of the time: reports/dashboard_figures.py). When nothing can
 be claimed but trials still run elsewhere, the loop waits: one of them may die and come back
 as a retry. A trial that fails is queued again when it was interrupted (Ctrl-C, a signal: it
-resumes from its checkpoint) or is a grid point (3 tries in all); other failures (say, out of
-memory) leave the budget to a new sample.
+resumes from its checkpoint) or is a grid point or an audit's trial (3 tries in all); other
+failures (say, out of memory) leave the budget to a new sample.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from reports.table import DATA_SIZES_ATTR, REPEAT_ATTR
+from reports.study_data import describe_study
+from reports.table import REPEAT_ATTR
 from reports.trial_data import RUN, trial_value
 from search.claim import DONE, WAIT, claim, tally
 from search.errors import StudyMismatch
@@ -78,8 +79,7 @@ def run_process(settings: RunSettings, out, data=None,
         opened = start_run(opened) if opened is not None else open_study(settings)
         study, store = opened.study, opened.store
         sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
-        if study.user_attrs.get(DATA_SIZES_ATTR) != sizes:  # what the report's header says
-            study.set_user_attr(DATA_SIZES_ATTR, sizes)
+        describe_study(study, sizes)  # the split and a line for the dashboard's study card
         objective = Objective(settings.spec, Runtime(
             store, data, device, opened.uid, capture=settings.capture,
             shared_by=settings.device_shared_by, should_stop=stop_requested,
@@ -87,10 +87,12 @@ def run_process(settings: RunSettings, out, data=None,
             checkpoint_every=settings.checkpoint_every if store.heartbeat_seconds else None))
         objective.progress = progress = Progress(out, quiet=settings.quiet)
         said_waiting = False
-        # The dashboard's learning curves, while the search runs; imported here, as plotly
-        # takes ~1 s to import and the command's first line should not wait for it.
+        # The dashboard's learning curves and study note, while the search runs; imported
+        # here, as plotly takes ~1 s to import and the command's first line should not wait.
         from reports.dashboard_figures import LiveFigures
+        from reports.study_note import LiveNote
         figures = LiveFigures(study)
+        note = LiveNote(study, lambda: store.lock(settings.study_name))
         t = tally(study, settings)
         progress.study(t.finished, t.target, settings.spec.epochs, _best(study))
         deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
@@ -115,9 +117,9 @@ def run_process(settings: RunSettings, out, data=None,
                     "host": socket.gethostname(), "pid": os.getpid()})
                 frozen = run_one(opened, claimed, objective, interrupts, settings)
                 progress.trial_finished(frozen, tally(study, settings).finished, _best(study))
-                trouble = figures.after_trial()
-                if trouble:
-                    progress.line(trouble)
+                for trouble in (figures.after_trial(), note.after_trial()):
+                    if trouble:
+                        progress.line(trouble)
                 if _count(result, frozen, interrupts):
                     break
                 # Checked after a trial, not before the first: each process runs at least
@@ -233,7 +235,7 @@ def run_one(opened: OpenStudy, trial: optuna.Trial, objective, interrupts: Inter
     # The FAIL and its retry go in steps that a kill at any point leaves whole (retries.py).
     with store.lock(settings.study_name):
         try:
-            if state == TrialState.FAIL and (interrupted or settings.spec.grid):
+            if state == TrialState.FAIL and (interrupted or settings.spec.queued_only):
                 frozen = store.fail_and_retry(study, trial,
                                               lambda: study.tell(trial, value, state=state))
                 if frozen is None:
@@ -248,9 +250,11 @@ def run_one(opened: OpenStudy, trial: optuna.Trial, objective, interrupts: Inter
     return frozen
 
 
-def _best(study: optuna.Study) -> float | None:
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return max(values) if values else None
+def _best(study: optuna.Study) -> tuple[int, float] | None:
+    """The best complete trial's (number, value), the earlier one of a tie (as Optuna's)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = max(complete, key=lambda t: (t.value, -t.number), default=None)
+    return (best.number, best.value) if best is not None else None
 
 
 def _wait_seconds(store) -> float:

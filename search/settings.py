@@ -41,6 +41,9 @@ class StudySpec:
     sampler: str = "tpe"
     pruner: str = "median"
     lists: dict[str, Any] | None = None   # the space's value lists; None: the model's today
+    # An audit (search/audit.py): the study whose pruned trials this one trains to the full
+    # budget. It runs only the trials queued in it, each a pruned trial's exact parameters.
+    audit_of: str | None = None
 
     def __post_init__(self):
         if "epochs" in self.fixed:  # one place holds the epochs: the spec's own field
@@ -84,6 +87,11 @@ class StudySpec:
     def with_data(self, fingerprint: str) -> "StudySpec":
         """This spec once its data is loaded: with the content's fingerprint."""
         return dataclasses.replace(self, data_content=fingerprint)
+
+    @property
+    def queued_only(self) -> bool:
+        """It runs the trials queued in it and samples none: a grid, or an audit."""
+        return bool(self.grid) or self.audit_of is not None
 
     @property
     def grid_points(self) -> list[dict[str, Any]]:

@@ -21,13 +21,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from reports.study_data import TARGET_ATTR, save_record, study_record
 from search.errors import StudyMismatch
 from search.settings import DEFAULT_TRIALS, RunSettings, StudySpec
 from spaces import get_space
 from storage import MAX_TRIES, Store, open_store
 
-SPEC_ATTR = "optuna_search"     # the StudySpec and the sampler/pruner settings, one write
-TARGET_ATTR = "target_trials"   # finished trials the study should end with
+# The study's record (the StudySpec, the sampler/pruner settings and its uid) is one write,
+# kept where the dashboard's study card does not show it: reports/study_data.py.
 RUNS_ATTR = "runs"              # how many processes have opened it to run trials
 METRIC_NAME = "val_acc"         # the objective's name in Optuna's figures and the dashboard
 
@@ -83,7 +84,7 @@ def run_seed(study_seed: int, run: int) -> int:
 
 
 def recorded_spec(study: optuna.Study) -> StudySpec | None:
-    record = study.user_attrs.get(SPEC_ATTR)
+    record = study_record(study)
     return StudySpec.from_json(record["spec"]) if record else None
 
 
@@ -100,7 +101,7 @@ def open_study(settings: RunSettings, new_run: bool = True,
     with store.lock(name):
         study = (_load_made(store, name) if settings.join else optuna.create_study(
             storage=store.optuna, study_name=name, direction="maximize", load_if_exists=True))
-        record = study.user_attrs.get(SPEC_ATTR)
+        record = study_record(study)
         if record is None:
             if "model" in study.user_attrs:  # made by an optuna-search before specs
                 raise StudyMismatch(f"study {name!r} was made by an older optuna-search; "
@@ -108,8 +109,8 @@ def open_study(settings: RunSettings, new_run: bool = True,
             # New, or interrupted while being made: this write completes it.
             _, sampler = make_sampler(spec, spec.seed)
             _, pruner = make_pruner(spec)
-            study.set_user_attr(SPEC_ATTR, {"spec": spec.as_json(), "sampler": sampler,
-                                            "pruner": pruner, "uid": uuid.uuid4().hex[:12]})
+            save_record(study, {"spec": spec.as_json(), "sampler": sampler, "pruner": pruner,
+                                "uid": uuid.uuid4().hex[:12]})
         else:
             differences = spec.differences(StudySpec.from_json(record["spec"]))
             if differences:
@@ -121,7 +122,9 @@ def open_study(settings: RunSettings, new_run: bool = True,
             with warnings.catch_warnings():  # experimental in Optuna 5, and what we need
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([METRIC_NAME])
-        if spec.grid:
+        if spec.audit_of is not None:
+            pass  # an audit's points and target are queued by search/audit.py alone
+        elif spec.grid:
             # Retries first: a point whose FAIL has a retry due (or lost) is not queued anew.
             store.fail_stale_trials(study)
             queue_grid_points(study, spec)
@@ -129,7 +132,7 @@ def open_study(settings: RunSettings, new_run: bool = True,
             _set_target(study, settings.trials)
             if settings.enqueue_report:
                 enqueue_published(study, spec)
-    opened = OpenStudy(study, store, spec, study.user_attrs[SPEC_ATTR]["uid"], None, None)
+    opened = OpenStudy(study, store, spec, study_record(study)["uid"], None, None)
     study.sampler, study.pruner = make_sampler(spec, spec.seed)[0], make_pruner(spec)[0]
     return start_run(opened) if new_run else opened
 
@@ -158,7 +161,7 @@ def _load_made(store: Store, name: str) -> optuna.Study:
     except KeyError:
         raise StudyMismatch(f"no study {name!r} in {store.name}; make it with "
                             f"optuna-search MODEL --study {name}") from None
-    if SPEC_ATTR not in study.user_attrs:
+    if study_record(study) is None:
         raise StudyMismatch(f"study {name!r} records no optuna-search settings (not made "
                             "by optuna-search, or interrupted while being made: run the "
                             "command that makes it again)")

@@ -4,7 +4,8 @@ Optuna's public API has no way to
 - name a trial or a study by the id its storage uses (`trial._trial_id`, `study._study_id`):
   a running trial's fresh reads, its writer and its heartbeat go straight to the storage;
 - list the trials whose heartbeat went stale (fail_stale_trials fails them and queues their
-  retries in separate writes: storage/retries.py needs the list to do it in safe steps);
+  retries in separate writes: storage/retries.py needs the list to do it in safe steps), and
+  those that never beat (Optuna never judges them): that takes the RDB storage's models;
 - list a trial's artifacts from a FrozenTrial alone (get_all_artifact_meta needs the storage
   too): their records are trial system attributes under Optuna's ARTIFACTS_ATTR_PREFIX;
 - read and write a study's system attributes (Study.system_attrs and set_system_attr are gone
@@ -52,9 +53,35 @@ def study_id(study: optuna.Study) -> int:
 
 
 def stale_trial_ids(storage, study: optuna.Study) -> list[int]:
-    """The study's RUNNING trials whose heartbeat is older than the grace period: what
-    optuna.storages.fail_stale_trials fails, which storage/retries.py does in its own steps."""
-    return storage._get_stale_trial_ids(study._study_id)
+    """The study's RUNNING trials taken for dead, which storage/retries.py fails in its own
+    steps: those whose heartbeat is older than the grace period (what
+    optuna.storages.fail_stale_trials fails), and those that never beat and started longer
+    than the grace period ago.
+
+    Optuna never judges a trial without a heartbeat: one whose process died between claiming
+    it and its first beat (search/claim.py) would stay RUNNING for ever, and every launcher
+    wait on it. A live process never leaves such a trial for anyone to see: it claims and beats
+    under the study's lock, which whoever judges holds too."""
+    silent = storage._get_stale_trial_ids(study._study_id)
+    retrying = getattr(storage, "retrying", lambda call: call())   # rides out an outage
+    return silent + retrying(lambda: _never_beat(storage, study._study_id))
+
+
+def _never_beat(storage, study: int) -> list[int]:
+    """RUNNING trials of `study` without a heartbeat row, started over the grace period ago."""
+    grace = storage.grace_period or 2 * storage.heartbeat_interval   # Optuna's default
+    # Optuna stores the start as the claimer's naive local datetime.now(); it is compared with
+    # this process's clock, never the database's (SQLite's now() is UTC, a server's its own).
+    started_before = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    with _create_scoped_session(storage.scoped_session) as session:
+        rows = (session.query(models.TrialModel)
+                .outerjoin(models.TrialHeartbeatModel)
+                .filter(models.TrialModel.study_id == study,
+                        models.TrialModel.state == TrialState.RUNNING,
+                        models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+                .all())
+        return [row.trial_id for row in rows
+                if row.datetime_start is not None and row.datetime_start < started_before]
 
 
 def study_system_attrs(study: optuna.Study) -> dict[str, Any]:

@@ -70,7 +70,8 @@ def fail_and_retry(storage, study: optuna.Study, trial_id: int,
 
 def fail_stale_trials(storage, study: optuna.Study) -> None:
     """Optuna's fail_stale_trials, in steps 1-3: each trial whose heartbeat went silent past
-    the grace period (its process died) is failed and queued again."""
+    the grace period (its process died), or that never beat and started before it, is failed
+    and queued again."""
     for trial_id in internals.stale_trial_ids(storage, study):
         fail_and_retry(storage, study, trial_id)
 

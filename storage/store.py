@@ -121,8 +121,8 @@ class Store:
 
     def beat_once(self, trial: optuna.Trial) -> None:
         """The trial's first heartbeat: recorded at its claim, before the study's lock goes,
-        so a process killed right after claiming leaves a trial that goes stale (Optuna never
-        judges a trial that has no heartbeat)."""
+        so a process killed right after claiming leaves a trial that goes stale; one killed
+        before this beat leaves a trial judged by its start (internals.stale_trial_ids)."""
         if self.heartbeat_seconds is not None:
             self.optuna.record_heartbeat(internals.trial_id(trial))
 

@@ -178,3 +178,66 @@ def in_workers(folder: Path, module: str, patch: str, **env) -> dict[str, str]:
     (folder / "sitecustomize.py").write_text(_IN_WORKERS.format(module=module, patch=patch))
     path = os.pathsep.join(filter(None, [str(folder), str(REPO), os.environ.get("PYTHONPATH")]))
     return {"PYTHONPATH": path, **env}
+
+
+def image_folder(root: Path, per_class: int = 3) -> Path:
+    """A tiny data set in image-folder layout: train/<class>/*.png (4 x per_class) and
+    test/<class>/*.png (per_class) for CIFAR-10's 10 classes, each class its own colour."""
+    from PIL import Image
+    for split, count in (("train", 4 * per_class), ("test", per_class)):
+        for c in range(10):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (32, 32), (c * 25, i * 9 % 256, 80)).save(folder / f"{i}.png")
+    return root
+
+
+def run_in_terminal(command: list[str], cwd: Path, columns: int = 80, rows: int = 40,
+                    until: str | None = None, **env) -> tuple[int, str]:
+    """`command` in a pseudo-terminal of `columns` x `rows` (0 x 0: a terminal that reports
+    no size), with the repository on PYTHONPATH: (exit status, everything it wrote, escape
+    sequences and carriage returns included). `until`: stop reading once it was written."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    main_fd, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    process = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal,
+                               cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    os.close(terminal)
+    seen, deadline = "", time.monotonic() + 300
+    while (until is None or until not in seen) and time.monotonic() < deadline:
+        ready, _, _ = select.select([main_fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(main_fd, 65536).decode(errors="replace")
+            except OSError:  # the process closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=300)
+    os.close(main_fd)
+    return process.returncode, seen
+
+
+def table_rows(text: str) -> list[dict[str, str]]:
+    """A text table's rows (`studies`, `report` on a terminal: headers, a rule of dashes,
+    rows) as {header: cell}, its columns where the rule has them."""
+    import re
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if re.fullmatch(r"-+( +-+)*", line))
+    spans = [m.span() for m in re.finditer(r"-+", lines[rule])]
+    spans[-1] = (spans[-1][0], None)   # the last column's cells may be wider than its rule
+    cells = lambda line: [line[a:b].strip() for a, b in spans]  # noqa: E731
+    rows = []
+    for line in lines[rule + 1:]:
+        if not line.strip() or line.startswith("Key:"):   # the table's key follows it
+            break
+        rows.append(dict(zip(cells(lines[rule - 1]), cells(line))))
+    return rows

@@ -1,22 +1,30 @@
 """The PostgreSQL server of OPTUNA_SEARCH_PG_URL: its URL, fresh studies on it, and stopping
 and restarting it.
 
-Without the URL such tests skip, except under CI=true, where they fail. Restarting needs the
-local cluster serving the URL's port and the right to run pg_ctlcluster (root, as in CI); tests
-that never stop the server also run against a remote one.
+Without the URL such tests skip, except under CI=true, where they fail. .ci/run makes a server
+of its own for the run (.ci/postgres) and points the URL at it. Stopping and restarting drive
+the server the URL names, found by asking it where its data directory is: pg_ctl on that
+directory, as its owner (a cluster made by initdb, as .ci/run's is); or pg_ctlcluster for a
+Debian cluster (its configuration in /etc), when a developer points the URL at one. Either
+needs this machine and the right to run them (root, or the server's owner); tests that never
+stop the server also run against a remote one.
 """
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
 import pytest
+import sqlalchemy
 
-from storage import open_storage
+from storage import open_storage, sqlalchemy_url
 
 from helpers import skip_or_fail
 
@@ -29,15 +37,52 @@ def pg_url() -> str:
     return url
 
 
-def pg_cluster(url: str) -> list[str]:
-    """[version, name] of the local cluster serving `url` (found by its port)."""
-    port = str(urlsplit(url).port or 5432)
-    listed = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)
-    for line in listed.stdout.splitlines():
-        version, name, cluster_port, *_ = line.split()
-        if cluster_port == port:
-            return [version, name]
-    pytest.fail(f"no local PostgreSQL cluster on port {port}: cannot restart it")
+@dataclass(frozen=True)
+class Server:
+    """Where the server of a URL lives on this machine, noted while it runs."""
+    data: Path        # its data directory
+    config: Path      # the folder of its postgresql.conf: the data directory, or /etc/...
+    bin: Path         # the folder of its programs (postgres, pg_ctl)
+
+
+_servers: dict[str, Server] = {}
+
+
+def pg_server(url: str) -> Server:
+    """The server of `url`, asked once (while it runs) and remembered (to start it again)."""
+    if url not in _servers:
+        engine = sqlalchemy.create_engine(sqlalchemy_url(url))
+        try:
+            with engine.connect() as connection:
+                data, config, backend = connection.execute(sqlalchemy.text(
+                    "SELECT current_setting('data_directory'), current_setting('config_file'), "
+                    "pg_backend_pid()")).one()
+        finally:
+            engine.dispose()
+        data, config = Path(data), Path(config).parent
+        try:   # the program serving us is the server's own postgres
+            program = Path(os.readlink(f"/proc/{backend}/exe"))
+        except OSError as error:
+            pytest.fail(f"the server of {urlsplit(url).netloc.split('@')[-1]} is not one this "
+                        f"process can drive (not on this machine, or not ours): {error}")
+        _servers[url] = Server(data, config, program.parent)
+    return _servers[url]
+
+
+def pg_control(url: str, action: str) -> list[str]:
+    """The command that does `action` (start, stop, restart; waiting until done) to the
+    server of `url`: pg_ctl as the owner of its data directory (PostgreSQL refuses root), or
+    pg_ctlcluster for a Debian cluster."""
+    server = pg_server(url)
+    if server.config != server.data:   # Debian's layout: the configuration in /etc
+        version, name = server.config.parts[-2:]
+        return ["pg_ctlcluster", version, name, action]
+    owner = server.data.stat().st_uid
+    as_owner = ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--"] if owner != os.geteuid() \
+        else []
+    # -l: the server's output goes to a file, not to our pipe (which it would hold open)
+    return [*as_owner, str(server.bin / "pg_ctl"), "-D", str(server.data), "-w",
+            "-l", str(server.data / "server.log"), action]
 
 
 # The URLs whose server a test stopped, or may have left stopped (a start or restart that
@@ -46,11 +91,13 @@ _maybe_stopped: set[str] = set()
 
 
 def pg_ctl(url: str, action: str) -> float:
-    """pg_ctlcluster VERSION NAME start|stop|restart (it waits); returns the seconds it took."""
+    """Start, stop or restart the server of `url` (it waits); returns the seconds it took."""
+    command = pg_control(url, action)   # asked before anything stops it
     _maybe_stopped.add(url)
     started = time.monotonic()
-    subprocess.run(["pg_ctlcluster", *pg_cluster(url), action], check=True, timeout=120,
-                   capture_output=True)
+    done = subprocess.run(command, timeout=120, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
     if action != "stop":
         _maybe_stopped.discard(url)
     return time.monotonic() - started
@@ -60,8 +107,7 @@ def pg_ensure_running(url: str) -> None:
     """After a test that stopped the server, whatever happened: start it (no error if up).
     Nothing to do where no test stopped it (perhaps a remote server)."""
     if url in _maybe_stopped:
-        subprocess.run(["pg_ctlcluster", *pg_cluster(url), "start"], capture_output=True,
-                       timeout=120)
+        subprocess.run(pg_control(url, "start"), capture_output=True, timeout=120)
         _maybe_stopped.discard(url)
 
 

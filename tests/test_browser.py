@@ -5,6 +5,7 @@ Skips where Chromium or its driver is missing, except under CI=true, where that 
 """
 from __future__ import annotations
 
+import re
 import shutil
 
 import optuna
@@ -90,14 +91,22 @@ def test_dashboard_shows_study_trials_and_first_layer_picture(tmp_path, browser)
         # box of user attributes shows every one without scrolling (17 rows scrolled).
         wait.until(lambda _: "max_val_acc" in page_text())
         assert_user_attributes_fit(browser, first)
-        assert "curves" not in page_text() and "test_acc" in page_text()
+        assert not re.search(r"^curves ", page_text(), re.M) and "test_acc" in page_text()
+        for name in ("acc_curves.svg", "loss_curves.svg"):   # the trial's curves, drawn
+            curves_url = (f"{root}/artifacts/{study._study_id}/{first._trial_id}/"
+                          f"{artifact_id(first, name)}")
+            curves = wait.until(lambda b: next(
+                (img for img in b.find_elements(By.TAG_NAME, "img")
+                 if img.get_attribute("src") == curves_url), False))
+            wait.until(lambda b: b.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth == 400", curves))
         browser.execute_script("arguments[0].scrollIntoView()", picture)
         shot = tmp_path / "dashboard-trial-first-layer.png"
         assert browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000  # bytes: a blank page compresses to far less
         print(f"screenshot: {shot}")
 
-        for other, reason in ((pruned, "prune_reason"), (failed, "fail_reason")):
+        for other, reason in ((pruned, "value_note"), (failed, "fail_reason")):
             browser.get(f"{root}/dashboard/studies/{study._study_id}/trials"
                         f"?numbers={other.number}")
             wait.until(lambda _: f"Trial {other.number} (trial_id" in page_text()
@@ -108,21 +117,23 @@ def test_dashboard_shows_study_trials_and_first_layer_picture(tmp_path, browser)
 
 
 def add_pruned_and_failed_trials(study: optuna.Study, like: optuna.trial.FrozenTrial):
-    """A trial pruned at epoch 1 with the longest reason the median pruner words, and one
-    failed out of memory, its reason as search/objective.py records it."""
-    reason = ("pruned at epoch 1: best val acc 0.1000 < median 0.1800 of 12 complete trials "
-              "at epoch 1")
+    """A trial pruned at epoch 3 with the longest reason the median pruner words and the line
+    on its value, and one failed out of memory, its reason as search/objective.py records it."""
+    reason = ("pruned at epoch 3: best val acc 0.2630 < median 0.2800 of 12 complete trials "
+              "at epoch 3")
+    value = ("Value 0.248 is epoch 3's val acc: Optuna keeps a pruned trial's last; its best: "
+             "0.263, epoch 2")   # as search/objective.py words it, at its longest
     attrs = {k: v for k, v in like.user_attrs.items() if not k.startswith("test_")}
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.PRUNED, params=like.params,
-        distributions=like.distributions, intermediate_values={1: 0.1},
-        user_attrs={**attrs, "prune_reason": reason}))
+        distributions=like.distributions, intermediate_values={1: 0.2, 2: 0.263, 3: 0.248},
+        user_attrs={**attrs, "prune_reason": reason, "value_note": value}))
     memory = ("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
               "total capacity of 79.19 GiB of which 1.06 GiB is free. " * 3)
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.FAIL, params=like.params,
         distributions=like.distributions,
-        user_attrs={"parameters": attrs["parameters"], "fail_reason": one_line(memory)}))
+        user_attrs={"model_size": attrs["model_size"], "fail_reason": one_line(memory)}))
     return study.trials[-2:]
 
 
@@ -144,6 +155,51 @@ def assert_user_attributes_fit(browser, trial) -> None:
     assert seen["width"][0] <= seen["width"][1], seen       # nor sideways
     assert seen["page"][0] <= seen["page"][1], seen         # the page fits the window
     assert sorted(seen["shown"]) == sorted(trial.user_attrs), seen
+
+
+def test_the_study_page_says_what_the_study_is_and_its_note_summarises_it(tmp_path, browser):
+    """The study card shows each user attribute whole (the spec's JSON ran off its edge), and
+    the Note tab shows the note the search wrote: its facts and the top trials as a table."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from helpers import TINY
+    storage = f"sqlite:///{tmp_path / 'noted.db'}"
+    assert main(["mlp", "--epochs", "2", "--trials", "3", "--study", "noted", "--storage",
+                 storage, *TINY]) == 0
+    study = optuna.load_study(study_name="noted", storage=storage)
+    server = DashboardServer(dashboard_app(storage), "127.0.0.1", 0).start()
+    try:
+        browser.set_window_size(1400, 3000)
+        browser.get(f"{server.url}/studies/{study._study_id}")
+        wait = WebDriverWait(browser, WAIT_SECONDS)
+        page_text = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+        wait.until(lambda _: "summary in the Note tab" in page_text())
+        # The card's table is wider than the card (min-width 650 px in a ~600 px card): a
+        # value's text is cut where it runs past the card's right edge.
+        card = browser.execute_script("""
+            const h = [...document.querySelectorAll('h6')]
+                .find(e => e.textContent === 'Study User Attributes');
+            const box = h.parentElement.querySelector('.MuiTableContainer-root');
+            const edge = box.getBoundingClientRect().right;
+            const cells = [...box.querySelectorAll('tbody td')];
+            const right = cell => { const range = document.createRange();
+                                    range.selectNodeContents(cell);
+                                    return range.getBoundingClientRect().right; };
+            return {cut: cells.filter(c => right(c) > edge + 1).map(c => c.textContent),
+                    keys: cells.filter((c, i) => i % 2 == 0).map(c => c.textContent)};""")
+        assert card["cut"] == [], card                                # every value whole
+        assert sorted(card["keys"]) == ["about", "budget", "data_sizes", "runs",
+                                        "target_trials"], card       # one page: 5 rows
+        browser.get(f"{server.url}/studies/{study._study_id}/note")
+        wait.until(lambda _: "Top 3 by max validation accuracy" in page_text())
+        text = page_text()
+        assert "MLP on synthetic images" in text and "3 complete: 3 trials." in text
+        rows = browser.find_elements(By.CSS_SELECTOR, "table tbody tr")   # rendered Markdown
+        assert len(rows) == 3, text
+        assert "write your own notes below this line" in text
+    finally:
+        server.stop()
 
 
 def test_a_30_trial_curve_figure_leaves_most_of_its_width_to_the_plot(tmp_path, browser,
@@ -261,10 +317,20 @@ def test_the_report_page_fits_an_800_px_window(tmp_path, browser):
                 box: box.right, table: table.scrollWidth, boxWidth: box.width,
                 optimizer: align('optimizer'), acc: align('max val acc'),
                 headings: [...document.querySelectorAll('figure > h3')].map(h => h.textContent),
+                header: [...document.querySelectorAll('ul.header li')].map(li => [li.textContent,
+                    li.getBoundingClientRect().right]),
+                keys: [...document.querySelectorAll('g.legend text.legendtext')]
+                    .map(t => t.textContent),
                 captions: [...document.querySelectorAll('figure > p.caption')]
                     .filter(p => p.getBoundingClientRect().height > 0).length};""")
     assert seen["page"] <= seen["window"], seen          # no sideways scrolling of the page
     assert seen["box"] <= 800, seen                       # the table's box fits the window
     assert seen["optimizer"] == "left" and seen["acc"] == "right", seen
     assert len(seen["headings"]) == seen["captions"] == 7, seen
+    assert seen["headings"][0] == "Validation accuracy per epoch", seen   # the objective first
+    header = [text for text, right in seen["header"]]
+    assert [line.split(":")[0] for line in header] == ["Model", "Search", "Data", "Trials"]
+    assert all(right <= 800 for _, right in seen["header"]), seen    # wrapped, never cut
+    assert header[2].startswith("Data: CIFAR-10 (cifar10-jpeg.tar.gz), 2,000 train")
+    assert "a dot: pruned after epoch 1" in seen["keys"], seen["keys"]   # the legend's key
     print(f"800 px window: table {seen['table']} px in a box of {seen['boxWidth']:.0f} px")

@@ -65,3 +65,16 @@ def test_the_console_script_prints_the_same():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert re.search(r"^total\s+2,175,818$", done.stdout.strip().splitlines()[-1])
+
+
+def test_version_is_the_installed_packages(tmp_path):
+    from importlib import metadata
+    from helpers import run_cli
+    process = run_cli(["--version"], cwd=tmp_path)
+    out, err = process.communicate(timeout=120)
+    try:
+        version = metadata.version("optuna-search")
+    except metadata.PackageNotFoundError:   # a checkout pip never installed
+        version = "(not installed: version unknown)"
+    assert process.returncode == 0 and err == ""
+    assert out == f"optuna-search {version}\n"

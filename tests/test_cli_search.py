@@ -21,16 +21,18 @@ import search.cli.commands
 import search.launch
 import search.objective
 import search.study
-from reports.trial_data import RESULTS, artifact_id, trial_config, trial_curves, trial_value
+from reports.study_data import study_record
+from reports.trial_data import (RESULTS, artifact_id, significant, trial_config, trial_curves,
+                                trial_value)
 from search.cli import main
 from search.settings import RunSettings, StudySpec
 from storage import artifact_dir
 
-from helpers import query
+from helpers import REPO, running_with_an_epoch, table_rows
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "val_seconds")
 # What the dashboard's trial page shows (user attributes); the rest is bookkeeping.
-TRIAL_ATTRS = ("parameters", "best_epoch", "max_train_acc", "max_val_acc")
+TRIAL_ATTRS = ("model_size", "best_epoch", "max_train_acc", "max_val_acc")
 TEST_ATTRS = ("test_acc", "test_loss")
 BOOKKEEPING = ("epochs_run", "avg_train_seconds", "avg_val_seconds", "test_seconds", "run")
 SPEC_KEYS = ("model", "space", "fixed", "grid", "epochs", "data", "seed", "sampler", "pruner")
@@ -75,7 +77,8 @@ def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
     url, folder, code, _ = three_trials
     assert code == 0
     study = load(url, "mlp")
-    record = study.user_attrs["optuna_search"]  # the spec, written once
+    record = study_record(study)  # the spec, written once, out of the study card's way
+    assert set(study.user_attrs) == {"about", "budget", "data_sizes", "target_trials", "runs"}
     assert set(SPEC_KEYS) <= set(record["spec"])
     assert record["spec"]["model"] == "mlp" and record["spec"]["space"] == "report"
     assert record["spec"]["epochs"] == 2 and record["spec"]["seed"] == 0
@@ -88,17 +91,19 @@ def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     for trial in trials:
         attrs = trial.user_attrs
-        assert set(TRIAL_ATTRS) <= set(attrs) <= set(RESULTS) | {"prune_reason"}, attrs
+        assert set(TRIAL_ATTRS) <= set(attrs) <= set(RESULTS) | {"prune_reason", "value_note"}
         curves = trial_curves(trial)
         assert trial_config(trial)["epochs"] == 2 and "curves" not in attrs  # not on the page
         assert all(len(curves[name]) == trial_value(trial, "epochs_run") for name in CURVES)
-        assert attrs["max_val_acc"] == max(curves["val_acc"])
+        assert trial_value(trial, "max_val_acc") == max(curves["val_acc"])   # full, for reports
+        assert attrs["max_val_acc"] == significant(max(curves["val_acc"]))  # rounded, for the page
         if trial.state == TrialState.COMPLETE:
             assert trial_value(trial, "epochs_run") == 2
-            assert trial.value == attrs["max_val_acc"]
+            assert trial.value == trial_value(trial, "max_val_acc")
             assert set(TEST_ATTRS) <= set(attrs) and 0 <= attrs["test_acc"] <= 1
             assert all(trial_value(trial, name) is not None for name in BOOKKEEPING)
-            for name in ("first_layer.npy", "first_layer.png"):   # Optuna's own record
+            for name in ("first_layer.npy", "first_layer.png", "acc_curves.svg",
+                         "loss_curves.svg"):   # Optuna's own record
                 stored = artifact_dir(url) / artifact_id(trial, name)
                 assert stored.is_file() and stored.stat().st_size > 0
     assert artifact_dir(url) == folder / "s.db-artifacts"
@@ -122,15 +127,15 @@ def test_studies_lists_name_model_trials_per_state_and_best_val_acc(three_trials
     assert code == 0 and not err
     study = load(url, "mlp")
     counts = {s: sum(t.state == s for t in study.trials) for s in TrialState}
-    row = next(line for line in out.splitlines() if line.startswith("| mlp "))
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    header = [cell.strip() for cell in out.splitlines()[0].strip("|").split("|")]
-    values = dict(zip(header, cells))
-    assert values["model"] == "mlp"
+    [values] = table_rows(out)
+    assert values["study"] == "mlp" and values["model"] == "mlp"
     assert int(values["complete"]) == counts[TrialState.COMPLETE]
     assert int(values["pruned"]) == counts[TrialState.PRUNED]
-    assert int(values["running"]) == 0
-    assert float(values["best_val_acc"]) == pytest.approx(study.best_value, abs=1e-4)
+    assert int(values["trials"]) == len(study.trials)      # what optuna-dashboard lists
+    assert "running" not in values                         # no study has one: left out
+    assert float(values["best val"]) == pytest.approx(study.best_value, abs=1e-4)
+    assert int(values["of trial"]) == study.best_trial.number
+    assert max(len(line) for line in out.splitlines()) <= 80
 
 
 def test_studies_on_a_missing_file_creates_nothing(tmp_path):
@@ -174,7 +179,9 @@ def test_a_grid_runs_each_point_exactly_once_over_two_invocations(tmp_path):
 def test_the_reports_three_sweeps_parse(argv, name, fixed, grid, monkeypatch):
     seen = []
     monkeypatch.setattr(search.launch, "run_search", lambda settings: seen.append(settings) or 0)
-    assert run(*argv.split()) == (0, "", "")
+    points = len(next(iter(grid.values())))
+    assert run(*argv.split()) == (0, f"study {name!r} in optuna-search.db: {points} grid points "
+                                     "of 30 epochs; loading...\n", "")   # the first line only
     (settings,) = seen
     assert (settings.study_name, settings.spec.fixed, settings.spec.grid) == (name, fixed, grid)
     assert settings.trials is None  # a grid runs every point not yet done
@@ -188,7 +195,7 @@ def test_each_sampler_and_pruner_runs_and_is_recorded(sampler, pruner, tmp_path)
     code, _, _ = optuna_search("mlp", url, "--trials", "1", "--sampler", sampler,
                                "--pruner", pruner, "--seed", "3")
     assert code == 0
-    record = load(url, "mlp").user_attrs["optuna_search"]
+    record = study_record(load(url, "mlp"))
     study = load(url, "mlp")
     assert record["sampler"]["name"] == sampler and record["spec"]["seed"] == 3
     assert record["pruner"]["name"] == pruner
@@ -208,7 +215,7 @@ def test_the_wide_space_samples_lr_and_weight_decay_log_uniformly(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     assert optuna_search("mlp", url, "--trials", "1", "--space", "wide")[0] == 0
     study = load(url, "mlp")
-    assert study.user_attrs["optuna_search"]["spec"]["space"] == "wide"
+    assert study_record(study)["spec"]["space"] == "wide"
     lr = study.trials[0].distributions["lr"]
     assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
     assert (lr.low, lr.high) == (0.0001, 0.075)
@@ -327,12 +334,13 @@ def test_ctrl_c_leaves_no_running_trial_and_says_how_to_resume(tmp_path):
                "50", "--trials", "5", "--storage", f"sqlite:///{db}"]
     # Output goes to files: a full pipe nobody reads would block the worker.
     with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
-        worker = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err)
+        worker = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err,  # this tree's
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})  # code
         try:
             deadline = time.monotonic() + 120
-            # until a trial is mid-training (read without Optuna: the worker may be making
-            # the file)
-            while query(db, "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'", 0) == 0:
+            # until a trial is mid-training, an epoch done (read without Optuna: the worker
+            # may be making the file)
+            while running_with_an_epoch(db) == 0:
                 assert worker.poll() is None, (tmp_path / "err").read_text()[-2000:]
                 assert time.monotonic() < deadline, "no trial started within 120 s"
                 time.sleep(0.2)
@@ -349,6 +357,16 @@ def test_ctrl_c_leaves_no_running_trial_and_says_how_to_resume(tmp_path):
     failed = [t for t in trials if t.state == TrialState.FAIL]
     queued = [t for t in trials if t.state == TrialState.WAITING]  # resumes with the command
     assert len(failed) == 1 and len(queued) == 1 and queued[0].params == failed[0].params
+    # its line: the epochs it ran, its best val acc so far, and that it was queued again
+    out = (tmp_path / "out").read_text()
+    line = next(line for line in out.splitlines() if line.startswith(
+        f"trial {failed[0].number:>3} FAIL "))
+    epochs = len(failed[0].intermediate_values)
+    best = max(failed[0].intermediate_values.values())
+    assert re.match(rf"trial +\d+ FAIL +val_acc={best:.4f} epochs={epochs} +\d+\.\ds +"
+                    r"batch_size=", line), line
+    assert line.endswith("(interrupted: queued again; the same command resumes it)"), line
+    assert "?" not in out and "= -" not in out and "nan" not in out
 
 
 BAD_INPUT = [
@@ -382,7 +400,8 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(argv, tmp_path, monke
     code, out, err = run(*argv.split())
     assert code == 2
     assert err.startswith("optuna-search: error: ") and err.count("\n") == 1, err
-    assert out == ""
+    # at most the command's first line, said before the data is loaded (and found bad)
+    assert not out or re.fullmatch(r"study '[^']+' in \S+: [^\n]*; loading\.\.\.\n", out), out
     assert os.listdir(tmp_path) == []
 
 

@@ -423,3 +423,39 @@ def test_cache_notices_an_image_added_inside_a_class_folder(tmp_path, monkeypatc
     assert len(load_source(str(root))[0]) == 1
     Image.new("RGB", (32, 32), (40, 50, 60)).save(root / "train" / "a" / "1.png")
     assert len(load_source(str(root))[0]) == 2
+
+
+# ---------------------------------------------------------------- an image that cannot be decoded
+
+@pytest.mark.parametrize("inside", ["folder", "archive"])
+@pytest.mark.parametrize("fault", ["cut short", "not an image"])
+def test_an_image_that_cannot_be_decoded_is_one_line_naming_it_and_exit_2(inside, fault,
+                                                                         tmp_path, cache):
+    from helpers import run_cli
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for name in [f"c{i}" for i in range(10)]:   # ten classes: what the models classify
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (9, 99, 199)).save(root / split / name / "0.jpg")
+    broken = root / "test" / "c3" / "1.jpg"
+    if fault == "cut short":   # a JPEG whose download stopped half-way
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                        ).save(broken)
+        broken.write_bytes(broken.read_bytes()[:400])
+    else:
+        broken.write_text("<html>404 Not Found</html>")
+    source, named = root, str(broken)
+    if inside == "archive":
+        source = tmp_path / "images.tar.gz"
+        with tarfile.open(source, "w:gz") as tar:
+            tar.add(root, arcname="images")
+        named = f"{source}: images/test/c3/1.jpg"
+    with pytest.raises(DataError, match="cannot be decoded as an image") as caught:
+        data.load_source(str(source))
+    assert str(caught.value).startswith(named)
+    process = run_cli(["mlp", "--data", str(source), "--epochs", "1", "--storage",
+                       f"sqlite:///{tmp_path}/s.db"])
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2, err
+    assert err == f"optuna-search: error: {caught.value}\n"
+    assert not (tmp_path / "s.db").exists()

@@ -20,6 +20,7 @@ import search.objective
 import search.train.trainer
 from helpers import (TINY, children_of, cmdline, integrity, load, maps, query, run_cli, states,
                      wait_for_running, wait_until)
+from reports.study_data import study_record
 from reports.trial_data import trial_curves, trial_value
 from search.cli import main
 
@@ -53,7 +54,7 @@ def test_a_killed_worker_loses_nothing_the_retry_resumes_after_the_last_epoch(
     assert worker.wait(timeout=120) == -signal.SIGKILL, worker.stderr.read()
     killed = load(db).get_trials()[0]
     assert killed.state == TrialState.RUNNING and list(killed.intermediate_values) == [1]
-    uid = load(db).user_attrs["optuna_search"]["uid"]  # checkpoints belong to one study
+    uid = study_record(load(db))["uid"]  # checkpoints belong to one study
     checkpoint = tmp_path / "kill.db-artifacts" / "checkpoints" / f"{uid}-trial{killed._trial_id}.pt"
     assert checkpoint.exists()
 

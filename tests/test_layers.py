@@ -1,7 +1,8 @@
 """The packages' import rules, which the design rests on: the trainer (search/train/) knows
 nothing of Optuna or the storage; the search spaces and the storage know nothing of torch or of
 the search; the command line's grammar loads without torch (it answers before the heavy
-imports). Each is checked in a fresh interpreter: what importing the modules pulls in."""
+imports), and its --data check loads neither torch, Optuna nor PIL (it answers within a
+second). Each is checked in a fresh interpreter: what importing the modules pulls in."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ import pytest
 from helpers import REPO
 
 TRAIN = ["search.train." + m for m in ("data", "models", "steps", "capture", "schedules",
-                                       "checkpoint", "trainer", "gpu_share", "errors")]
+                                       "checkpoint", "trainer", "gpu_share", "errors",
+                                       "sources")]
 
 
 def loaded_after_importing(modules: list[str]) -> set[str]:
@@ -33,7 +35,8 @@ def top_levels(modules: set[str]) -> set[str]:
     (["spaces"], {"torch", "optuna", "search", "storage"}),
     (["storage"], {"torch", "search", "reports"}),
     (["search.cli.arguments", "search.settings"], {"torch"}),
-], ids=["trainer", "spaces", "storage", "command line"])
+    (["search.cli.early"], {"torch", "optuna", "storage", "PIL", "numpy", "sqlalchemy"}),
+], ids=["trainer", "spaces", "storage", "command line", "the --data check"])
 def test_a_layer_imports_nothing_above_it(modules, forbidden):
     loaded = loaded_after_importing(modules)
     assert not top_levels(loaded) & forbidden

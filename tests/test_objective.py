@@ -130,3 +130,79 @@ def test_a_repeat_of_a_pruned_configuration_is_pruned_without_training(store, da
     first, repeat = study.trials
     assert first.state == repeat.state == TrialState.PRUNED
     assert repeat.user_attrs == {"repeat_of": 0} and repeat.intermediate_values == {}
+
+
+def falling_val_acc(values: dict[int, float], monkeypatch) -> None:
+    """Train for real, but report the val acc of `values` by epoch (the pruner and the
+    storage see these), so a trial's best epoch comes before its last for certain."""
+    real_train = search.objective.train
+
+    def train(model, config, *args, on_epoch, **kwargs):
+        def judged(result):
+            result.epochs[-1].val_acc = values[result.epochs[-1].epoch]
+            return on_epoch(result)
+        return real_train(model, config, *args, on_epoch=judged, **kwargs)
+
+    monkeypatch.setattr(search.objective, "train", train)
+
+
+def test_a_pruned_trials_page_says_its_value_is_its_last_epoch_and_names_its_best(
+        store, data, monkeypatch):
+    """Optuna values a pruned trial at its last epoch (0.3) while its reason and max_val_acc
+    give its best (0.5): a line on its page says both; what Optuna records is unchanged."""
+    falling_val_acc({1: 0.5, 2: 0.3}, monkeypatch)
+    study = make_study(store, optuna.pruners.ThresholdPruner(lower=0.4))  # stops at 0.3
+    study.enqueue_trial(GOOD)
+    study.optimize(make_objective(store, data), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED and trial.value == 0.3   # Optuna's rule
+    assert trial.user_attrs["max_val_acc"] == 0.5
+    assert trial.user_attrs["value_note"] == ("Value 0.3 is epoch 2's val acc: Optuna keeps a "
+                                              "pruned trial's last; its best: 0.5, epoch 1")
+    assert len(trial.user_attrs["value_note"]) <= 100      # one line of the page's box
+
+
+def test_a_pruned_trial_whose_last_epoch_is_its_best_needs_no_line(store, data, monkeypatch):
+    falling_val_acc({1: 0.3, 2: 0.35}, monkeypatch)
+    study = make_study(store, optuna.pruners.ThresholdPruner(lower=0.4))
+    study.enqueue_trial(GOOD)
+    study.optimize(make_objective(store, data), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED and "value_note" not in trial.user_attrs
+
+
+def test_the_trial_page_shows_rounded_results_the_model_size_and_a_curves_picture(store,
+                                                                                    data):
+    """What the dashboard's trial page shows: results to 4 significant digits (the reports
+    read the full values), the model's size in words, and pictures of its curves."""
+    import math
+    from xml.etree import ElementTree
+    from optuna.artifacts import download_artifact
+    from reports.trial_data import FULL_RESULTS, PARAMETERS, artifact_id, significant
+
+    study = make_study(store)
+    study.enqueue_trial(GOOD)
+    study.optimize(make_objective(store, data), n_trials=1)
+    trial = study.trials[0]
+    attrs = trial.user_attrs
+    full = trial.system_attrs[FULL_RESULTS]
+    assert set(full) == {"max_val_acc", "max_train_acc", "test_acc", "test_loss"}
+    for name, value in full.items():
+        assert attrs[name] == significant(value) == float(f"{value:.4g}"), name
+        assert trial_value(trial, name) == value                 # reports: full precision
+    assert full["test_loss"] != attrs["test_loss"]   # a loss has more than 4 digits
+    digits = lambda v: len(f"{v:.10g}".lstrip("0.").replace(".", "").lstrip("0"))  # noqa
+    assert all(digits(attrs[n]) <= 4 for n in full), attrs
+    count = trial.system_attrs[PARAMETERS]
+    assert attrs["model_size"] == f"{count:,} parameters" and "parameters" not in attrs
+    assert trial_value(trial, "parameters") == count > 1000
+    for name, what in (("acc_curves.svg", "accuracy"), ("loss_curves.svg", "loss")):
+        picture = store.artifact_folder / name
+        download_artifact(artifact_store=store.artifacts(), file_path=str(picture),
+                          artifact_id=artifact_id(trial, name))
+        svg = ElementTree.parse(picture).getroot()
+        title = next(svg.iter("{http://www.w3.org/2000/svg}text")).text
+        assert title.startswith(f"#0 {what}: val "), title
+        assert len(list(svg.iter("{http://www.w3.org/2000/svg}polyline"))) == 2
+        assert picture.stat().st_size < 5_000
+    assert not math.isnan(full["test_loss"])

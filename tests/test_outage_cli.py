@@ -1,5 +1,5 @@
 """A search on PostgreSQL whose server restarts, or stops for longer than --storage-patience,
-end to end (issue 16). Needs OPTUNA_SEARCH_PG_URL and pg_ctlcluster (tests/pg_server.py).
+end to end (issue 16). Needs OPTUNA_SEARCH_PG_URL and to stop its server (tests/pg_server.py).
 
 Trials are short: the MLP with 16 hidden units on 100 synthetic images, a few ms per epoch.
 """

@@ -2,8 +2,8 @@
 2 workers makes the study, and `optuna-search worker` joins it with 2 more. The test holds the
 study's lock until all four wait to claim, so both machines take part however slowly each starts.
 
-Needs OPTUNA_SEARCH_PG_URL (postgresql://USER:PASSWORD@HOST/DB; .ci/run starts a server on
-loopback). Without it these tests skip, except under CI=true, where they fail.
+Needs OPTUNA_SEARCH_PG_URL (postgresql://USER:PASSWORD@HOST/DB; .ci/run makes a server of its
+own on loopback). Without it these tests skip, except under CI=true, where they fail.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 user_attrs (no training), except one end-to-end run of a 2-trial MLP search."""
 from __future__ import annotations
 
+import datetime
 import io
 import random
 import re
@@ -15,7 +16,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 from PIL import Image
 
@@ -29,7 +30,7 @@ from spaces import get_space
 from storage import artifact_dir, artifact_store
 from storage.internals import study_system_attrs
 
-from helpers import skip_or_fail
+from helpers import run_in_terminal, skip_or_fail, table_rows
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 COMMON = ["rank", "trial", "batch size", "learning rate", "optimizer", "momentum",
@@ -158,8 +159,8 @@ def test_a_study_without_complete_trials_is_a_report_error():
 def test_curve_figures_have_one_trace_per_trial_labelled_by_number():
     study = make_study("mlp", 3, pruned=1)
     figures = learning_curves(study)
-    assert list(figures) == ["curves_train_loss", "curves_val_loss", "curves_train_acc",
-                             "curves_val_acc"]
+    assert list(figures) == ["curves_val_acc", "curves_train_acc", "curves_val_loss",
+                             "curves_train_loss"]       # the objective first
     for figure in figures.values():
         per_trial = [t for t in figure.data if t.x != (None,)]  # not the legend-only entry
         assert sorted(int(t.name[1:].split()[0]) for t in per_trial) == [0, 1, 2, 3]
@@ -195,7 +196,7 @@ def test_best_five_in_colour_the_rest_grey_underneath_with_parameters_on_hover()
     assert all(t.line.width < min(c.line.width for c in coloured) for t in grey)
     first_coloured = min(figure.data.index(t) for t in coloured)
     assert all(figure.data.index(t) < first_coloured for t in grey)   # drawn underneath
-    others = [t for t in figure.data if t.x == (None,)]          # one legend entry for them
+    others = [t for t in figure.data if t.x == (None,) and t.legendgroup == "others"]  # one
     assert len(others) == 1 and others[0].name == f"other trials ({len(grey)})"
     trial = study.trials[best[0]]
     hover = coloured[-1].hovertemplate                         # the best, drawn last
@@ -277,6 +278,33 @@ def test_every_trial_is_drawn_and_pruned_outliers_do_not_flatten_the_loss_curves
         assert all(high - (high - low) / 10 < t.y[0] <= high for t in tops)
         assert all(t.marker.symbol[0] == "triangle-up" for t in tops)   # ... the 11 at the edge
         assert all("customdata" in t.hovertemplate for t in tops)       # hover: the true value
+
+
+def test_the_legend_has_a_key_for_pruned_trials_dotted_and_after_one_epoch_a_dot():
+    figure = learning_curves(thirty_trial_study())["curves_val_acc"]   # pruned at 1, 2, 3
+    keys = {t.name: t for t in figure.data if t.x == (None,) and t.legendgroup != "others"}
+    assert set(keys) == {"dotted: pruned", "a dot: pruned after epoch 1"}
+    assert keys["dotted: pruned"].line.dash == "dot" and keys["dotted: pruned"].mode == "lines"
+    assert keys["a dot: pruned after epoch 1"].mode == "markers"
+    assert all(t.showlegend for t in keys.values())
+    drawn = [t for t in figure.data if t.x != (None,)]
+    pruned = [t for t in drawn if "(pruned)" in t.hovertemplate]
+    assert pruned and all(t.line.dash == "dot" for t in pruned)          # as the key says
+    assert all(t.line.dash == "solid" for t in drawn if t not in pruned)
+    complete = learning_curves(make_study("mlp", 4))["curves_val_acc"]
+    assert [t.name for t in complete.data if t.x == (None,)] == []     # nothing to key
+
+
+def test_still_pictures_say_nothing_of_hovering_the_live_figures_do():
+    from reports.style import for_print
+    figures = study_figures(thirty_trial_study())        # a loss axis cut: an annotation
+    live = figures["curves_val_loss"]
+    assert "hover" in live.layout.legend.title.text and "hover" in live.layout.annotations[0].text
+    for name, figure in figures.items():
+        still = for_print(figure).to_json()
+        assert "hover a line" not in still and "(hover for" not in still, name
+    assert "hover" in live.layout.legend.title.text           # the live figure is unchanged
+    assert for_print(live).layout.annotations[0].text.startswith("▲ 5 points above")
 
 
 def test_optuna_figures_name_the_objective_val_acc():
@@ -435,10 +463,12 @@ def test_html_page_is_offline_with_one_plotly_copy(tmp_path):
 def report_study(storage: str, name: str = "mlp") -> optuna.Study:
     """The issue's 30-trial MLP search, with the settings and split sizes a search records."""
     study = pruned_after_one_epoch_study(storage=storage, name=name)
-    study.set_user_attr("optuna_search", {"spec": {
-        "model": "mlp", "space": "report", "epochs": 8, "data": "cifar10-jpeg.tar.gz",
+    study.set_user_attr("optuna_search", {"spec": {   # where studies made before kept it
+        "model": "mlp", "space": "report", "epochs": 8,
+        "data": "/work/shared/data/cifar10-jpeg.tar.gz",
         "seed": 0, "sampler": "tpe", "pruner": "median", "grid": None}})
     study.set_user_attr("data_sizes", {"train": 2000, "val": 500, "test": 1000})
+    study.set_user_attr("target_trials", 30)
     return study
 
 
@@ -446,15 +476,59 @@ def test_report_page_says_what_was_run_and_heads_and_captions_every_figure(tmp_p
     url = f"sqlite:///{tmp_path / 'r.db'}"
     report_study(url)
     page = render_report(url, "mlp", fmt="html")
-    header = " ".join(re.findall(r"<p class='header'>(.*?)</p>", page))
-    assert "Model mlp, 8 epochs per trial" in header and "cifar10-jpeg.tar.gz" in header
-    assert "2,000 train / 500 validation / 1,000 test images" in header
-    assert "Trials: 19 complete, 11 pruned." in header
+    header = re.findall(r"<li><b>(\w+):</b> (.*?)</li>", page)
+    assert [label for label, _ in header] == ["Model", "Search", "Data", "Trials"], header
+    said = dict(header)
+    assert said["Model"] == "MLP, 1,000 parameters."
+    assert said["Search"].startswith("30 trials of 8 epochs, report space, TPE sampler, "
+                                     "median pruning, seed 0")
+    assert said["Data"] == ("CIFAR-10 (cifar10-jpeg.tar.gz), 2,000 train / 500 validation / "
+                            "1,000 test images.")
+    assert said["Trials"] == "19 complete, 11 pruned: 30 trials."
+    assert "/work/" not in page and "shared/data" not in page     # no machine path anywhere
     figures = re.findall(r"<figure><h3>(.*?)</h3><p class='caption'>(.*?)</p>", page)
     assert len(figures) == page.count("<figure>") == 7          # 4 curves, 3 Optuna figures
     for heading, caption in figures:
         assert "_" not in heading and caption, (heading, caption)   # no file names
-    assert "Validation loss per epoch" in [h for h, _ in figures]
+    assert [h for h, _ in figures][:3] == ["Validation accuracy per epoch",  # the objective
+                                           "Optimization history", "Training accuracy per epoch"]
+
+
+def test_the_header_gives_wall_time_seconds_per_epoch_and_sizes_from_the_new_records(tmp_path):
+    """A study as this version records it: its spec as a study system attr, results rounded
+    on the page with full ones in system attrs, the model's size as a count there."""
+    from reports.page import header_lines
+    from reports.study_data import RECORD, save_record
+    from reports.trial_data import FULL_RESULTS, PARAMETERS
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'n.db'}", study_name="new",
+                                direction="maximize")
+    save_record(study, {"spec": {"model": "resnet18", "epochs": 3, "data": "cifar10",
+                                 "sampler": "random", "pruner": "none", "space": "wide"}})
+    study.set_user_attr("target_trials", 4)
+    start = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    rng = random.Random(5)
+    # Two trials side by side for 60 s, a pause of an hour (a resumed study), one for 30 s.
+    for offset, seconds, size in ((0, 60, 11_000_000), (10, 50, 11_000_000), (3660, 30, 9)):
+        trial = fake_trial("resnet18", rng, parameters=size)
+        trial.user_attrs.pop("parameters")
+        trial.system_attrs[PARAMETERS] = size
+        trial.system_attrs[FULL_RESULTS] = {"max_val_acc": 0.123456789}
+        trial.user_attrs["max_val_acc"] = 0.1235
+        trial.datetime_start = start + datetime.timedelta(seconds=offset)
+        trial.datetime_complete = trial.datetime_start + datetime.timedelta(seconds=seconds)
+        study.add_trial(trial)
+    assert study_system_attrs(study)[RECORD]["spec"]["model"] == "resnet18"
+    lines = header_lines(study)
+    assert lines[0] == "Model: ResNet18, from 9 to 11,000,000 parameters."
+    assert lines[1] == "Search: 4 trials of 3 epochs, wide space, random sampler, no pruning."
+    assert lines[2] == ("Data: CIFAR-10 (torchvision's copy), split sizes not recorded (a "
+                        "study run before they were).")
+    assert lines[3] == "Trials: 3 complete: 3 trials."
+    # fake trials' epochs: 1.0 s training + 0.1 s validation each, 3 epochs a trial
+    assert lines[4] == ("Time: 1 min 30 s of wall time with a trial running; 1.1 s per epoch "
+                        "on average (training and validation, over 9 epochs).")
+    table = top_table(study)
+    assert list(table["max val acc"]) == [0.123456789] * 3     # reports read full precision
 
 
 def test_report_table_states_constant_columns_once_and_aligns_words_left(tmp_path):
@@ -534,13 +608,24 @@ def test_plots_folder_holds_one_plotly_js_and_opens_offline(tmp_path):
     assert "src='first_layer_rows_trial3.png'" in picture.read_text()
 
 
-def test_png_copies_are_valid_pngs_of_the_set_size_from_one_browser(tmp_path):
+def test_png_copies_are_valid_pngs_of_the_set_size_from_one_browser(tmp_path, monkeypatch):
     from reports.png import PNG_HEIGHT, PNG_WIDTH, missing_renderer, write_pngs
     reason = missing_renderer()
     if reason:
         skip_or_fail(f"no PNG export: {reason}")
+    import plotly.io as pio
     figures = study_figures(thirty_trial_study())
+    rendered = []
+    real_write_images = pio.write_images
+
+    def look_then_write(figs, *args, **kwargs):   # what kaleido is given, then it renders
+        rendered.extend(f.to_json() for f in figs)
+        return real_write_images(figs, *args, **kwargs)
+
+    monkeypatch.setattr(pio, "write_images", look_then_write)
     paths = write_pngs(figures, tmp_path)
+    assert len(rendered) == len(figures)
+    assert not any("hover a line" in f or "(hover for" in f for f in rendered)
     assert [p.name for p in paths] == [f"{name}.png" for name in figures]
     for path in paths:
         with Image.open(path) as png:
@@ -651,6 +736,7 @@ def test_list_studies_counts_trials_per_state(tmp_path):
     best = max(t.value for t in optuna.load_study(study_name="a", storage=url).trials
                if t.value is not None)
     assert table["best_val_acc"][0] == round(best, 4)
+    assert list(table["trials"]) == [5, 1] and table["best_trial"][1] == 0
 
 
 @pytest.mark.parametrize("command", ["studies", "report", "plots", "dashboard"])
@@ -674,3 +760,72 @@ except SystemExit as end:
 """
     done = run_python(code, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ---- the table on a terminal -------------------------------------------------------------
+
+def realistic_study(model: str, storage: str, name: str) -> optuna.Study:
+    """30 trials of the report's space (20 complete, 10 pruned), the Mixer's embed dims
+    spread over 64-300: the values as wide as the space has them."""
+    study = make_study(model, 0, storage=storage, name=name)
+    rng = random.Random(model)
+    for i in range(30):
+        state = TrialState.COMPLETE if i < 20 else TrialState.PRUNED
+        trial = fake_trial(model, rng, state, epochs=3 if i < 20 else 1,
+                           embed_dim=rng.randint(64, 300))
+        if "embed_dim" in trial.params:   # an integer range, as the space searches it
+            trial.distributions = {**trial.distributions,
+                                   "embed_dim": IntDistribution(64, 300)}
+        study.add_trial(trial)
+    return study
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mlpmixer"])
+def test_on_a_terminal_the_top_8_fit_100_columns_with_short_headers_and_a_key(model,
+                                                                             tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = realistic_study(model, url, model)
+    text = render_report(url, model, top=8, fmt="text", width=100).splitlines()
+    assert max(len(line) for line in text) <= 100, "\n".join(text)
+    assert text[0] == f"Study {model!r}, {model}: 20 complete, 10 pruned: 30 trials."
+    rows = table_rows("\n".join(text))
+    assert len(rows) == 8
+    headers = list(rows[0])
+    assert headers[:2] == ["#", "trial"] and headers[-3:] == ["train", "val", "test"]
+    assert {"lr", "opt", "wd"} <= set(headers)
+    # said once above the table, not in every row: the schedule, the epochs, the patch size
+    said = next(line for line in text if line.startswith("In every row: "))
+    assert "schedule constant" in said and "epochs run 3" in said
+    assert "sched" not in headers and "ep" not in headers and "patch" not in headers
+    best = top_table(study, 8)
+    assert [row["val"] for row in rows] == [f"{v:.4f}" for v in best["max val acc"]]
+    key = " ".join(text[text.index(next(line for line in text if line.startswith("Key:"))):])
+    assert "wd weight decay" in key and "val: the best accuracy of any epoch" in key
+    # Markdown keeps every column under its full name, for pasting
+    markdown = render_report(url, model, top=8, fmt="markdown").splitlines()
+    assert "schedule" in markdown[0] and "max val acc" in markdown[0] and len(markdown) == 10
+
+
+def test_report_on_a_terminal_is_the_terminal_table_and_a_file_gets_markdown(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    realistic_study("mlpmixer", url, "mixer")
+    code, seen = run_in_terminal([sys.executable, "-m", "search.cli", "report", "mixer",
+                                  "--storage", url], tmp_path, columns=100)
+    text = seen.replace("\r\n", "\n")
+    assert code == 0 and "In every row: " in text and "|" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    code, seen = run_in_terminal([sys.executable, "-m", "search.cli", "report", "mixer",
+                                  "-o", "top.md", "--storage", url], tmp_path, columns=100)
+    assert code == 0 and (tmp_path / "top.md").read_text().startswith("|   rank |")
+
+
+def test_studies_says_dash_for_a_study_without_a_complete_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study("mlp", 2, pruned=1, storage=url, name="a")
+    make_study("mlp", 0, pruned=2, storage=url, name="none-complete")
+    code, seen = run_in_terminal([sys.executable, "-m", "search.cli", "studies",
+                                  "--storage", url], tmp_path, columns=80)
+    rows = {row["study"]: row for row in table_rows(seen.replace("\r\n", "\n"))}
+    assert code == 0 and "nan" not in seen
+    assert rows["none-complete"]["best val"] == "-" and rows["none-complete"]["of trial"] == "-"
+    assert (rows["a"]["complete"], rows["a"]["pruned"], rows["a"]["trials"]) == ("2", "1", "3")

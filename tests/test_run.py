@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 import search.train.trainer
 from helpers import (FAST_HEARTBEAT, TINY, finished, integrity, load, run_cli,
-                     running_with_an_epoch, wait_until)
+                     running_with_an_epoch, table_rows, wait_until)
 from reports.trial_data import trial_curves, trial_value
 from search.cli import main
 
@@ -186,7 +186,15 @@ def test_repeats_train_nothing_and_the_target_counts_trained_configurations(tmp_
         original = trials[repeat.user_attrs["repeat_of"]]
         assert original.params == repeat.params and original.value == repeat.value
         assert not trial_curves(repeat)
-    assert "(5 of them repeats of trained configurations, not trained)" in out
+    # counted apart from the complete (and pruned) ones, adding up to the study's trials
+    assert f"trials: 3 complete, 5 repeats (not trained): {len(trials)} trials\n" in out
+    assert main(["studies", "--storage", url]) == 0                 # counted alike there
+    [row] = table_rows(capsys.readouterr().out)
+    assert (row["complete"], row["pruned"], row["repeats"], row["trials"]) == \
+        ("3", "0", "5", str(len(trials)))
+    assert main(["report", "mlp", "--format", "text", "--storage", url]) == 0   # and here
+    assert (f"Study 'mlp', mlp: 3 complete, 5 repeats (not trained): {len(trials)} trials."
+            in capsys.readouterr().out)
     assert "the space has 3 configurations and every one is trained" in out
     assert main(["report", "mlp", "--storage", url]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]

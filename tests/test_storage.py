@@ -2,7 +2,7 @@
 processes making one new file, readers beside writers, a full and a read-only disk, a corrupt
 file, a lost answer to a write; PostgreSQL stopped past the patience (marked `postgres`).
 
-PostgreSQL tests need OPTUNA_SEARCH_PG_URL and the right to run pg_ctlcluster (tests/pg_server.py).
+PostgreSQL tests need OPTUNA_SEARCH_PG_URL and the right to stop its server (tests/pg_server.py).
 """
 from __future__ import annotations
 

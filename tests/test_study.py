@@ -12,8 +12,9 @@ from optuna.trial import TrialState
 from search.errors import StudyMismatch
 from search.settings import RunSettings, StudySpec
 from spaces import SPACES, get_space
+from reports.study_data import study_record
 from storage import open_store
-from search.study import (MAX_TRIES, SPEC_ATTR, TARGET_ATTR, enqueue_published, grid_failures,
+from search.study import (MAX_TRIES, TARGET_ATTR, enqueue_published, grid_failures,
                           load_spec, make_pruner, make_sampler, open_study, queue_grid_points,
                           recorded_spec, run_seed)
 
@@ -82,7 +83,8 @@ def test_open_study_records_its_spec_in_one_attribute_names_its_metric_and_count
     first = open_study(settings(tmp_path, fixed={"optimizer": "adam"}, epochs=3))
     study = first.study
     assert recorded_spec(study) == StudySpec(model="mlp", fixed={"optimizer": "adam"}, epochs=3)
-    assert study.user_attrs[SPEC_ATTR]["sampler"]["name"] == "tpe"
+    assert study_record(study)["sampler"]["name"] == "tpe"
+    assert "optuna_search" not in study.user_attrs    # not in the dashboard's study card
     assert study.metric_names == ["val_acc"]
     assert study.user_attrs[TARGET_ATTR] == 30        # a new study's default target
     second = open_study(settings(tmp_path, fixed={"optimizer": "adam"}, epochs=3))

@@ -1,6 +1,6 @@
 """TrialWriter: a trial's writes go on in the background while the storage is away (SQLite's
 write lock held by another process, PostgreSQL restarted) and land in order, none lost or
-doubled. PostgreSQL tests need OPTUNA_SEARCH_PG_URL and pg_ctlcluster (tests/pg_server.py).
+doubled. PostgreSQL tests need OPTUNA_SEARCH_PG_URL and to restart its server (tests/pg_server.py).
 """
 from __future__ import annotations
 

@@ -2,11 +2,12 @@
 
     optuna-search resnet18 --trials 30                 # TPE + median pruning, the report's space
     optuna-search mlp --grid activation=relu,sigmoid,tanh
-    optuna-search report resnet18 --top 8              # Markdown table on stdout
+    optuna-search report resnet18 --top 8              # the best trials as a table
     optuna-search info mlpmixer --set patch_size=8     # parameters per layer
 
 Bad input (unknown model or parameter, an ill-typed value, a malformed storage URL, missing
-data, --trials 0) gets one line on stderr and exit status 2, before anything is written.
+or broken data, --trials 0) gets one line on stderr and exit status 2, before anything is
+written; a bad --data path before the heavy imports too.
 """
 from __future__ import annotations
 
@@ -79,12 +80,21 @@ def entry(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def _command(argv: Sequence[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:  # imported here, under the handler: Ctrl-C during the imports (a second or more)
-        # is an interrupt like any other
+        # is an interrupt like any other. The light modules first: a bad --data is refused
+        # before torch and Optuna load (search/cli/early.py).
+        from search.cli.early import check_data_first
+        from search.terminal import say
+        from search.train.errors import DataError
+        try:
+            check_data_first(argv)
+        except DataError as error:
+            say(sys.stderr, f"optuna-search: error: {error}")
+            return USAGE_ERROR
         from search.cli.arguments import build_parser
         from search.cli.commands import COMMANDS, command_search
         from search.errors import USER_ERRORS
-        from search.terminal import say
         from storage import StorageFault
     except Exception:
         if interrupts.stop_requested():  # a library that turned Ctrl-C into an ImportError

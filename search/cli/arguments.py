@@ -4,6 +4,7 @@ ConfigError, which search.cli turns into one line on stderr and exit status 2.""
 from __future__ import annotations
 
 import argparse
+from importlib import metadata
 from typing import Any, Sequence
 
 from search.errors import UsageError
@@ -192,6 +193,8 @@ def build_parser() -> Parser:
     parser = Parser(prog="optuna-search",
                     description="Hyperparameter search for CIFAR-10 classifiers with Optuna",
                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"optuna-search {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
     for model in MODEL_NAMES:
@@ -232,6 +235,36 @@ def build_parser() -> Parser:
     add_checkpoints(p)
     add_quiet(p)
 
+    p = commands.add_parser("audit", help="train pruned trials of a study to the full budget: "
+                            "would they have won?",
+                            description="Train to the study's full epochs the K pruned trials "
+                            "that looked best when they were stopped (or K at random), each with "
+                            "its exact configuration, in the sibling study STUDY-audit (STUDY "
+                            "itself is never changed); then `optuna-search report STUDY` has a "
+                            "pruning-audit section. Rerun to resume: nothing is trained twice. "
+                            "Example: optuna-search audit mlp --pruned 3")
+    p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
+    p.add_argument("--pruned", type=positive_int, default=3, metavar="K",
+                   help="how many pruned trials to train to the end (default 3); a larger K "
+                        "later adds trials, those audited already stay")
+    p.add_argument("--random", action="store_true",
+                   help="choose the K pruned trials at random (seeded by --seed), not the ones "
+                        "that looked best when they were stopped")
+    p.add_argument("--seed", type=int, default=0, help="the --random choice's seed (default 0)")
+    add_storage(p)
+    p.add_argument("--data", help="where this machine has the study's data (default: the "
+                   "source the study was made with)")
+    p.add_argument("--data-dir", default="data", help="where cifar10 lives (default ./data)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="processes on this machine training the audit's trials (default 1)")
+    p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                   help="start no trial after this many seconds (each process runs one at least)")
+    add_capture(p)
+    add_patience(p)
+    add_checkpoints(p)
+    add_quiet(p)
+
     p = commands.add_parser("dashboard", help="watch the studies in a browser (optuna-dashboard)",
                             description="Serve optuna-dashboard on a storage and its artifacts. "
                             "Example: optuna-search dashboard --port 8080; then open "
@@ -243,11 +276,15 @@ def build_parser() -> Parser:
 
     p = commands.add_parser("report", help="the top trials of a study as a table (or a page)",
                             description="Example: optuna-search report resnet18 --top 8 "
-                            "(Markdown on stdout); --format html -o report.html writes the "
+                            "(a table that fits a terminal; Markdown into a pipe or a file); "
+                            "--format html -o report.html writes the "
                             "table and every figure on one offline page")
     p.add_argument("study", help="study name, e.g. resnet18 (see optuna-search studies)")
     p.add_argument("--top", type=positive_int, default=8, help="rows to show (default 8)")
-    p.add_argument("--format", default="markdown", choices=("markdown", "csv", "html"))
+    p.add_argument("--format", choices=("text", "markdown", "csv", "html"),
+                   help="text: a table that fits a terminal (the default on one); markdown: "
+                        "every column, for pasting (the default into a file or a pipe); "
+                        "csv: full precision; html: one offline page with every figure")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.add_argument("--include-pruned", action="store_true",
                    help="rank pruned and failed trials too, with a state column")
@@ -280,6 +317,14 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     add_storage(p)
     return parser
+
+
+def package_version() -> str:
+    """The installed package's version (pyproject.toml's, as pip recorded it)."""
+    try:
+        return metadata.version("optuna-search")
+    except metadata.PackageNotFoundError:  # run from a checkout that pip never installed
+        return "(not installed: version unknown)"
 
 
 def parse_fixed(model: str, assignments: Sequence[str]) -> dict[str, Any]:

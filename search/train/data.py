@@ -3,7 +3,9 @@ the training device (GPU when present) and does crop and flip there.
 
 Sources (`--data`): "cifar10" (torchvision's CIFAR10 under a data dir), a folder or .tar.gz in
 image-folder layout (train/<class>/*, test/<class>/*), or "synthetic" (generated, learnable).
-Decoded image folders are cached in ~/.cache/optuna-search (never beside the source).
+Decoded image folders are cached in ~/.cache/optuna-search (never beside the source). A path
+is checked first (search/train/sources.py, also run by the command line before torch loads);
+an image that cannot be decoded is named in one line (DataError), found while decoding.
 """
 from __future__ import annotations
 
@@ -11,10 +13,8 @@ import dataclasses
 import gzip
 import hashlib
 import io
-import os
 import shutil
 import tarfile
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from search.train.errors import DataError, check, first_line
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-CLASSES = 10          # the models' outputs: CIFAR-10's classes
-CACHE_VERSION = 1
+from search.train.sources import (IMAGE_SUFFIXES, cache_dir, cached_images, check_class_count,
+                                  check_source, split_and_class)
 
 
 @dataclass
@@ -73,8 +71,10 @@ class Dataset:
         return self._stats
 
     def describe(self) -> str:
-        return (f"{self.source}: {len(self.train)} train / {len(self.val)} val / "
-                f"{len(self.test)} test images, {len(self.classes)} classes")
+        """'cifar10-jpeg.tar.gz: 5,000 train / 1,000 val / 1,000 test' (images): short, so
+        that 'data ../shared/data/cifar10-jpeg.tar.gz: ' and the whole split fit 80 columns."""
+        return (f"{self.source}: {len(self.train):,} train / {len(self.val):,} val / "
+                f"{len(self.test):,} test")
 
 
 def same_device(a, b) -> bool:
@@ -94,11 +94,6 @@ def _index(device: torch.device) -> int:
     return 0
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("OPTUNA_SEARCH_CACHE") or Path.home() / ".cache" / "optuna-search"
-    return Path(root)
-
-
 # ---------------------------------------------------------------- sources -> (train, test, classes)
 
 def load_source(source: str, data_dir: str | Path = "data",
@@ -109,13 +104,11 @@ def load_source(source: str, data_dir: str | Path = "data",
         return synthetic()
     if source == "cifar10":
         if say is not None:
-            say(f"loading CIFAR-10 from {data_dir}/ (torchvision; downloaded the first time)")
+            say(f"reading CIFAR-10 with torchvision (downloaded into {data_dir}/ the first "
+                "time)...")
         return _torchvision_cifar10(Path(data_dir))
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"data source {source!r} does not exist; use cifar10, synthetic, "
-                        "a folder with train/<class>/ and test/<class>/, or such a .tar.gz")
-    return _cached_image_folder(path, say, should_stop)
+    check_source(source, classes=None)   # at once, in one line: missing, no layout, truncated
+    return _cached_image_folder(Path(source).expanduser(), say, should_stop)
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0
@@ -158,27 +151,12 @@ def _torchvision_cifar10(root: Path) -> tuple[Images, Images, list[str]]:
     return convert(train), convert(test), list(train.classes)
 
 
-def _fingerprint(path: Path) -> str:
-    """Size and mtime of an archive; for a folder, of every file in it (a folder's own
-    mtime does not change when an image inside train/<class>/ is added or replaced)."""
-    if path.is_file():
-        stat = path.stat()
-        return f"{stat.st_size}|{stat.st_mtime_ns}"
-    stats = [p.stat() for p in path.glob("*/*/*") if p.is_file()]
-    return (f"{len(stats)}|{sum(s.st_size for s in stats)}|"
-            f"{max((s.st_mtime_ns for s in stats), default=0)}")
-
-
 def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None,
                          should_stop: Callable[[], bool] | None = None
                          ) -> tuple[Images, Images, list[str]]:
-    key = hashlib.sha256(f"{CACHE_VERSION}|{path.resolve()}|{_fingerprint(path)}"
-                         .encode()).hexdigest()[:16]
-    cached = cache_dir() / f"images-{key}.pt"
-    if say is not None:
-        say(f"loading {path}: " + (f"decoded images from the cache {cached}" if cached.exists()
-                                   else f"decoding every image once (cached in {cache_dir()}; "
-                                        "CIFAR-10 takes 10-20 s)"))
+    cached = cached_images(path)
+    if say is not None and not cached.exists():
+        say("decoding the images once (15-60 s for CIFAR-10; cached for the next runs)...")
     if cached.exists():
         try:
             blob = torch.load(cached, weights_only=True)
@@ -199,25 +177,27 @@ def _decode_image_folder(path: Path, should_stop: Callable[[], bool] | None = No
                          ) -> tuple[Images, Images, list[str]]:
     """Read train/<class>/* and test/<class>/* from a folder or a .tar(.gz) archive;
     `should_stop()` is read before each file (True raises Stopped)."""
-    files: dict[str, dict[str, list[bytes]]] = {"train": {}, "test": {}}
+    files: dict[str, dict[str, list[tuple[str, bytes]]]] = {"train": {}, "test": {}}
     if path.is_dir():
         for split in files:
             for image in sorted((path / split).glob("*/*")):
                 check(should_stop)
                 if image.suffix.lower() in IMAGE_SUFFIXES:
-                    files[split].setdefault(image.parent.name, []).append(image.read_bytes())
+                    try:
+                        blob = image.read_bytes()
+                    except OSError as error:
+                        raise DataError(f"{image} cannot be read ({error.strerror})") from None
+                    files[split].setdefault(image.parent.name, []).append((str(image), blob))
     else:
         try:
             with tarfile.open(path) as archive:
                 for member in archive:
                     check(should_stop)
-                    parts = Path(member.name).parts
-                    parts = parts[parts.index("train") if "train" in parts else
-                                  parts.index("test") if "test" in parts else len(parts):]
-                    if (member.isfile() and len(parts) == 3
-                            and Path(parts[2]).suffix.lower() in IMAGE_SUFFIXES):
+                    where = split_and_class(member.name) if member.isfile() else None
+                    if where:
                         data = archive.extractfile(member).read()
-                        files[parts[0]].setdefault(parts[1], []).append(data)
+                        files[where[0]].setdefault(where[1], []).append(
+                            (f"{path}: {member.name}", data))
         except tarfile.TarError as error:
             raise DataError(f"{path} is not a readable .tar.gz archive ({error})") from None
         except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
@@ -238,14 +218,21 @@ def _decode_image_folder(path: Path, should_stop: Callable[[], bool] | None = No
             _decode(files["test"], classes, should_stop), classes)
 
 
-def _decode(by_class: dict[str, list[bytes]], classes: list[str],
+def _decode(by_class: dict[str, list[tuple[str, bytes]]], classes: list[str],
             should_stop: Callable[[], bool] | None = None) -> Images:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     xs, ys = [], []
     for label, name in enumerate(classes):
-        for blob in by_class.get(name, []):
+        for where, blob in by_class.get(name, []):
             check(should_stop)
-            image = Image.open(io.BytesIO(blob)).convert("RGB")
+            try:
+                image = Image.open(io.BytesIO(blob)).convert("RGB")
+            except Exception as error:  # PIL's formats raise many types for a broken file
+                # (UnidentifiedImageError, OSError "truncated", SyntaxError, ValueError...)
+                why = ("no image format PIL knows" if isinstance(error, UnidentifiedImageError)
+                       else first_line(error))
+                raise DataError(f"{where} cannot be decoded as an image ({why}); remove or "
+                                "replace it") from None
             if image.size != (32, 32):
                 image = image.resize((32, 32))
             xs.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
@@ -279,17 +266,13 @@ def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed:
 
     val_size is capped at a tenth of the training images (45,000 / 5,000 on CIFAR-10).
     train_subset keeps a class-balanced part of the remaining training images.
-    `say` gets a line before a long load and one after it (what, how many, seconds).
-    `should_stop()` is read before each image read and decoded: True raises Stopped.
+    `say` gets a line before a long load (a first decode, a download); the caller names the
+    data once it is loaded (Dataset.describe). `should_stop()` is read before each image
+    read and decoded: True raises Stopped.
     """
-    started = time.perf_counter()
     train, test, classes = load_source(source, data_dir, say, should_stop)
-    if len(classes) != CLASSES:
-        raise DataError(f"{source} has {len(classes)} classes ({', '.join(classes[:12])}"
-                        f"{', ...' if len(classes) > 12 else ''}); the models classify "
-                        f"{CLASSES} (CIFAR-10): give a data set with {CLASSES} class folders")
+    check_class_count(source, classes)
     fingerprint = content_fingerprint(train, test, classes)
-    source_size = len(train) + len(test)  # the whole source, before any subset
     generator = torch.Generator().manual_seed(seed)
     n_val = min(val_size, len(train) // 10)
     val_index = balanced_subset(train.y, n_val, generator)
@@ -305,9 +288,6 @@ def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed:
         train_index = train_index[pick]
     if test_subset is not None:
         test = test.take(balanced_subset(test.y, min(test_subset, len(test)), generator))
-    if say is not None:
-        say(f"data {source}: {source_size:,} images, {len(classes)} classes, "
-            f"ready in {time.perf_counter() - started:.1f} s (content {fingerprint})")
     return Dataset(train.take(train_index), train.take(val_index), test, classes, source,
                    fingerprint=fingerprint)
 
