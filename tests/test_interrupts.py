@@ -98,21 +98,36 @@ def test_a_stop_raises_once_and_stays_a_state_of_the_process():
 # ------------------------------------------------------------------ a Ctrl-C lost in a worker
 
 # In one `--workers` process of the search, at the first epoch to start once the file $LOSE_GO
-# exists: an object whose __del__ sends SIGINT to the whole group (a terminal's Ctrl-C: the
-# launcher and both workers) and runs on until the worker's handler has run there, made and
-# dropped at once. Python can only print "Exception ignored" for the KeyboardInterrupt raised
-# inside a finalizer, and goes on; the launcher's forwarded SIGINT follows. This worker has
-# lost its interrupt, for certain.
+# exists: code that sends SIGINT to the whole group (a terminal's Ctrl-C: the launcher and
+# both workers) and runs on until the worker's handler has run there, run where Python cannot
+# raise: an object's __del__ ($LOSE_IN=finalizer) or a weakref's callback (callback), as
+# the object is dropped. Python can only print "Exception ignored" for the KeyboardInterrupt
+# raised there, and goes on; the launcher's forwarded SIGINT follows. This worker has lost
+# its interrupt, for certain.
 LOSE_CTRL_C_IN_A_FINALIZER = """
-    import os, signal
+    import os, signal, weakref
     train_epoch = module._train_epoch
+
+    def ctrl_c(*_):
+        print("finalizer sends SIGINT", flush=True)   # stdout: stderr must hold one line
+        os.killpg(0, signal.SIGINT)
+        for _ in range(100_000):   # the handler runs here, at a backward jump
+            pass
 
     class Finalizer:
         def __del__(self):
-            print("finalizer sends SIGINT", flush=True)   # stdout: stderr must hold one line
-            os.killpg(0, signal.SIGINT)
-            for _ in range(100_000):   # the handler runs here, at a backward jump
-                pass
+            ctrl_c()
+
+    class Watched:
+        pass
+
+    def drop_one():
+        if os.environ["LOSE_IN"] == "finalizer":
+            Finalizer()   # __del__ runs here
+        else:
+            watched = Watched()
+            ref = weakref.ref(watched, ctrl_c)
+            del watched   # the callback runs here
 
     def losing(run, batches, first_step, order, epoch):
         go = os.environ["LOSE_GO"]
@@ -122,7 +137,7 @@ LOSE_CTRL_C_IN_A_FINALIZER = """
             except FileExistsError:
                 pass
             else:
-                Finalizer()   # __del__ runs here
+                drop_one()
                 print("trains on after the finalizer", flush=True)   # its interrupt is lost
         return train_epoch(run, batches, first_step, order, epoch)
 
@@ -130,14 +145,16 @@ LOSE_CTRL_C_IN_A_FINALIZER = """
 """
 
 
-def test_a_ctrl_c_a_worker_loses_in_a_finalizer_still_stops_it_within_seconds(tmp_path):
-    """The CI hang: a worker's KeyboardInterrupt raised inside a finalizer is lost; the stop
-    is a state its training loop reads, so it stops all the same, and the parent with it."""
+@pytest.mark.parametrize("lose_in", ["finalizer", "callback"])
+def test_a_ctrl_c_a_worker_loses_in_a_finalizer_still_stops_it_within_seconds(tmp_path, lose_in):
+    """The CI hang: a worker's KeyboardInterrupt raised inside a finalizer (or a weakref
+    callback) is lost; the stop is a state its training loop reads, so it stops all the same,
+    and the parent with it."""
     db, go = tmp_path / "lost.db", tmp_path / "go"
     parent = run_cli(["mlp", "--workers", "2", "--trials", "6", "--epochs", "2000",
                       "--storage", f"sqlite:///{db}", *TINY],
                      **in_workers(tmp_path / "site", "search.train.trainer",
-                                  LOSE_CTRL_C_IN_A_FINALIZER, LOSE_GO=str(go)))
+                                  LOSE_CTRL_C_IN_A_FINALIZER, LOSE_GO=str(go), LOSE_IN=lose_in))
     try:
         wait_for_running(db, 2, seconds=240)
         go.touch()
