@@ -24,11 +24,16 @@ not counted and is tried again. Each try must:
 `--startup N`: N Ctrl-Cs to the group of a `--workers 2` search at a moment drawn while its
 workers import (from their start to the first line a worker prints); `--imports N`: N signals
 (SIGINT and SIGTERM in turn) to the group while its launcher imports torch and Optuna and
-loads the data (from its handler being on to its first line); the same checks.
+loads the data (from its handler being on to its line naming the data); the same checks.
+
+A signal in the launcher's own interpreter start-up (~0.1-0.3 s after the command, before any
+code of ours runs: Python's default actions, and a KeyboardInterrupt inside `site` is its
+"Fatal Python error: init_import_site", exit 1) is no test of our code: such tries are
+checked and printed all the same, but counted apart ("interpreter") and do not fail the soak.
 
 It prints one line per try, then per launcher and signal the counts, the median and worst
-seconds from the signal to the exit; exit status 1 if any try failed. Failed tries keep their
-folder (stdout, stderr, study) under --keep.
+seconds from the signal to the exit; exit status 1 if any try of our code failed. Failed tries
+keep their folder (stdout, stderr, study) under --keep.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ EXIT_SECONDS = 10      # the most a stop may take
 HANG_SECONDS = 60      # no exit by then: a hang
 GONE_SECONDS = 30      # the most the processes of a search may stay after its exit
 OURS = ("optuna-search: ", "interrupted; ")
+DATA_LINE = "data "    # the launcher's line once its imports and its data are done
 
 
 @dataclass
@@ -67,10 +73,17 @@ class Try:
     seconds: float | None = None
     problems: list[str] = field(default_factory=list)
 
+    @property
+    def ours(self) -> bool:
+        """Whether our handler was on when the signal was sent (else Python's start-up)."""
+        return self.phase != "interpreter"
+
     def line(self) -> str:
         where = "group" if self.to_group else "launcher"
         took = f"{self.seconds:5.1f} s" if self.seconds is not None else "  hang "
-        verdict = "ok" if not self.problems else "FAIL: " + "; ".join(self.problems)
+        verdict = ("ok" if not self.problems else
+                   ("FAIL: " if self.ours else "(Python's start-up, not counted) ")
+                   + "; ".join(self.problems))
         return (f"{self.launcher:7} {signal.Signals(self.signum).name:7} to the {where:8} "
                 f"{self.phase:18} exit {self.code} {took}  {verdict}")
 
@@ -87,9 +100,10 @@ def start(launcher: str, folder: Path) -> subprocess.Popen:
 
 def phase(folder: Path, pid: int) -> str:
     """Where the run was, from what it had printed: interpreter (Python starting, before our
-    handler: SIGTERM not caught yet), start-up (imports, the launcher's data), runners
-    starting, training, testing/saving, between trials, summary (the work done, the summary
-    printed or being printed), exiting (the command over: its handler off)."""
+    handler: SIGTERM not caught yet), start-up (imports, the launcher's data, a local Ray
+    cluster starting: until the line naming the data), runners starting, training,
+    testing/saving, between trials, summary (the work done, the summary printed or being
+    printed), exiting (the command over: its handler off)."""
     ours = catches_sigterm(pid)
     lines = (folder / "out.txt").read_text().splitlines()
     runner = [line for line in lines if line.startswith(("[w", "[r"))]
@@ -97,7 +111,7 @@ def phase(folder: Path, pid: int) -> str:
         return "summary" if ours else "exiting"
     if not ours:
         return "interpreter"
-    if not lines:
+    if not any(line.startswith(DATA_LINE) for line in lines):
         return "start-up"
     if not runner:
         return "runners starting"
@@ -247,7 +261,8 @@ def check(attempt: Try, search: subprocess.Popen, folder: Path) -> None:
 
 def timed_run(launcher: str) -> dict[str, float]:
     """An uninterrupted run: seconds from its start to its handler being on, to its workers'
-    start, to its first line (imports and data done), to a runner's first line, to its exit."""
+    start, to its line naming the data (imports and data done), to a runner's first line, to
+    its exit."""
     folder = Path(tempfile.mkdtemp(prefix=f"soak-{launcher}-"))
     started = time.monotonic()
     search = start(launcher, folder)
@@ -258,8 +273,9 @@ def timed_run(launcher: str) -> dict[str, float]:
             marks["workers"] = now
         if "handler" not in marks and catches_sigterm(search.pid):
             marks["handler"] = now
-        if "first line" not in marks and (folder / "out.txt").stat().st_size:
-            marks["first line"] = now
+        if "data line" not in marks and any(line.startswith(DATA_LINE) for line in
+                                             (folder / "out.txt").read_text().splitlines()):
+            marks["data line"] = now
         if "runner line" not in marks and phase(folder, search.pid) not in (
                 "interpreter", "start-up", "runners starting"):
             marks["runner line"] = now
@@ -288,18 +304,30 @@ def summary(tries: list[Try]) -> list[str]:
     lines = []
     for launcher in dict.fromkeys(t.launcher for t in tries):
         for signum in dict.fromkeys(t.signum for t in tries if t.launcher == launcher):
-            group = [t for t in tries if t.launcher == launcher and t.signum == signum]
+            every = [t for t in tries if t.launcher == launcher and t.signum == signum]
+            group = [t for t in every if t.ours]
             times = [t.seconds for t in group if t.seconds is not None]
             failed = sum(bool(t.problems) for t in group)
             hangs = sum(t.seconds is None for t in group)
             phases = {p: sum(t.phase == p for t in group) for p in dict.fromkeys(
                 t.phase for t in group)}
+            codes = {c: sum(t.code == c for t in group) for c in dict.fromkeys(
+                t.code for t in group)}
             lines.append(
                 f"{launcher:7} {signal.Signals(signum).name:7} {len(group):3} tries: "
                 f"{len(group) - failed} ok, {failed} failed, {hangs} hangs; exit after the "
                 f"signal: median {statistics.median(times):.1f} s, worst {max(times):.1f} s"
-                if times else f"{launcher} {signum}: no exit at all")
+                if times else f"{launcher} {signal.Signals(signum).name}: no try of our code")
             lines.append("        moments: " + ", ".join(f"{p} {n}" for p, n in phases.items()))
+            lines.append("        exit statuses: " + ", ".join(
+                f"{c} x{n}" for c, n in codes.items()))
+            python = [t for t in every if not t.ours]
+            if python:
+                lines.append(
+                    f"        and {len(python)} in the interpreter's start-up (before our code, "
+                    f"not counted): exit " + ", ".join(
+                        f"{t.code}{' (' + t.problems[0] + ')' if t.problems else ''}"
+                        for t in python))
     return lines
 
 
@@ -321,7 +349,7 @@ def main() -> int:
     # SIGINT before a search's handler is on (the interpreter's start-up) would do nothing.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     rng, tries, skipped = random.Random(args.seed), [], 0
-    print(f"load average {os.getloadavg()[0]:.1f} (2-minute window: {os.getloadavg()[1]:.1f})")
+    print(f"load average {os.getloadavg()[0]:.1f} (5-minute: {os.getloadavg()[1]:.1f})")
     launchers = [name for name in args.launchers.split(",") if name] if args.signals else []
     if args.startup or args.imports:
         launchers = list(dict.fromkeys(launchers + ["workers"]))
@@ -337,8 +365,8 @@ def main() -> int:
         for signum, to_group in plan:
             skipped += counted(tries, launcher, launcher, signum, to_group,
                                lambda _search: rng.uniform(0, whole), args.keep)
-    if args.imports:   # from the handler being on to the launcher's first line
-        window = life["workers"]["first line"] - life["workers"]["handler"]
+    if args.imports:   # from the handler being on to the launcher's line naming the data
+        window = life["workers"]["data line"] - life["workers"]["handler"]
         for k in range(args.imports):
             skipped += counted(
                 tries, "imports", "workers", (signal.SIGINT, signal.SIGTERM)[k % 2], True,
@@ -355,7 +383,7 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.1f}")
     for line in summary(tries):
         print(line)
-    return 1 if any(t.problems for t in tries) else 0
+    return 1 if any(t.problems for t in tries if t.ours) else 0
 
 
 if __name__ == "__main__":
