@@ -6,9 +6,13 @@ The launcher starts each process with SIGINT and SIGTERM blocked (a child inheri
 a signal sent while the interpreter starts (a terminal's Ctrl-C reaches the whole group) waits
 until `start` has its handler on, then stops the process quietly with exit 130. It is handled
 even where the shell started the search with SIGINT ignored (nohup, `cmd &`): the launcher
-forwards every stop to its workers, and a worker obeys it. The handler (search/interrupts.py)
-notes every signal and raises at most once, inside the `try`: the second of the two SIGINTs a
-worker gets at a Ctrl-C (the terminal's, the launcher's) never lands outside it as a traceback.
+forwards every stop to its workers, and a worker obeys it. While the process only imports
+(torch, optuna: seconds, nothing claimed or written) a stop ends it at once: a
+KeyboardInterrupt would wait while torch's own code runs (search/interrupts.py), up to the
+rest of torch's import (3-5 s at load 7, measured; more on a busier machine). From the run
+loop on, the handler (search/interrupts.py) notes every signal and raises at most once, inside
+the `try`: the second of the two SIGINTs a worker gets at a Ctrl-C (the terminal's, the
+launcher's) never lands outside it as a traceback.
 
 What a worker says (its lines, its result) goes to the launcher through a pipe of its own
 (`Outbox`), not a multiprocessing.Queue: a Queue's three named semaphores (/dev/shm) outlive a
@@ -46,30 +50,32 @@ def start(payload: bytes, index: int, gpu: str | None, parent: int, pipe) -> Non
     must happen under the handler, not while multiprocessing reads this call's arguments.
     `pipe`: the writing end of this worker's pipe to the launcher."""
     messages = Outbox(pipe)   # its thread is made with the stop signals blocked: they stay so
-    stop = interrupts.Interrupts()
-    stop.install()   # for good: a signal after the `try` below is noted, never raised
+    for signum in STOP_SIGNALS:   # while it imports: nothing is held, it leaves at once
+        signal.signal(signum, _leave_at_once)
     sys.unraisablehook = interrupts.unheard_lost_interrupts(sys.unraisablehook)
+    stop = interrupts.Interrupts()
     code = FAILED
     try:
-        with stop.raising():
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one pending raises here
-            die_with_parent(parent)
-            if gpu is not None:  # before anything touches CUDA in this fresh (spawned) process
-                os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-            try:
-                from search.launch import worker_main
-                settings = pickle.loads(payload)
-            except Exception:
-                if stop.requested:  # a library that turned the interrupt into an ImportError
-                    raise KeyboardInterrupt from None
-                raise
-            interrupts.check_stop()   # one lost where Python could not raise it (a finalizer)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one pending: leaves here
+        die_with_parent(parent)
+        if gpu is not None:  # before anything touches CUDA in this fresh (spawned) process
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        from search.launch import worker_main
+        settings = pickle.loads(payload)
+        stop.install()   # for good: a signal after the `try` below is noted, never raised
+        with stop.raising():   # a stop noted meanwhile raises here
             code = worker_main(settings, index, messages)
     except KeyboardInterrupt:  # outside the run loop's own handling: nothing is held
         code = INTERRUPTED
     except BaseException:  # unexpected: the details on stderr, the launcher says the rest
         traceback.print_exc()
     leave(code, messages, parent)
+
+
+def _leave_at_once(signum, _frame) -> None:
+    """A stop while the process imports: exit now, 130 (it has said nothing, holds nothing)."""
+    interrupts.note_stop(signum)
+    os._exit(INTERRUPTED)
 
 
 def leave(code: int, messages: "Outbox", parent: int) -> None:
