@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +36,7 @@ from search.interrupts import check_stop, note_stop
 WATCH_SECONDS = 0.5     # how often the watchdog notes the descendants (agents start in ~2 s)
 GONE_SECONDS = 5.0      # how long killed processes get to be gone (SIGKILL: milliseconds)
 PROC = Path("/proc")
+STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _stat(pid: int | str) -> list[str] | None:
@@ -121,33 +123,65 @@ def starting(ours: bool) -> Iterator[None]:
     started left behind) is kept out: ours stays. With `ours` (a local cluster this process
     starts: seconds), a stop meanwhile kills what has started and leaves at once, exit 130:
     nothing is written yet (the cluster comes before the study), and Ray, half started and
-    its processes signalled too, could only wait out its timeouts (30 s, measured) or crash."""
+    its processes signalled too, could only wait out its timeouts (30 s, measured) or crash.
+    The leaving is done by a thread of its own, woken through the signal's wakeup file
+    descriptor (written by the C-level handler, in whatever thread takes the signal): a Python
+    handler runs only when the main thread next runs Python, and ray.init may wait in Ray's C++
+    core for 30 s on a GCS the signal has ended (29.7 s to the exit, measured)."""
+    import ray._private.ray_constants as ray_constants
     import ray._private.utils as ray_utils
     setter = getattr(ray_utils, "set_sigterm_handler", None)
     if setter is not None:
         ray_utils.set_sigterm_handler = lambda handler: None
+    # Nor its core's C++ handler in this process, which writes 3-6 lines ("*** SIGTERM
+    # received at time=...", addresses) to the terminal at a stop as ray.init ends.
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     previous = {}
     if ours:
-        previous = {s: signal.signal(s, _leave_now) for s in (signal.SIGINT, signal.SIGTERM)}
+        wakeup, waker = os.pipe()
+        os.set_blocking(waker, False)
+
+        def noted(signum, _frame):   # the Python side: ray.init is left undisturbed
+            note_stop(signum)
+            with contextlib.suppress(OSError):
+                os.write(waker, bytes([signum]))   # should Ray have moved the wakeup fd
+
+        previous = {s: signal.signal(s, noted) for s in STOPS}
+        previous_fd = signal.set_wakeup_fd(waker, warn_on_full_buffer=False)
+        threading.Thread(target=_leave_when_woken, args=(wakeup,), name="stop-while-ray-starts",
+                         daemon=True).start()
     try:
         check_stop()   # one noted before (its KeyboardInterrupt lost): no cluster is started
         yield
     finally:
-        for signum, handler in previous.items():
+        for signum, handler in previous.items():   # first: `noted` writes to `waker`
             signal.signal(signum, handler)
+        if ours:
+            signal.set_wakeup_fd(previous_fd)
+            os.close(waker)   # EOF: the thread ends (it closes `wakeup`)
         if setter is not None:
             ray_utils.set_sigterm_handler = setter
 
 
-def _leave_now(signum, _frame) -> None:
-    note_stop(signum)
+def _leave_when_woken(wakeup: int) -> None:
+    """Wait for a stop signal's byte; then kill every process this one started and exit 130.
+    (Every signal with a Python handler writes its number: SIGALRM, say, is not a stop.)"""
+    try:
+        while (woken := os.read(wakeup, 1)) and woken[0] not in STOPS:
+            pass
+    finally:
+        os.close(wakeup)
+    if not woken:   # ray.init is over: the usual handling takes over
+        return
+    note_stop(woken[0])
     for _ in range(3):   # the raylet may start an agent while its elders are being killed
         started = descendants(os.getpid())
         if not started:
             break
         kill(started)
-    sys.stdout.flush()
-    print("optuna-search: interrupted; nothing was left running", file=sys.stderr, flush=True)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os.write(2, b"optuna-search: interrupted; nothing was left running\n")
     os._exit(130)
 
 
@@ -207,17 +241,28 @@ def stop_watchdog() -> None:
 
 def fail_and_requeue(opened, pids: set[int]) -> int:
     """Fail the RUNNING trials that the (killed) processes `pids` of this machine were running,
-    and queue each again, as an interrupted trial is; returns how many."""
+    and queue each again, as an interrupted trial is; returns how many. Also those whose
+    runner on this machine is gone (an actor the group's signal ended before it reported
+    where it runs), and those that say no runner: a process claims a trial, beats and records
+    itself as its runner in one step under the study's lock (search/run.py), held here too,
+    so such a trial's claimer was killed mid-claim. Left RUNNING, each would wait out the
+    heartbeat's grace."""
     from optuna.trial import TrialState   # here: the watchdog does without optuna
     from reports.trial_data import trial_value
     study, store = opened.study, opened.store
     host, count = socket.gethostname(), 0
     with store.lock(study.study_name):
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            run = trial_value(trial, "run") or {}
-            if run.get("host") == host and run.get("pid") in pids:
+            run = trial_value(trial, "run")
+            if run is None or (run.get("host") == host and (run.get("pid") in pids
+                                                            or not _alive(run.get("pid")))):
                 count += store.fail_and_retry(study, trial, None) is not None
     return count
+
+
+def _alive(pid) -> bool:
+    fields = _stat(pid) if isinstance(pid, int) else None
+    return fields is not None and fields[0] != "Z"
 
 
 def _watch(parent: int) -> None:

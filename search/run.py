@@ -101,6 +101,11 @@ def run_process(settings: RunSettings, out, data=None,
             while not interrupts.requested:
                 with store.lock(settings.study_name):
                     claimed = claim(study, store, settings)
+                    if claimed not in (DONE, WAIT):   # who runs it, in the same step: under
+                        # the lock a RUNNING trial without it is one whose claimer died
+                        store.set_system_attr(claimed, RUN, {   # (not on the trial page)
+                            "run": opened.run, "sampler_seed": opened.sampler_seed,
+                            "host": socket.gethostname(), "pid": os.getpid()})
                 if claimed == DONE:
                     break
                 if claimed == WAIT:
@@ -112,9 +117,6 @@ def run_process(settings: RunSettings, out, data=None,
                     interrupts.sleep(_wait_seconds(store))
                     continue
                 said_waiting = False
-                store.set_system_attr(claimed, RUN, {   # bookkeeping: not on the trial page
-                    "run": opened.run, "sampler_seed": opened.sampler_seed,
-                    "host": socket.gethostname(), "pid": os.getpid()})
                 frozen = run_one(opened, claimed, objective, interrupts, settings)
                 progress.trial_finished(frozen, tally(study, settings).finished, _best(study))
                 for trouble in (figures.after_trial(), note.after_trial()):
