@@ -37,6 +37,7 @@ WATCH_SECONDS = 0.5     # how often the watchdog notes the descendants (agents s
 GONE_SECONDS = 5.0      # how long killed processes get to be gone (SIGKILL: milliseconds)
 PROC = Path("/proc")
 STOPS = (signal.SIGINT, signal.SIGTERM)
+ALL_CLEAR = 0   # no signal has number 0: the byte that says ray.init is over
 
 
 def _stat(pid: int | str) -> list[str] | None:
@@ -136,7 +137,7 @@ def starting(ours: bool) -> Iterator[None]:
     # Nor its core's C++ handler in this process, which writes 3-6 lines ("*** SIGTERM
     # received at time=...", addresses) to the terminal at a stop as ray.init ends.
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
-    previous = {}
+    previous, leaver = {}, None
     if ours:
         wakeup, waker = os.pipe()
         os.set_blocking(waker, False)
@@ -148,32 +149,40 @@ def starting(ours: bool) -> Iterator[None]:
 
         previous = {s: signal.signal(s, noted) for s in STOPS}
         previous_fd = signal.set_wakeup_fd(waker, warn_on_full_buffer=False)
-        threading.Thread(target=_leave_when_woken, args=(wakeup,), name="stop-while-ray-starts",
-                         daemon=True).start()
+        leaver = threading.Thread(target=_leave_when_woken, args=(wakeup,),
+                                  name="stop-while-ray-starts", daemon=True)
+        leaver.start()
     try:
         check_stop()   # one noted before (its KeyboardInterrupt lost): no cluster is started
         yield
     finally:
-        for signum, handler in previous.items():   # first: `noted` writes to `waker`
-            signal.signal(signum, handler)
-        if ours:
+        if leaver is not None:
             signal.set_wakeup_fd(previous_fd)
-            os.close(waker)   # EOF: the thread ends (it closes `wakeup`)
+            with contextlib.suppress(OSError):
+                os.write(waker, bytes([ALL_CLEAR]))   # after any stop's byte: a pipe keeps order
+            # Until the thread has read it: a stop before it is the thread's to finish (it
+            # exits meanwhile); going on, this process would point its stderr at Ray's log
+            # (ray_errors_to_log) and the thread's line would go there (2 of 100 soak tries).
+            leaver.join()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if leaver is not None:
+            os.close(waker)
         if setter is not None:
             ray_utils.set_sigterm_handler = setter
+    check_stop()   # one noted once the thread was done: the usual way out (connected's)
 
 
 def _leave_when_woken(wakeup: int) -> None:
     """Wait for a stop signal's byte; then kill every process this one started and exit 130.
-    (Every signal with a Python handler writes its number: SIGALRM, say, is not a stop.)"""
-    try:
-        while (woken := os.read(wakeup, 1)) and woken[0] not in STOPS:
-            pass
-    finally:
-        os.close(wakeup)
-    if not woken:   # ray.init is over: the usual handling takes over
+    (Every signal with a Python handler writes its number: SIGALRM, say, is not a stop.)
+    ALL_CLEAR: ray.init is over, the usual handling takes over."""
+    while (woken := os.read(wakeup, 1)[0]) not in (*STOPS, ALL_CLEAR):
+        pass
+    if woken == ALL_CLEAR:
+        os.close(wakeup)   # (leaving, it keeps it open: ALL_CLEAR may still be written)
         return
-    note_stop(woken[0])
+    note_stop(woken)
     for _ in range(3):   # the raylet may start an agent while its elders are being killed
         started = descendants(os.getpid())
         if not started:
