@@ -15,9 +15,10 @@ watchdog thread notices within a second) and do the same: no orphan keeps runnin
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+from multiprocessing import resource_tracker
 import os
 import pickle
-import queue
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ from search.errors import USER_ERRORS
 from search.progress import LineSender, print_summary, quiet_optuna
 from search.claim import is_done, progress_line, tally
 from search.cpu_cost import cpu_line
+from search.interrupts import check_stop, note_stop, stop_requested
 from search.run import RunResult, load_data, run_process, with_loaded_data
 from search.settings import RunSettings
 from search.study import grid_failures, open_study
@@ -92,6 +94,7 @@ def run_search(settings: RunSettings, out=None, data=None) -> int:
         say(out, cpu_line(settings.spec, left, len(data.train), len(data.val),
                           torch.get_num_threads(), settings.workers))
     outcome = Outcome()
+    check_stop()  # a stop whose KeyboardInterrupt was lost (a finalizer): no runner starts
     if settings.ray:
         from search.ray_cluster import run_on_ray
         del data  # each actor loads its own copy
@@ -154,43 +157,63 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
     """settings.workers processes of the run loop; returns when all have exited."""
     gpus = gpu_assignment(settings.workers, settings.device)
     context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
+    # A pipe per worker, which it alone writes (search/child.py Outbox): no named semaphore
+    # (a Queue has three) for a launcher killed outright to leave behind.
+    pipes = [context.Pipe(duplex=False) for _ in range(settings.workers)]
     # Timings of trials that share a device (a GPU, or the CPU's cores) are not those of one
     # trial alone: each trial records how many shared it, and reports say so.
     shared = [gpus.count(gpu) if gpu is not None else settings.workers for gpu in gpus]
     processes = [context.Process(target=child.start, name=f"optuna-search-w{i}",
                                  args=(pickle.dumps(settings.replace(device_shared_by=shared[i])),
-                                       i, gpus[i], os.getpid(), messages))
+                                       i, gpus[i], os.getpid(), pipes[i][1]))
                  for i in range(settings.workers)]
+    readers = [reader for reader, _ in pipes]
 
-    def forward(signum, _frame):
+    told: set[int] = set()   # the workers sent the stop
+
+    def tell(signum: int) -> None:
         outcome.interrupted = True
         for process in processes:
-            if process.pid is not None and process.is_alive():
+            if process.pid is not None and process.pid not in told and process.is_alive():
                 os.kill(process.pid, signum)
+                told.add(process.pid)
+
+    def forward(signum, _frame):  # never raises: this process only waits for its workers
+        note_stop(signum)
+        tell(signum)
 
     handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Started with the stop signals blocked (the mask is inherited): each child takes a
+    # signal sent meanwhile once its handler is on (search/child.py). Here another thread
+    # (torch's) may take one while the main thread blocks them, and `forward` then runs
+    # before every worker is started: the loop below tells the later ones. multiprocessing's
+    # resource tracker is started first: starting it (in the first process.start()) unblocks
+    # SIGINT and SIGTERM, and the workers would start with them unblocked.
+    resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, child.STOP_SIGNALS)
     try:
-        # Started with the stop signals blocked (the mask is inherited): each child takes a
-        # signal sent meanwhile once its handler is on (search/child.py); here it is taken
-        # when the mask is restored, and forwarded to the children started by then.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, child.STOP_SIGNALS)
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, forward) for s in child.STOP_SIGNALS}
         try:
-            for process in processes:
+            for process, (_, writer) in zip(processes, pipes):
                 process.start()
+                writer.close()  # the worker's now: its pipe ends when the worker does
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         while any(p.is_alive() for p in processes):
-            _relay(messages, out, outcome, timeout=POLL_SECONDS)
-        while _relay(messages, out, outcome, timeout=0):  # lines sent just before exiting
+            if stop_requested():   # the stop is a state: each worker is told once
+                tell(signal.SIGTERM)
+            _relay(readers, out, outcome, timeout=POLL_SECONDS)
+        while _relay(readers, out, outcome, timeout=0):  # lines sent just before exiting
             pass
         for process in processes:
             process.join()
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+        for reader, writer in pipes:
+            reader.close()
+            writer.close()
     for i, process in enumerate(processes):
         code = process.exitcode
         if outcome.interrupted and (code == child.INTERRUPTED or (code or 0) < 0):
@@ -202,13 +225,22 @@ def run_local_processes(settings: RunSettings, out, outcome: Outcome) -> None:
                                   "(its own output, above, says why)")
 
 
-def _relay(messages, out, outcome: Outcome, timeout: float) -> bool:
-    """Handle one message from a worker; False when none came."""
-    try:
-        kind, index, payload = (messages.get(timeout=timeout) if timeout
-                                else messages.get_nowait())
-    except queue.Empty:
-        return False
+def _relay(readers: list, out, outcome: Outcome, timeout: float) -> bool:
+    """Handle one message from a worker (waiting up to `timeout` for one); False when none
+    came. A pipe at its end (its worker has exited, all read) leaves `readers`."""
+    for reader in multiprocessing.connection.wait(readers, timeout):
+        try:
+            message = reader.recv()
+        except EOFError:
+            readers.remove(reader)
+            return True
+        _handle(message, out, outcome)
+        return True
+    return False
+
+
+def _handle(message: tuple, out, outcome: Outcome) -> None:
+    kind, index, payload = message
     if kind == "line":
         say(out, f"[w{index}] {payload}")   # wrapped here, to this terminal's width
     elif kind == "error":
@@ -217,7 +249,6 @@ def _relay(messages, out, outcome: Outcome, timeout: float) -> bool:
     elif kind == "result":
         outcome.reported.add(index)
         outcome.add(payload)
-    return True
 
 
 def worker_main(settings: RunSettings, index: int, messages) -> int:

@@ -16,6 +16,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import optuna
@@ -58,6 +59,7 @@ class Runtime:
     checkpoint_every: float | None = None   # seconds between saves; None: no checkpoints
     capture: str = "auto"             # CUDA graphs: auto (on CUDA) or off (train/capture.py)
     shared_by: int = 1                # trials training on this device at once (timings)
+    should_stop: Callable[[], bool] | None = None   # Ctrl-C / SIGTERM noted: read every step
 
 
 class Objective:
@@ -118,7 +120,8 @@ class Objective:
         try:
             result = train(model, config, run.data, device=run.device, seed=spec.seed,
                            on_epoch=on_epoch, on_step=self.progress.step,
-                           checkpoint=checkpoint, capture=run.capture)
+                           checkpoint=checkpoint, capture=run.capture,
+                           should_stop=run.should_stop)
             report_new_epochs(result)  # a retry whose checkpoint held every epoch trains none
             _land(writer, run.store)
         except (StorageFault, optuna.exceptions.UpdateFinishedTrialError):

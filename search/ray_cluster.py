@@ -34,6 +34,7 @@ from typing import Iterator
 
 from search import ray_local
 from search.errors import UsageError
+from search.interrupts import note_stop, stop_requested
 from search.run import RunResult, run_process
 from search.settings import RunSettings
 from search.terminal import say
@@ -67,22 +68,28 @@ def connected(settings: RunSettings, err=None) -> Iterator[None]:
             raise UsageError(f"no Ray cluster at {address} ({error.strerror or error}); "
                              "start one with `ray start --head`, or use --ray local") from None
     import ray
+    ours = address == "local" and ray_local.can_watch()
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                 configure_logging=True)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise UsageError(f"could not connect to Ray at {address}: "
-                         f"{first_line(error)}") from None
-    _one_line_per_raylet_message()
-    if address == "local":
-        ray_local.start_watchdog()
-    try:
+        try:
+            with ray_local.starting(ours):   # a stop meanwhile kills it and leaves, exit 130
+                ray.init(address=address, include_dashboard=False,
+                         logging_level=logging.ERROR, configure_logging=True)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise UsageError(f"could not connect to Ray at {address}: "
+                             f"{first_line(error)}") from None
+        _one_line_per_raylet_message()
+        if address == "local":
+            ray_local.start_watchdog()
         _check_cluster(settings, local_file, err)
         with ray_local.ray_errors_to_log():
             yield
+    except KeyboardInterrupt:   # a stop before the actors ran (or after): ours is killed at
+        if ours and not ray_local.cluster_killed:   # once, not shut down (Ray's processes
+            ray_local.kill_cluster({})              # may have the group's signal too)
+        raise
     finally:
-        if not ray_local.cluster_killed:   # killed at a stop: nothing to disconnect from
-            ray.shutdown()  # with --ray local this stops the cluster started above
+        if ray.is_initialized() and not ray_local.cluster_killed:   # killed: nothing to
+            ray.shutdown()  # disconnect from; else, with --ray local, this stops the cluster
         ray_local.stop_watchdog()
 
 
@@ -187,14 +194,13 @@ def run_on_ray(settings: RunSettings, out, outcome, opened) -> None:
     # Each actor is one worker (Ray shares out the cores); its timings, and its share of the
     # GPU's memory (search/train/gpu_share.py), are those of the trials Ray places on one GPU.
     slot = settings.replace(workers=1, device_shared_by=trials_per_gpu(gpus))
-    actors = [actor.remote(slot, i) for i in range(settings.workers)]
-    running = {actors[i].run.remote(lines): i for i in range(len(actors))}
+    actors, running = [], {}
     signal_on = ray.remote(num_cpus=0)(_signal)
     stopping = threading.Event()
     ours = settings.ray == "local" and ray_local.can_watch()
 
     def stop(signum, _frame):
-        first = not stopping.is_set()
+        first = note_stop(signum)
         outcome.interrupted = True
         stopping.set()
         if ours and first:   # leave Ray at once (a second signal must not interrupt the
@@ -207,8 +213,15 @@ def run_on_ray(settings: RunSettings, out, outcome, opened) -> None:
     try:
         if threading.current_thread() is threading.main_thread():
             handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        actors += [actor.remote(slot, i) for i in range(settings.workers)]
+        running.update({actors[i].run.remote(lines): i for i in range(len(actors))})
         asked_at = None
         while running:
+            if stop_requested():  # also where a handler's KeyboardInterrupt was lost (raised
+                outcome.interrupted = True   # in a finalizer): the stop is a state
+                stopping.set()
+                if ours:
+                    raise KeyboardInterrupt
             done, _ = ray.wait(list(running), timeout=POLL_SECONDS)
             for ref in done:
                 index = running.pop(ref)
@@ -237,8 +250,9 @@ def run_on_ray(settings: RunSettings, out, outcome, opened) -> None:
                 break
         _relay(lines, out, where)
     except KeyboardInterrupt:
-        if not (ours and stopping.is_set()):
+        if not (ours and stop_requested()):
             raise
+        outcome.interrupted = True
         # The cluster is ours, and Ray's processes may have the signal too (search/ray_local.py):
         # kill it all (the raylet with the actors: none is restarted), then fail and queue
         # their trials, once nothing can still write to one or claim another.

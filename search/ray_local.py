@@ -26,13 +26,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
+from search.interrupts import check_stop, note_stop
+
 WATCH_SECONDS = 0.5     # how often the watchdog notes the descendants (agents start in ~2 s)
 GONE_SECONDS = 5.0      # how long killed processes get to be gone (SIGKILL: milliseconds)
 PROC = Path("/proc")
+STOPS = (signal.SIGINT, signal.SIGTERM)
+ALL_CLEAR = 0   # no signal has number 0: the byte that says ray.init is over
 
 
 def _stat(pid: int | str) -> list[str] | None:
@@ -113,6 +118,82 @@ def ray_errors_to_log() -> Iterator[None]:
             os.close(ours)
 
 
+@contextlib.contextmanager
+def starting(ours: bool) -> Iterator[None]:
+    """Around ray.init. Ray's own SIGTERM handler (sys.exit(15), no line, the processes it
+    started left behind) is kept out: ours stays. With `ours` (a local cluster this process
+    starts: seconds), a stop meanwhile kills what has started and leaves at once, exit 130:
+    nothing is written yet (the cluster comes before the study), and Ray, half started and
+    its processes signalled too, could only wait out its timeouts (30 s, measured) or crash.
+    The leaving is done by a thread of its own, woken through the signal's wakeup file
+    descriptor (written by the C-level handler, in whatever thread takes the signal): a Python
+    handler runs only when the main thread next runs Python, and ray.init may wait in Ray's C++
+    core for 30 s on a GCS the signal has ended (29.7 s to the exit, measured)."""
+    import ray._private.ray_constants as ray_constants
+    import ray._private.utils as ray_utils
+    setter = getattr(ray_utils, "set_sigterm_handler", None)
+    if setter is not None:
+        ray_utils.set_sigterm_handler = lambda handler: None
+    # Nor its core's C++ handler in this process, which writes 3-6 lines ("*** SIGTERM
+    # received at time=...", addresses) to the terminal at a stop as ray.init ends.
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    previous, leaver = {}, None
+    if ours:
+        wakeup, waker = os.pipe()
+        os.set_blocking(waker, False)
+
+        def noted(signum, _frame):   # the Python side: ray.init is left undisturbed
+            note_stop(signum)
+            with contextlib.suppress(OSError):
+                os.write(waker, bytes([signum]))   # should Ray have moved the wakeup fd
+
+        previous = {s: signal.signal(s, noted) for s in STOPS}
+        previous_fd = signal.set_wakeup_fd(waker, warn_on_full_buffer=False)
+        leaver = threading.Thread(target=_leave_when_woken, args=(wakeup,),
+                                  name="stop-while-ray-starts", daemon=True)
+        leaver.start()
+    try:
+        check_stop()   # one noted before (its KeyboardInterrupt lost): no cluster is started
+        yield
+    finally:
+        if leaver is not None:
+            signal.set_wakeup_fd(previous_fd)
+            with contextlib.suppress(OSError):
+                os.write(waker, bytes([ALL_CLEAR]))   # after any stop's byte: a pipe keeps order
+            # Until the thread has read it: a stop before it is the thread's to finish (it
+            # exits meanwhile); going on, this process would point its stderr at Ray's log
+            # (ray_errors_to_log) and the thread's line would go there (2 of 100 soak tries).
+            leaver.join()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if leaver is not None:
+            os.close(waker)
+        if setter is not None:
+            ray_utils.set_sigterm_handler = setter
+    check_stop()   # one noted once the thread was done: the usual way out (connected's)
+
+
+def _leave_when_woken(wakeup: int) -> None:
+    """Wait for a stop signal's byte; then kill every process this one started and exit 130.
+    (Every signal with a Python handler writes its number: SIGALRM, say, is not a stop.)
+    ALL_CLEAR: ray.init is over, the usual handling takes over."""
+    while (woken := os.read(wakeup, 1)[0]) not in (*STOPS, ALL_CLEAR):
+        pass
+    if woken == ALL_CLEAR:
+        os.close(wakeup)   # (leaving, it keeps it open: ALL_CLEAR may still be written)
+        return
+    note_stop(woken)
+    for _ in range(3):   # the raylet may start an agent while its elders are being killed
+        started = descendants(os.getpid())
+        if not started:
+            break
+        kill(started)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os.write(2, b"optuna-search: interrupted; nothing was left running\n")
+    os._exit(130)
+
+
 def can_watch() -> bool:
     return PROC.is_dir() and sys.platform.startswith("linux")
 
@@ -169,17 +250,28 @@ def stop_watchdog() -> None:
 
 def fail_and_requeue(opened, pids: set[int]) -> int:
     """Fail the RUNNING trials that the (killed) processes `pids` of this machine were running,
-    and queue each again, as an interrupted trial is; returns how many."""
+    and queue each again, as an interrupted trial is; returns how many. Also those whose
+    runner on this machine is gone (an actor the group's signal ended before it reported
+    where it runs), and those that say no runner: a process claims a trial, beats and records
+    itself as its runner in one step under the study's lock (search/run.py), held here too,
+    so such a trial's claimer was killed mid-claim. Left RUNNING, each would wait out the
+    heartbeat's grace."""
     from optuna.trial import TrialState   # here: the watchdog does without optuna
     from reports.trial_data import trial_value
     study, store = opened.study, opened.store
     host, count = socket.gethostname(), 0
     with store.lock(study.study_name):
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            run = trial_value(trial, "run") or {}
-            if run.get("host") == host and run.get("pid") in pids:
+            run = trial_value(trial, "run")
+            if run is None or (run.get("host") == host and (run.get("pid") in pids
+                                                            or not _alive(run.get("pid")))):
                 count += store.fail_and_retry(study, trial, None) is not None
     return count
+
+
+def _alive(pid) -> bool:
+    fields = _stat(pid) if isinstance(pid, int) else None
+    return fields is not None and fields[0] != "Z"
 
 
 def _watch(parent: int) -> None:

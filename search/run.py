@@ -27,7 +27,7 @@ from reports.table import REPEAT_ATTR
 from reports.trial_data import RUN, trial_value
 from search.claim import DONE, WAIT, claim, tally
 from search.errors import StudyMismatch
-from search.interrupts import Interrupts
+from search.interrupts import Interrupts, stop_requested
 from search.objective import BrokenDevice, Objective, Runtime, sweep_checkpoints
 from search.progress import Progress
 from search.settings import RunSettings
@@ -82,7 +82,7 @@ def run_process(settings: RunSettings, out, data=None,
         describe_study(study, sizes)  # the split and a line for the dashboard's study card
         objective = Objective(settings.spec, Runtime(
             store, data, device, opened.uid, capture=settings.capture,
-            shared_by=settings.device_shared_by,
+            shared_by=settings.device_shared_by, should_stop=stop_requested,
             # checkpoints are worth writing where a killed trial is retried (a heartbeat)
             checkpoint_every=settings.checkpoint_every if store.heartbeat_seconds else None))
         objective.progress = progress = Progress(out, quiet=settings.quiet)
@@ -101,6 +101,11 @@ def run_process(settings: RunSettings, out, data=None,
             while not interrupts.requested:
                 with store.lock(settings.study_name):
                     claimed = claim(study, store, settings)
+                    if claimed not in (DONE, WAIT):   # who runs it, in the same step: under
+                        # the lock a RUNNING trial without it is one whose claimer died
+                        store.set_system_attr(claimed, RUN, {   # (not on the trial page)
+                            "run": opened.run, "sampler_seed": opened.sampler_seed,
+                            "host": socket.gethostname(), "pid": os.getpid()})
                 if claimed == DONE:
                     break
                 if claimed == WAIT:
@@ -112,9 +117,6 @@ def run_process(settings: RunSettings, out, data=None,
                     interrupts.sleep(_wait_seconds(store))
                     continue
                 said_waiting = False
-                store.set_system_attr(claimed, RUN, {   # bookkeeping: not on the trial page
-                    "run": opened.run, "sampler_seed": opened.sampler_seed,
-                    "host": socket.gethostname(), "pid": os.getpid()})
                 frozen = run_one(opened, claimed, objective, interrupts, settings)
                 progress.trial_finished(frozen, tally(study, settings).finished, _best(study))
                 for trouble in (figures.after_trial(), note.after_trial()):
@@ -179,11 +181,12 @@ def _count(result: RunResult, frozen: optuna.trial.FrozenTrial, interrupts: Inte
 
 
 def load_data(settings: RunSettings, say=None):
-    """The data set of this run, split as the study's spec says (search/train/data.py)."""
+    """The data set of this run, split as the study's spec says (search/train/data.py); a
+    stop noted meanwhile ends the load within an image (Stopped, a KeyboardInterrupt)."""
     spec = settings.spec
     return make_dataset(settings.data_source, settings.data_dir, seed=spec.seed,
                         val_size=spec.val_size, train_subset=spec.train_subset,
-                        test_subset=spec.test_subset, say=say)
+                        test_subset=spec.test_subset, say=say, should_stop=stop_requested)
 
 
 def with_loaded_data(settings: RunSettings, data) -> RunSettings:

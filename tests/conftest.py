@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import skip_or_fail
+from search import interrupts
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -30,6 +31,14 @@ def _own_folder(tmp_path, monkeypatch, request):
     yield
     new = _storage_files_in_the_checkout() - before
     assert not new, f"{request.node.nodeid} wrote {sorted(new)} into the checkout {REPO}"
+
+
+@pytest.fixture(autouse=True)
+def _no_stop_left():
+    """A test that noted a stop (a signal to this process, a handler called directly) leaves
+    none for the next: the stop is a state of the process (search/interrupts.py)."""
+    yield
+    interrupts.forget_stops()
 
 
 @pytest.fixture(autouse=True)

@@ -144,6 +144,42 @@ def maps(pid: int) -> str:
         return ""
 
 
+# A sitecustomize.py that patches a module in every `--workers` process of a search (spawned
+# processes run no code of the launcher's, but every Python process runs sitecustomize first).
+_IN_WORKERS = '''
+import importlib.machinery, sys
+
+def patch(module):
+{patch}
+
+class Patch:
+    def find_spec(self, name, path=None, target=None):
+        if name != {module!r}:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            patch(module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+if "--multiprocessing-fork" in sys.argv:   # a spawned worker, not the launcher
+    sys.meta_path.insert(0, Patch())
+'''
+
+
+def in_workers(folder: Path, module: str, patch: str, **env) -> dict[str, str]:
+    """run_cli's environment for a search whose `--workers` processes run `patch` (Python code
+    that may use `module`, the module just imported; indented by 4) once `module` is imported
+    there; the launcher runs as it is. `env` is added (the patch reads it from os.environ)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_IN_WORKERS.format(module=module, patch=patch))
+    path = os.pathsep.join(filter(None, [str(folder), str(REPO), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, **env}
+
+
 def image_folder(root: Path, per_class: int = 3) -> Path:
     """A tiny data set in image-folder layout: train/<class>/*.png (4 x per_class) and
     test/<class>/*.png (per_class) for CIFAR-10's 10 classes, each class its own colour."""

@@ -16,6 +16,7 @@ from PIL import Image
 import search.train.data as data
 from search.cli import main
 from search.train.data import DataError, DeviceLoader, Images, make_dataset
+from search.train.errors import Stopped
 from spaces import Config
 
 PIXELS = 3 * 32 * 32
@@ -259,6 +260,21 @@ def test_image_folder_loads_every_image_with_its_class(image_folder, cache):
     # PNG is lossless: the pixels come back exactly, channels first.
     assert torch.equal(train.x.permute(0, 2, 3, 1), torch.from_numpy(np.stack(written["train"])))
     assert torch.equal(test.x.permute(0, 2, 3, 1), torch.from_numpy(np.stack(written["test"])))
+
+
+def test_a_stop_check_ends_the_decoding_before_the_next_image(image_folder, cache, tmp_path):
+    """A stop noted while the data loads (its KeyboardInterrupt possibly lost) ends the load
+    within an image, read from a folder or an archive; nothing is cached."""
+    root, _ = image_folder
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="tiny")
+    for source in (root, archive):
+        checks = []
+        with pytest.raises(Stopped):
+            data.make_dataset(str(source), should_stop=lambda: checks.append(1) or len(checks) > 20)
+        assert len(checks) == 21   # the 21st check said stop: nothing after it
+        assert not list(cache.glob("*.pt"))
 
 
 def test_targz_of_the_folder_loads_the_same(image_folder, cache, tmp_path):

@@ -181,6 +181,68 @@ def test_workers_still_importing_leave_within_5_s_of_their_parents_kill(tmp_path
     assert parent.wait(timeout=60) == -signal.SIGKILL
 
 
+# The launcher blocks SIGINT and SIGTERM while it starts its workers, but another of its
+# threads (torch's make some) may take one meanwhile, and the main thread then runs the handler
+# before the workers exist. Caused for certain: a thread made before the block sends SIGTERM
+# to the process (so takes it itself) as the first worker is about to start.
+SIGTERM_AS_THE_WORKERS_START = """
+import os, signal, threading, multiprocessing.process
+go, sent = threading.Event(), threading.Event()
+def send():
+    go.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
+    sent.set()
+threading.Thread(target=send, daemon=True).start()   # made now: SIGTERM not blocked in it
+start = multiprocessing.process.BaseProcess.start
+def starting(self):
+    if not go.is_set():
+        go.set()
+        sent.wait()
+        sys.stdout.write("SIGTERM as the workers start\\n")
+    return start(self)
+multiprocessing.process.BaseProcess.start = starting
+"""
+
+
+def test_a_stop_taken_as_the_workers_start_reaches_every_worker(tmp_path):
+    db = tmp_path / "starting.db"
+    parent = run_cli(["mlp", "--workers", "2", "--trials", "4", "--epochs", "2000",
+                      "--storage", f"sqlite:///{db}", *TINY], SIGTERM_AS_THE_WORKERS_START)
+    try:
+        out, err = parent.communicate(timeout=120)   # was: the workers ran the whole study
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.communicate()
+    assert "SIGTERM as the workers start" in out
+    assert parent.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert finished(db) == 0   # no trial ran to its end
+    assert query(db, "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'", 0) == 0
+
+
+def test_a_killed_launcher_leaves_no_semaphore_and_says_nothing_of_one(tmp_path):
+    """multiprocessing's named semaphores (a Queue has three, in /dev/shm) outlive a launcher
+    killed outright: its resource tracker then removes them and says "There appear to be 3
+    leaked semaphore objects". The workers talk to their launcher through pipes instead."""
+    db = tmp_path / "killed.db"
+    parent = run_cli(["mlp", "--workers", "2", "--trials", "4", "--epochs", "2000",
+                      "--storage", f"sqlite:///{db}", *TINY])
+    wait_until(lambda: running_with_an_epoch(db) >= 2, what="both workers training")
+    workers = [pid for pid in children_of(parent.pid) if "spawn_main" in cmdline(pid)]
+    shared = {line.split()[-1] for pid in workers for line in maps(pid).splitlines()
+              if "/dev/shm/" in line}
+    parent.kill()
+    out, err = parent.communicate(timeout=120)  # its stderr's end: every process that shares
+    # it has gone (the workers, multiprocessing's resource tracker)
+    assert parent.returncode == -signal.SIGKILL
+    assert not any(alive(pid) for pid in workers)
+    assert "leaked" not in err and "resource_tracker" not in err, err
+    assert "Traceback" not in err, err
+    assert shared == set()   # no semaphore (nor other shared memory) made for the workers
+    assert integrity(db) == "ok"
+
+
 def running_pids(db) -> list[int]:
     """The pids of the processes running trials that have reported an epoch and may still be
     killed without using up their point's tries (the chaos test wants every point done)."""

@@ -15,6 +15,7 @@ import search.train.steps
 import search.train.trainer
 from search.train.data import DeviceLoader, make_dataset
 from search.train.models import build
+from search.train.errors import Stopped
 from search.train.trainer import Diverged, evaluate, make_optimizer, train
 from spaces import Config
 
@@ -75,6 +76,23 @@ def test_on_epoch_returning_true_stops_the_run_without_testing(synthetic):
     assert seen == [1] and len(result.epochs) == 1
     assert result.stopped_early
     assert result.test_acc is None and result.test_loss is None and result.test_seconds is None
+
+
+def test_a_stop_check_ends_the_run_before_the_next_step_or_evaluation_batch(synthetic):
+    """`should_stop` is the caller's noted Ctrl-C: read before every training step and every
+    evaluation batch, so a stop ends the run there even where its KeyboardInterrupt was lost."""
+    steps, epochs = [], []
+    per_epoch = len(synthetic.train) // 32
+    for stop_at, stopped_in in ((3, "training"), (per_epoch, "validation")):
+        steps.clear()
+        with pytest.raises(Stopped) as caught:   # a KeyboardInterrupt, as the signal's own
+            train(fresh_mlp(), Config(epochs=3, batch_size=32), synthetic,
+                  on_step=lambda epoch, step, _: steps.append((epoch, step)),
+                  on_epoch=lambda result: epochs.append(result) and False,
+                  should_stop=lambda: len(steps) >= stop_at)
+        assert isinstance(caught.value, KeyboardInterrupt)
+        assert steps == [(1, n) for n in range(1, stop_at + 1)], stopped_in  # not one more
+        assert epochs == [], stopped_in   # the last step's epoch was not evaluated to its end
 
 
 def spoil(model) -> None:

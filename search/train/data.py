@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from search.train.errors import DataError, first_line
+from search.train.errors import DataError, check, first_line
 from search.train.sources import (IMAGE_SUFFIXES, cache_dir, cached_images, check_class_count,
                                   check_source, split_and_class)
 
@@ -97,7 +97,8 @@ def _index(device: torch.device) -> int:
 # ---------------------------------------------------------------- sources -> (train, test, classes)
 
 def load_source(source: str, data_dir: str | Path = "data",
-                say: Callable[[str], None] | None = None
+                say: Callable[[str], None] | None = None,
+                should_stop: Callable[[], bool] | None = None
                 ) -> tuple[Images, Images, list[str]]:
     if source == "synthetic":
         return synthetic()
@@ -107,7 +108,7 @@ def load_source(source: str, data_dir: str | Path = "data",
                 "time)...")
         return _torchvision_cifar10(Path(data_dir))
     check_source(source, classes=None)   # at once, in one line: missing, no layout, truncated
-    return _cached_image_folder(Path(source).expanduser(), say)
+    return _cached_image_folder(Path(source).expanduser(), say, should_stop)
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0
@@ -150,7 +151,8 @@ def _torchvision_cifar10(root: Path) -> tuple[Images, Images, list[str]]:
     return convert(train), convert(test), list(train.classes)
 
 
-def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
+def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None,
+                         should_stop: Callable[[], bool] | None = None
                          ) -> tuple[Images, Images, list[str]]:
     cached = cached_images(path)
     if say is not None and not cached.exists():
@@ -162,7 +164,7 @@ def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
                     Images(blob["test_x"], blob["test_y"]), list(blob["classes"]))
         except Exception:
             cached.unlink(missing_ok=True)  # a torn write: decode again
-    train, test, classes = _decode_image_folder(path)
+    train, test, classes = _decode_image_folder(path, should_stop)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".tmp")
     torch.save(dict(train_x=train.x, train_y=train.y, test_x=test.x, test_y=test.y,
@@ -171,12 +173,15 @@ def _cached_image_folder(path: Path, say: Callable[[str], None] | None = None
     return train, test, classes
 
 
-def _decode_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
-    """Read train/<class>/* and test/<class>/* from a folder or a .tar(.gz) archive."""
+def _decode_image_folder(path: Path, should_stop: Callable[[], bool] | None = None
+                         ) -> tuple[Images, Images, list[str]]:
+    """Read train/<class>/* and test/<class>/* from a folder or a .tar(.gz) archive;
+    `should_stop()` is read before each file (True raises Stopped)."""
     files: dict[str, dict[str, list[tuple[str, bytes]]]] = {"train": {}, "test": {}}
     if path.is_dir():
         for split in files:
             for image in sorted((path / split).glob("*/*")):
+                check(should_stop)
                 if image.suffix.lower() in IMAGE_SUFFIXES:
                     try:
                         blob = image.read_bytes()
@@ -187,6 +192,7 @@ def _decode_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
         try:
             with tarfile.open(path) as archive:
                 for member in archive:
+                    check(should_stop)
                     where = split_and_class(member.name) if member.isfile() else None
                     if where:
                         data = archive.extractfile(member).read()
@@ -208,14 +214,17 @@ def _decode_image_folder(path: Path) -> tuple[Images, Images, list[str]]:
     unknown = set(files["test"]) - set(classes)
     if unknown:
         raise DataError(f"{path}: test classes {sorted(unknown)} have no training images")
-    return _decode(files["train"], classes), _decode(files["test"], classes), classes
+    return (_decode(files["train"], classes, should_stop),
+            _decode(files["test"], classes, should_stop), classes)
 
 
-def _decode(by_class: dict[str, list[tuple[str, bytes]]], classes: list[str]) -> Images:
+def _decode(by_class: dict[str, list[tuple[str, bytes]]], classes: list[str],
+            should_stop: Callable[[], bool] | None = None) -> Images:
     from PIL import Image, UnidentifiedImageError
     xs, ys = [], []
     for label, name in enumerate(classes):
         for where, blob in by_class.get(name, []):
+            check(should_stop)
             try:
                 image = Image.open(io.BytesIO(blob)).convert("RGB")
             except Exception as error:  # PIL's formats raise many types for a broken file
@@ -251,15 +260,17 @@ def balanced_subset(labels: torch.Tensor, n: int, generator: torch.Generator) ->
 def make_dataset(source: str = "synthetic", data_dir: str | Path = "data", seed: int = 0,
                  val_size: int = 5000, train_subset: int | None = None,
                  test_subset: int | None = None,
-                 say: Callable[[str], None] | None = None) -> Dataset:
+                 say: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Dataset:
     """Load a source and hold out a seeded, class-balanced validation set disjoint from train.
 
     val_size is capped at a tenth of the training images (45,000 / 5,000 on CIFAR-10).
     train_subset keeps a class-balanced part of the remaining training images.
     `say` gets a line before a long load (a first decode, a download); the caller names the
-    data once it is loaded (Dataset.describe).
+    data once it is loaded (Dataset.describe). `should_stop()` is read before each image
+    read and decoded: True raises Stopped.
     """
-    train, test, classes = load_source(source, data_dir, say)
+    train, test, classes = load_source(source, data_dir, say, should_stop)
     check_class_count(source, classes)
     fingerprint = content_fingerprint(train, test, classes)
     generator = torch.Generator().manual_seed(seed)

@@ -3,8 +3,11 @@
 Each epoch runs the training step (steps.py: fixed-shape tensors, ready to be captured) once
 per batch and steps the learning-rate schedule (schedules.py) after it; then it
 evaluates the validation set and hands the run so far to `on_epoch`, which may ask to stop
-(pruning). It keeps the weights of the best validation epoch, gives them back to the model at
-the end (also when stopped early), and evaluates the test set once with them. A NaN or infinite
+(pruning). A `should_stop` callable (the caller's Ctrl-C or SIGTERM, noted: a plain check) is
+read before every training step and evaluation batch; when it says stop, `Stopped` (a
+KeyboardInterrupt) is raised there. It keeps the weights of the best validation epoch, gives
+them back to the model at the end (also when stopped early), and evaluates the test set once
+with them. A NaN or infinite
 loss raises `Diverged` naming the epoch. On CUDA it trains in bf16 autocast with channels_last
 and fused optimizers; on the CPU in bf16 autocast where the CPU has native bf16, else in fp32,
 deterministically either way. The loop reads GPU values back once per epoch (plus one
@@ -32,6 +35,7 @@ from torch import nn
 from search.train.capture import Capture, wanted
 from search.train.checkpoint import Checkpoint
 from search.train.data import Dataset, DeviceLoader
+from search.train.errors import check
 from search.train.schedules import make_scheduler
 from search.train.steps import EvalStep, TrainStep, device_recipe, totals
 from spaces import Config
@@ -126,7 +130,8 @@ def make_optimizer(model: nn.Module, config: Config, device: torch.device):
 
 def train(model: nn.Module, config: Config, data: Dataset, *, device: torch.device | str = "cpu",
           seed: int = 0, on_epoch: OnEpoch | None = None, on_step: OnStep | None = None,
-          checkpoint: Checkpoint | None = None, capture: str = "auto") -> TrainResult:
+          checkpoint: Checkpoint | None = None, capture: str = "auto",
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train for config.epochs epochs; return the curves and the test result at the best epoch.
 
     `data` may already be on `device` (load it there once per process, not per trial).
@@ -134,13 +139,16 @@ def train(model: nn.Module, config: Config, data: Dataset, *, device: torch.devi
     no GPU sync). With `checkpoint`, the state is saved as it says and a run finding a saved
     one of the same identity resumes it; the caller removes it when the trial is over.
     `capture`: "auto" captures the steps in CUDA graphs on CUDA (eager elsewhere), "off" never.
+    `should_stop()` is read before each step and evaluation batch: True raises Stopped (a
+    KeyboardInterrupt) there, so a stop ends the run within a step even where the signal's
+    own KeyboardInterrupt was lost.
     When train() returns or raises, nothing of it keeps the model, optimizer, gradients or
     graphs alive.
     """
     run = None
     try:
         run = _Run(model, config, data, torch.device(device), seed, on_step, checkpoint,
-                   Capture(wanted(capture, device)))
+                   Capture(wanted(capture, device)), should_stop)
         result = run.result
         if run.epoch <= config.epochs:
             result.warmup_epochs.append(run.epoch)
@@ -176,7 +184,7 @@ def train(model: nn.Module, config: Config, data: Dataset, *, device: torch.devi
     finally:
         if run is not None:
             run.release()        # the graphs and their memory pools go now
-        run = model = data = on_epoch = on_step = None
+        run = model = data = on_epoch = on_step = should_stop = None
         if checkpoint is not None:
             checkpoint.flush()   # no write left running behind a returned or failed run
 
@@ -186,8 +194,10 @@ class _Run:
     state a checkpoint saves and restores."""
 
     def __init__(self, model, config: Config, data: Dataset, device: torch.device, seed: int,
-                 on_step: OnStep | None, checkpoint: Checkpoint | None, capture: Capture):
+                 on_step: OnStep | None, checkpoint: Checkpoint | None, capture: Capture,
+                 should_stop: Callable[[], bool] | None = None):
         self.model, self.config, self.device = model, config, device
+        self.should_stop = should_stop
         self.on_step, self.checkpoint, self.capture = on_step, checkpoint, capture
         self.cuda = device.type == "cuda"
         data = data.to(device)  # a no-op where the caller put it there once per process
@@ -246,7 +256,7 @@ class _Run:
         self.eval_step.release()
 
     def evaluate(self, loader: DeviceLoader) -> tuple[float, float, float]:
-        return _evaluate(self.model, self.eval_step, loader)
+        return _evaluate(self.model, self.eval_step, loader, self.should_stop)
 
     def check_finite(self, epoch: int, step: int) -> None:
         if not torch.isfinite(self.step.loss_sum):
@@ -312,6 +322,7 @@ def _train_epoch(run: _Run, batches, first_step: int, order, epoch: int) -> tupl
     check_every = 100 if run.cuda else 1
     started = time.perf_counter()
     for number, (images, labels) in enumerate(batches, start=first_step + 1):
+        check(run.should_stop)   # a Python call per step: free beside the step itself
         step.load(images, labels)
         step()
         run.scheduler.step()
@@ -328,11 +339,13 @@ def _train_epoch(run: _Run, batches, first_step: int, order, epoch: int) -> tupl
     return loss_sum / seen, correct / seen
 
 
-def _evaluate(model: nn.Module, step: EvalStep, loader: DeviceLoader) -> tuple[float, float, float]:
+def _evaluate(model: nn.Module, step: EvalStep, loader: DeviceLoader,
+              should_stop: Callable[[], bool] | None = None) -> tuple[float, float, float]:
     started = time.perf_counter()
     model.eval()
     step.reset()
     for images, labels in loader:
+        check(should_stop)
         step.load(images, labels)
         step()
     loss_sum, correct = totals(step.loss_sum, step.correct)
