@@ -53,7 +53,7 @@ POLICIES = [   # run in this order within a seed: the most informative first
     Policy("tpe10-median-s5-w2", "tpe", "median", TPE10,
            dict(n_startup_trials=5, n_warmup_steps=2),
            "TPE, 10 random start-up trials; median pruning after 5 complete, from epoch 2"
-           " (the default before issue 31)"),
+           " (the default: kept, see bench/README.md)"),
     Policy("tpe5-median-s2-w1", "tpe", "median", TPE5,
            dict(n_startup_trials=2, n_warmup_steps=1),
            "TPE, 5 start-up; median pruning after 2 complete, from epoch 1"),
