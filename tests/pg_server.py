@@ -57,14 +57,17 @@ def pg_server(url: str) -> Server:
                 data, config, backend = connection.execute(sqlalchemy.text(
                     "SELECT current_setting('data_directory'), current_setting('config_file'), "
                     "pg_backend_pid()")).one()
+                # Read while the connection is open: its backend process exits with it (read
+                # after, the link was gone now and then on a loaded machine).
+                try:   # the program serving us is the server's own postgres
+                    program = Path(os.readlink(f"/proc/{backend}/exe"))
+                except OSError as error:
+                    pytest.fail(f"the server of {urlsplit(url).netloc.split('@')[-1]} is not "
+                                "one this process can drive (not on this machine, or not "
+                                f"ours): {error}")
         finally:
             engine.dispose()
         data, config = Path(data), Path(config).parent
-        try:   # the program serving us is the server's own postgres
-            program = Path(os.readlink(f"/proc/{backend}/exe"))
-        except OSError as error:
-            pytest.fail(f"the server of {urlsplit(url).netloc.split('@')[-1]} is not one this "
-                        f"process can drive (not on this machine, or not ours): {error}")
         _servers[url] = Server(data, config, program.parent)
     return _servers[url]
 
