@@ -67,9 +67,27 @@ POLICIES = [   # run in this order within a seed: the most informative first
            dict(min_resource=1, reduction_factor=3),
            "TPE, 5 start-up; successive halving (rungs at 1, 3, 9 epochs; the best third "
            "goes on)"),
+    Policy("tpe10-halving", "tpe", "halving", TPE10,
+           dict(min_resource=1, reduction_factor=3),
+           "TPE, 10 start-up; successive halving (rungs at 1, 3, 9 epochs)"),
+    Policy("tpe10-halving-m2", "tpe", "halving", TPE10,
+           dict(min_resource=2, reduction_factor=3),
+           "TPE, 10 start-up; successive halving (rungs at 2 and 6 epochs)"),
+    Policy("tpe10-halving-r2", "tpe", "halving", TPE10,
+           dict(min_resource=1, reduction_factor=2),
+           "TPE, 10 start-up; successive halving (rungs at 1, 2, 4, 8 epochs; the best half"
+           " goes on)"),
     Policy("tpe10-hyperband", "tpe", "hyperband", TPE10,
            about="TPE; Hyperband (min 1 epoch, reduction 3)"),
     Policy("tpe10-none", "tpe", "none", TPE10, about="TPE, no pruning"),
+    # Optuna's TPE sees only the trials of a trial's own Hyperband bracket (3 brackets here),
+    # each with its own random start-up: 10 per bracket is 30 random trials of 30.
+    Policy("tpe5-hyperband", "tpe", "hyperband", TPE5,
+           about="TPE, 5 start-up trials per Hyperband bracket; Hyperband"),
+    Policy("tpe3-hyperband", "tpe", "hyperband", dict(n_startup_trials=3),
+           about="TPE, 3 start-up trials per Hyperband bracket; Hyperband"),
+    Policy("random-hyperband", "random", "hyperband",
+           about="random search with Hyperband pruning"),
 ]
 BY_NAME = {p.name: p for p in POLICIES}
 

@@ -107,6 +107,8 @@ class Objective:
             # The pruner compares this trial's epochs, read from the storage, with the other
             # trials': judge only once they have landed there (milliseconds, unless the
             # storage is away: then training goes on and the next epoch is judged).
+            if last.epoch >= config.epochs:   # stopping now saves nothing: it completes
+                return False
             if not writer.flush(timeout=PRUNE_WAIT_SECONDS):
                 return False
             stored = run.store.trial(trial)                      # as trial.should_prune()

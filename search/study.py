@@ -128,7 +128,10 @@ def open_study(settings: RunSettings, new_run: bool = True,
             save_record(study, {"spec": spec.as_json(), "sampler": sampler, "pruner": pruner,
                                 "uid": uuid.uuid4().hex[:12]})
         else:
-            differences = spec.differences(StudySpec.from_json(record["spec"]))
+            made_with = StudySpec.from_json(record["spec"])
+            if not settings.pruner_given:   # a default: the study's own pruner stays
+                spec = dataclasses.replace(spec, pruner=made_with.pruner)
+            differences = spec.differences(made_with)
             if differences:
                 raise StudyMismatch(
                     f"study {name!r} in {store.name} was made with other "

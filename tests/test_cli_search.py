@@ -4,6 +4,7 @@ inside a trial, Ctrl-C, progress lines, `studies`, and bad input (exit 2, nothin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -83,7 +84,7 @@ def test_a_three_trial_study_persists_its_curves_and_artifacts(three_trials):
     assert record["spec"]["model"] == "mlp" and record["spec"]["space"] == "report"
     assert record["spec"]["epochs"] == 2 and record["spec"]["seed"] == 0
     assert record["sampler"]["name"] == "tpe" and "n_startup_trials" in record["sampler"]
-    assert record["pruner"]["name"] == "median"
+    assert record["pruner"]["name"] == "hyperband"  # the default for a new study
     assert study.user_attrs["target_trials"] == 3 and study.metric_names == ["val_acc"]
 
     trials = study.get_trials()
@@ -252,7 +253,7 @@ def test_a_pruned_trials_line_says_at_which_epoch_and_against_what(tmp_path, mon
     monkeypatch.setattr(search.objective, "train", scripted)
     url = f"sqlite:///{tmp_path}/s.db"
     code, out, _ = optuna_search("mlp", url, "--trials", "6", "--sampler", "random",
-                                 "--set", "hidden_sizes=16", "--train-subset", "100",
+                                 "--pruner", "median", "--set", "hidden_sizes=16", "--train-subset", "100",
                                  "--val-size", "50", "--test-subset", "100", epochs=2)
     assert code == 0
     pruned = [t for t in load(url, "mlp").trials if t.state == TrialState.PRUNED]
@@ -326,6 +327,32 @@ def test_a_study_made_for_one_model_refuses_another(other, tmp_path):
     assert err.startswith("optuna-search: error: study 's' in ") and "other settings" in err
     assert err.count("\n") == 1
     assert load(url, "s").trials == []
+
+
+def test_a_study_keeps_its_own_pruner_when_none_is_asked_for(tmp_path):
+    """Hyperband is a new study's pruner; a study made with median pruning (before that
+    default, or by --pruner median) resumes with median pruning when the command names no
+    pruner, and refuses a run that names another one."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert optuna_search("mlp", url, "--study", "s", "--trials", "2", "--pruner", "median",
+                         "--quiet")[0] == 0
+    code, _, err = optuna_search("mlp", url, "--study", "s", "--trials", "3", "--quiet")
+    assert code == 0, err
+    study = load(url, "s")
+    assert study_record(study)["pruner"]["name"] == "median"
+    assert sum(t.state.is_finished() for t in study.trials) == 3
+    asked = dataclasses.replace(search.study.recorded_spec(study), pruner="hyperband")
+    opened = search.study.open_study(RunSettings(spec=asked, storage=url, study="s",
+                                                 pruner_given=False), new_run=False)
+    assert opened.spec.pruner == "median"
+    assert isinstance(opened.study.pruner, optuna.pruners.MedianPruner)
+    code, _, err = optuna_search("mlp", url, "--study", "s", "--trials", "4", "--pruner",
+                                 "hyperband", "--quiet")
+    assert code == 2 and "pruner hyperband (asked) vs median (study)" in err
+    assert sum(t.state.is_finished() for t in load(url, "s").trials) == 3
+    # A new study without --pruner: Hyperband.
+    assert optuna_search("mlp", url, "--study", "new", "--trials", "1", "--quiet")[0] == 0
+    assert study_record(load(url, "new"))["pruner"]["name"] == "hyperband"
 
 
 def test_ctrl_c_leaves_no_running_trial_and_says_how_to_resume(tmp_path):

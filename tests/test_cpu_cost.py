@@ -36,7 +36,7 @@ def test_the_quick_look_comes_before_the_main_job_and_parses_as_a_small_search()
     assert quick.study_name == "mlp-quick" and quick.spec.model == "mlp"
     assert (quick.trials, quick.spec.epochs, quick.spec.train_subset) == (16, 4, 5000)
     assert quick.spec.fixed == {"optimizer": "adamw", "batch_size": 256}
-    assert quick.spec.pruner == "median" and quick.spec.sampler == "tpe"
+    assert quick.spec.pruner == "hyperband" and quick.spec.sampler == "tpe"
     assert quick.spec.data == main.spec.data == "../shared/data/cifar10-jpeg.tar.gz"
     assert main.spec.model == "resnet18" and (main.trials, main.spec.epochs) == (30, 30)
     # the cost table's main-job row names the command's --workers
