@@ -26,6 +26,7 @@ from reports.page import write_figures
 from reports.style import BEST_COLOURS, tidy
 from reports.table import ranked_trials
 from reports.trial_data import trial_value
+from search.settings import DEFAULT_PRUNER
 from search.study import TARGET_ATTR, make_pruner, make_sampler
 from storage import open_store
 
@@ -52,8 +53,8 @@ class Seed:
 
 def is_default(spec) -> bool:
     """Whether a policy's spec makes the sampler and pruner the product makes by default."""
-    default = dataclasses.replace(spec, sampler="tpe", pruner="median", sampler_options={},
-                                  pruner_options={})
+    default = dataclasses.replace(spec, sampler="tpe", pruner=DEFAULT_PRUNER,
+                                  sampler_options={}, pruner_options={})
     return (make_sampler(spec, 0)[1] == make_sampler(default, 0)[1]
             and make_pruner(spec)[1] == make_pruner(default)[1])
 

@@ -53,7 +53,7 @@ POLICIES = [   # run in this order within a seed: the most informative first
     Policy("tpe10-median-s5-w2", "tpe", "median", TPE10,
            dict(n_startup_trials=5, n_warmup_steps=2),
            "TPE, 10 random start-up trials; median pruning after 5 complete, from epoch 2"
-           " (the default: kept, see bench/README.md)"),
+           " (the default until Hyperband, see bench/README.md)"),
     Policy("tpe5-median-s2-w1", "tpe", "median", TPE5,
            dict(n_startup_trials=2, n_warmup_steps=1),
            "TPE, 5 start-up; median pruning after 2 complete, from epoch 1"),
@@ -78,7 +78,7 @@ POLICIES = [   # run in this order within a seed: the most informative first
            "TPE, 10 start-up; successive halving (rungs at 1, 2, 4, 8 epochs; the best half"
            " goes on)"),
     Policy("tpe10-hyperband", "tpe", "hyperband", TPE10,
-           about="TPE; Hyperband (min 1 epoch, reduction 3)"),
+           about="TPE; Hyperband (min 1 epoch, reduction 3): the default"),
     Policy("tpe10-none", "tpe", "none", TPE10, about="TPE, no pruning"),
     # Optuna's TPE sees only the trials of a trial's own Hyperband bracket (3 brackets here),
     # each with its own random start-up: 10 per bracket is 30 random trials of 30.
