@@ -267,6 +267,38 @@ def test_a_pruned_trials_line_says_at_which_epoch_and_against_what(tmp_path, mon
     assert "{" not in best and all(f" {key}=" in best for key in params)   # key=value
 
 
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_hyperband_prunes_before_the_last_epoch_never_at_it(epochs, tmp_path, monkeypatch):
+    """Stopping a trial after its last epoch saves nothing and would lose its result: with
+    one epoch a trial scoring far below the others completes; with two it is pruned at 1."""
+    real_train = search.objective.train
+    trained = []
+
+    def scripted(model, config, data, *, on_epoch, **kwargs):
+        trained.append(config)
+        value = 0.125 if len(trained) == 6 else 0.5 + 0.01 * len(trained)
+
+        def report(result):
+            result.epochs[-1].val_acc = value
+            return on_epoch(result)
+        return real_train(model, config, data, on_epoch=report, **kwargs)
+
+    monkeypatch.setattr(search.objective, "train", scripted)
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, _, err = optuna_search("mlp", url, "--trials", "6", "--sampler", "random",
+                                 "--pruner", "hyperband", "--set", "hidden_sizes=16",
+                                 "--train-subset", "100", "--val-size", "50",
+                                 "--test-subset", "100", "--quiet", epochs=epochs)
+    assert code == 0, err
+    states = [t.state for t in load(url, "mlp").trials]
+    assert len(states) == 6
+    if epochs == 1:
+        assert states == [TrialState.COMPLETE] * 6
+    else:
+        assert states[5] == TrialState.PRUNED
+        assert load(url, "mlp").trials[5].last_step == 1
+
+
 def test_an_error_in_one_trial_fails_it_and_the_next_run_retries_that_point(
         tmp_path, monkeypatch):
     real_train = search.objective.train
