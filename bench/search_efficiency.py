@@ -54,6 +54,9 @@ POLICIES = [   # run in this order within a seed: the most informative first
            dict(n_startup_trials=5, n_warmup_steps=2),
            "TPE, 10 random start-up trials; median pruning after 5 complete, from epoch 2"
            " (the default until Hyperband, see bench/README.md)"),
+    Policy("tpe10-median", "tpe", "median", TPE10,
+           about="TPE, 10 start-up; median pruning as pinned (after 5 complete, from epoch "
+                 "epochs // 5): the default before Hyperband, at any budget"),
     Policy("tpe5-median-s2-w1", "tpe", "median", TPE5,
            dict(n_startup_trials=2, n_warmup_steps=1),
            "TPE, 5 start-up; median pruning after 2 complete, from epoch 1"),
