@@ -18,7 +18,7 @@ from pathlib import Path
 
 from search.launch import run_search
 from search.run import load_data
-from search.settings import RunSettings, StudySpec
+from search.settings import RunSettings, StudySpec, default_pruner
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,12 @@ def plan(args) -> list[tuple[Experiment, RunSettings]]:
                          grid=experiment.grid, epochs=budget["epochs"], data=args.data,
                          train_subset=budget["train_subset"],
                          test_subset=budget["test_subset"], val_size=budget["val_size"],
-                         seed=args.seed)
+                         seed=args.seed, pruner=default_pruner(experiment.grid))
         runs.append((experiment, RunSettings(
             spec=spec, storage=args.storage, study=spec.default_study_name() + suffix,
             trials=None if experiment.grid else budget["trials"], data_dir=args.data_dir,
-            device=args.device)))
+            device=args.device, pruner_given=False)))   # as the single commands: a study
+                                                        # made earlier keeps its pruner
     return runs
 
 

@@ -31,6 +31,13 @@ DEFAULT_EPOCHS = Config.epochs
 DEFAULT_PRUNER = "hyperband"
 
 
+def default_pruner(grid) -> str:
+    """The pruner a study gets when none is named: a grid keeps median pruning (each point is
+    wanted to the end, and median pruning judges no point of a grid of 5 or fewer, like the
+    report's); a search gets DEFAULT_PRUNER."""
+    return "median" if grid else DEFAULT_PRUNER
+
+
 @dataclass(frozen=True)
 class StudySpec:
     model: str

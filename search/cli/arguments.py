@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from search.errors import UsageError
 from spaces import MODEL_NAMES, ConfigError, apply_overrides, get_space, parse_value
 from spaces.defaults import parse_assignment
-from search.settings import DEFAULT_EPOCHS, DEFAULT_PRUNER, RunSettings, StudySpec
+from search.settings import DEFAULT_EPOCHS, RunSettings, StudySpec, default_pruner
 from storage import DEFAULT_PATIENCE_SECONDS, DEFAULT_STORAGE
 
 
@@ -142,8 +142,8 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="tpe", choices=("tpe", "random", "gp"))
     p.add_argument("--pruner", choices=("hyperband", "median", "none"),
-                   help="default: the study's; hyperband for a new study (measured against "
-                        "median pruning and random search: bench/README.md)")
+                   help="default: the study's; for a new one hyperband (a --grid: median; "
+                        "measured against median pruning and random search: bench/README.md)")
     p.add_argument("--space", default="report", choices=("report", "wide"),
                    help="report: the report's exact lists; wide: log-uniform lr/weight decay")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -372,7 +372,7 @@ def study_spec(args) -> StudySpec:
         model=args.command, space=args.space, fixed=fixed, grid=grid,
         epochs=epochs or args.epochs or DEFAULT_EPOCHS, data=args.data,
         train_subset=args.train_subset, test_subset=args.test_subset, val_size=args.val_size,
-        seed=args.seed, sampler=args.sampler, pruner=args.pruner or DEFAULT_PRUNER)
+        seed=args.seed, sampler=args.sampler, pruner=args.pruner or default_pruner(grid))
 
 
 def run_settings(args, spec: StudySpec, join: bool = False) -> RunSettings:
