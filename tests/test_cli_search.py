@@ -42,6 +42,29 @@ TRIAL_LINE = re.compile(r"^trial +(\d+) (COMPLETE|PRUNED|FAIL) +val_acc=(\S+) ep
                         r"[\d.]+s +batch_size=\d+ ")
 
 
+# A small MLP on a few synthetic images: trials of well under a second.
+SMALL = ("--set", "hidden_sizes=16", "--train-subset", "100", "--val-size", "50",
+         "--test-subset", "100")
+
+
+def score_trials(monkeypatch, value_of) -> None:
+    """Training as usual, but the val acc the pruner sees at every epoch of the n-th trial
+    trained is value_of(n)."""
+    real_train = search.objective.train
+    trained = []
+
+    def scripted(model, config, data, *, on_epoch, **kwargs):
+        trained.append(config)
+        value = value_of(len(trained))
+
+        def report(result):
+            result.epochs[-1].val_acc = value
+            return on_epoch(result)
+        return real_train(model, config, data, on_epoch=report, **kwargs)
+
+    monkeypatch.setattr(search.objective, "train", scripted)
+
+
 @pytest.fixture(autouse=True)
 def _artifacts_beside_the_storage(monkeypatch):
     monkeypatch.delenv("OPTUNA_SEARCH_ARTIFACTS", raising=False)
@@ -238,23 +261,10 @@ def test_a_diverging_trial_ends_pruned_and_says_why(tmp_path):
 def test_a_pruned_trials_line_says_at_which_epoch_and_against_what(tmp_path, monkeypatch):
     """MedianPruner: after 5 complete trials, a trial whose best val acc at an epoch is below
     the median of theirs there stops; its line (and its prune_reason) gives both numbers."""
-    real_train = search.objective.train
-    trained = []
-
-    def scripted(model, config, data, *, on_epoch, **kwargs):   # the val acc the pruner sees
-        trained.append(config)
-        value = 0.5 if len(trained) <= 5 else 0.125 if len(trained) == 6 else 0.75
-
-        def report(result):
-            result.epochs[-1].val_acc = value
-            return on_epoch(result)
-        return real_train(model, config, data, on_epoch=report, **kwargs)
-
-    monkeypatch.setattr(search.objective, "train", scripted)
+    score_trials(monkeypatch, lambda n: 0.5 if n <= 5 else 0.125 if n == 6 else 0.75)
     url = f"sqlite:///{tmp_path}/s.db"
     code, out, _ = optuna_search("mlp", url, "--trials", "6", "--sampler", "random",
-                                 "--pruner", "median", "--set", "hidden_sizes=16", "--train-subset", "100",
-                                 "--val-size", "50", "--test-subset", "100", epochs=2)
+                                 "--pruner", "median", *SMALL, epochs=2)
     assert code == 0
     pruned = [t for t in load(url, "mlp").trials if t.state == TrialState.PRUNED]
     assert len(pruned) == 1
@@ -271,24 +281,10 @@ def test_a_pruned_trials_line_says_at_which_epoch_and_against_what(tmp_path, mon
 def test_hyperband_prunes_before_the_last_epoch_never_at_it(epochs, tmp_path, monkeypatch):
     """Stopping a trial after its last epoch saves nothing and would lose its result: with
     one epoch a trial scoring far below the others completes; with two it is pruned at 1."""
-    real_train = search.objective.train
-    trained = []
-
-    def scripted(model, config, data, *, on_epoch, **kwargs):
-        trained.append(config)
-        value = 0.125 if len(trained) == 6 else 0.5 + 0.01 * len(trained)
-
-        def report(result):
-            result.epochs[-1].val_acc = value
-            return on_epoch(result)
-        return real_train(model, config, data, on_epoch=report, **kwargs)
-
-    monkeypatch.setattr(search.objective, "train", scripted)
+    score_trials(monkeypatch, lambda n: 0.125 if n == 6 else 0.5 + 0.01 * n)
     url = f"sqlite:///{tmp_path}/s.db"
     code, _, err = optuna_search("mlp", url, "--trials", "6", "--sampler", "random",
-                                 "--pruner", "hyperband", "--set", "hidden_sizes=16",
-                                 "--train-subset", "100", "--val-size", "50",
-                                 "--test-subset", "100", "--quiet", epochs=epochs)
+                                 "--pruner", "hyperband", *SMALL, "--quiet", epochs=epochs)
     assert code == 0, err
     states = [t.state for t in load(url, "mlp").trials]
     assert len(states) == 6
